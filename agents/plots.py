@@ -1,0 +1,55 @@
+"""PNG plots for the README, results/ and MLflow artifacts (matplotlib, no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def learning_curve(timesteps: Sequence[int], returns: Sequence[float], out: Path, title: str,
+                   eval_points: Sequence[tuple[int, float]] = ()) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    if returns:
+        ax.plot(timesteps, returns, ".", alpha=0.35, label="training episode return")
+        w = max(1, len(returns) // 10)
+        if len(returns) >= w:
+            smooth = [sum(returns[max(0, i - w + 1) : i + 1]) / len(returns[max(0, i - w + 1) : i + 1])
+                      for i in range(len(returns))]
+            ax.plot(timesteps, smooth, "-", label=f"moving mean ({w})")
+    if eval_points:
+        xs, ys = zip(*eval_points)
+        ax.plot(xs, ys, "o-", label="held-out validation return")
+    ax.set_xlabel("environment steps (decisions)")
+    ax.set_ylabel("return = relative eval-loss improvement")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def trajectories(runs: dict[str, dict], out: Path, title: str) -> Path:
+    """runs: label -> episode log. Top: learning rate per step; bottom: validation loss."""
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(6.4, 5.4), sharex=True)
+    for label, log in runs.items():
+        a1.plot(range(1, len(log["schedule"]) + 1), [h["lr"] for h in log["schedule"]], label=label)
+        xs, ys = zip(*log["eval_curve"])
+        a2.plot(xs, ys, "o-", label=label, ms=3)
+    a1.set_yscale("log")
+    a1.set_ylabel("learning rate")
+    a2.set_ylabel("validation loss")
+    a2.set_xlabel("training step")
+    a1.set_title(title)
+    a1.legend(fontsize=8)
+    a1.grid(alpha=0.3)
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,177 @@
+"""An SB3 VecEnv whose sub-environments are Ray actors, each with its own DeepSpeed session.
+
+One actor per environment: one GPU each where GPUs exist, else one CPU with one torch thread.
+A dead actor (killed, out of memory) is restarted by Ray; the episode it was running is
+dropped and handed to the learner as a time-limit truncation of its last good observation, so
+no finished experience is lost and nothing fake is learned. Drops are counted and logged.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv
+
+from trainers.config import REPO_ROOT, cache_root
+
+log = logging.getLogger(__name__)
+
+
+def _ray_home() -> Path:
+    """Ray's usage-stats module probes cloud-metadata addresses unless ~/ray_bootstrap_config.yaml
+    exists; the Ray processes started here get a HOME that has one saying the cluster is local."""
+    home = cache_root() / "ray_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+    return home
+
+
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
+    """Join a cluster, or start a private Ray bound to 127.0.0.1. Returns True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    old_home = os.environ.get("HOME")
+    os.environ["HOME"] = str(_ray_home())  # inherited by the processes ray.init starts
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                 runtime_env={"env_vars": {"HOME": str(_ray_home()), "RAY_USAGE_STATS_ENABLED": "0",
+                                           "PYTHONPATH": str(REPO_ROOT), "DSRL_CACHE": str(cache_root()),
+                                           "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", ""),
+                                           "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}})
+    finally:
+        if old_home is None:
+            del os.environ["HOME"]
+        else:
+            os.environ["HOME"] = old_home
+    return True
+
+
+class EnvWorker:
+    """Lives in a Ray actor: one FineTuneEnv, auto-reset like SB3's VecEnvs."""
+
+    def __init__(self, cfg_dict: dict, rank: int, seed: Optional[int]) -> None:
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu")
+        from agents.vec_env import make_env
+
+        self.env = make_env(cfg_dict, rank)
+        self.seed = seed
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def reset(self, seed: Optional[int] = None):
+        obs, _ = self.env.reset(seed=seed)
+        return obs
+
+    def step(self, action):
+        obs, reward, term, trunc, info = self.env.step(action)
+        done = term or trunc
+        if done:
+            info["terminal_observation"] = obs
+            info["TimeLimit.truncated"] = trunc and not term
+            obs, _ = self.env.reset()
+        return obs, reward, done, info
+
+
+class RayVecEnv(VecEnv):
+    def __init__(self, cfg_dict: dict, n_envs: int, address: Optional[str] = None) -> None:
+        import ray
+
+        from envs.actions import ActionMap
+        from envs.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW
+        from gymnasium import spaces
+        from trainers.config import parse_config
+
+        self.started_ray = init_ray(address)
+        cfg = parse_config(cfg_dict)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1} if gpus >= 1 else {"num_cpus": 1}
+        self._actor_cls = ray.remote(max_restarts=-1, max_task_retries=0, **opts)(EnvWorker)
+        self.cfg_dict = cfg_dict
+        self.workers = [self._actor_cls.remote(cfg_dict, rank, None) for rank in range(n_envs)]
+        self.dropped: list[dict] = []
+        self._seeds: list[Optional[int]] = [None] * n_envs
+        self._last_obs: list[np.ndarray] = []
+        self._pending: list = []
+        obs_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(FEATURE_NAMES),), dtype=np.float32)
+        super().__init__(n_envs, obs_space, ActionMap(cfg.action, cfg.bounds).space)
+
+    # ------------------------------------------------------------ VecEnv API
+    def reset(self):
+        import ray
+
+        obs = ray.get([w.reset.remote(s) for w, s in zip(self.workers, self._seeds)])
+        self._seeds = [None] * self.num_envs
+        self._last_obs = [np.asarray(o) for o in obs]
+        return np.stack(self._last_obs)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._pending = [w.step.remote(a) for w, a in zip(self.workers, actions)]
+
+    def step_wait(self):
+        import ray
+        from ray.exceptions import RayActorError
+
+        obs, rews, dones, infos = [], [], [], []
+        for i, ref in enumerate(self._pending):
+            try:
+                o, r, d, info = ray.get(ref)
+            except RayActorError as err:
+                # Ray restarts the actor (fresh engine); the interrupted episode is dropped.
+                reason = f"env {i}: worker died ({type(err).__name__}); episode dropped, worker restarted"
+                log.warning(reason)
+                self.dropped.append({"env": i, "reason": reason})
+                o = np.asarray(ray.get(self.workers[i].reset.remote(None)))
+                r, d = 0.0, True
+                info = {"terminal_observation": self._last_obs[i], "TimeLimit.truncated": True, "dropped": reason}
+            obs.append(np.asarray(o))
+            rews.append(r)
+            dones.append(d)
+            infos.append(info)
+        self._last_obs = obs
+        return np.stack(obs), np.asarray(rews, dtype=np.float32), np.asarray(dones), infos
+
+    def worker_pids(self) -> list[int]:
+        import ray
+
+        return ray.get([w.pid.remote() for w in self.workers])
+
+    def close(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        if self.started_ray:
+            ray.shutdown()
+
+    def seed(self, seed: Optional[int] = None) -> Sequence[None]:
+        if seed is not None:
+            self._seeds = [seed + i for i in range(self.num_envs)]
+        return [None] * self.num_envs
+
+    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
+        return [None for _ in self._indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        pass
+
+    def env_method(self, method_name: str, *args, indices=None, **kwargs) -> list[Any]:
+        raise NotImplementedError("RayVecEnv does not forward env methods")
+
+    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
+        return [False for _ in self._indices(indices)]
+
+    def _indices(self, indices) -> list[int]:
+        if indices is None:
+            return list(range(self.num_envs))
+        return [indices] if isinstance(indices, int) else list(indices)

@@ -1,0 +1,91 @@
+"""MLflow on loopback or a local SQLite file: where every run, episode and plot is recorded.
+
+Default store: results/mlflow.db with artifacts in results/mlartifacts (no server needed);
+--tracking-uri or MLFLOW_TRACKING_URI points elsewhere (e.g. http://127.0.0.1:5000).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from trainers.config import REPO_ROOT
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # else the client looks up a telemetry host
+
+RESULTS = REPO_ROOT / "results"
+DEFAULT_DB = RESULTS / "mlflow.db"
+DEFAULT_ARTIFACTS = RESULTS / "mlartifacts"
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+
+
+def setup(tracking_uri: Optional[str], experiment: str) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns its id."""
+    import mlflow
+
+    uri = tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is not None:
+        mlflow.set_experiment(experiment)
+        return exp.experiment_id
+    kwargs: dict[str, Any] = {}
+    if uri.startswith("sqlite:"):  # the default ./mlruns would land wherever the user stands
+        DEFAULT_ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        kwargs["artifact_location"] = (DEFAULT_ARTIFACTS / experiment).as_uri()
+    exp_id = mlflow.create_experiment(experiment, **kwargs)
+    mlflow.set_experiment(experiment)
+    return exp_id
+
+
+def ui_command(tracking_uri: Optional[str] = None) -> str:
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("http"):
+        return f"open {uri}"
+    return f".venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def flat_params(prefix: str, obj: Any) -> dict[str, Any]:
+    """Nested dicts -> 'a.b.c' keys, values truncated to MLflow's parameter size."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flat_params(f"{prefix}.{k}" if prefix else str(k), v))
+    else:
+        out[prefix] = str(obj)[:500]
+    return out
+
+
+def log_episode(log: dict, run_name: str, tags: Optional[dict[str, str]] = None) -> None:
+    """One episode as a nested run: loss curve, eval curve and hyperparameter trajectory as step
+    metrics, so the MLflow UI plots them against training steps."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    with mlflow.start_run(run_name=run_name, nested=True, tags=tags or {}):
+        mlflow.log_params({"instance": log["instance"], "seed": log["seed"], "diverged": log["diverged"]})
+        client = mlflow.tracking.MlflowClient()
+        run_id = mlflow.active_run().info.run_id
+        metrics: list[Metric] = []
+
+        def add(name: str, values: Iterable[tuple[int, float]]) -> None:
+            for step, v in values:
+                if v is not None and v == v and abs(v) != float("inf"):
+                    metrics.append(Metric(name, float(v), 0, int(step)))
+
+        add("train_loss", enumerate(log["train_loss"], start=1))
+        add("grad_norm", enumerate(log["grad_norm"], start=1))
+        for key in ("lr", "weight_decay", "grad_clip"):
+            add(key, ((i + 1, h[key]) for i, h in enumerate(log["schedule"])))
+        add("eval_loss", log["eval_curve"])
+        for i in range(0, len(metrics), 900):  # the REST API caps a batch at 1000
+            client.log_batch(run_id, metrics=metrics[i : i + 900])
+        final = {"final_eval_loss": log["eval_curve"][-1][1]}
+        if log.get("test_loss") is not None:
+            final["test_loss"] = log["test_loss"]
+        if log.get("test_metric") is not None:
+            final["test_metric"] = log["test_metric"]
+        mlflow.log_metrics({k: v for k, v in final.items() if v == v})

@@ -1,0 +1,124 @@
+"""Use a learned controller on one new fine-tuning run, for the cost of that run.
+
+    python -m agents.tune --agent results/agents/ppo-tiny-seed0 --instance bbc-tech-lm
+    python -m agents.tune --agent results/agents/ppo-tiny-seed0 --data my.jsonl --model path/to/hf_model
+    python -m agents.tune --replay results/tuned/<run>/schedule.json      # no agent: same schedule, same losses
+
+Writes <out>/model (the fine-tuned model), metrics.json, and schedule.json: the per-step
+hyperparameters that were applied, with the seed and config needed to replay them exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from trainers.config import REPO_ROOT, ConfigError, InstanceSetConfig, deep_merge, load_config, parse_config
+
+
+def user_config(base: InstanceSetConfig, data: str, model: Optional[str], steps: Optional[int]) -> InstanceSetConfig:
+    """The agent's environment, retargeted at a user's JSONL file and (optionally) model folder."""
+    d = base.model_dump(mode="json")
+    rec = d["default_recipe"]
+    inst = {"name": Path(data).stem, "dataset": {"kind": "jsonl", "path": str(Path(data).resolve())},
+            "init_lr": [rec["lr"], rec["lr"]], "init_weight_decay": [max(rec["weight_decay"], 1e-4)] * 2,
+            "init_grad_clip": [rec["grad_clip"]] * 2}
+    if steps:
+        inst["total_steps"] = steps
+    d = deep_merge(d, {"heldout": [inst]})
+    if model:
+        d["session"]["model"] = model
+    return parse_config(d, source="agents.tune arguments")
+
+
+def save_run(out: Path, log: dict, cfg: InstanceSetConfig, env, agent: Optional[str], save_model: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    schedule = {"instance": log["instance"], "seed": log["seed"], "agent": agent,
+                "schedule": log["schedule"], "train_loss": log["train_loss"], "eval_curve": log["eval_curve"],
+                "config": cfg.model_dump(mode="json")}
+    (out / "schedule.json").write_text(json.dumps(schedule, indent=1) + "\n")
+    metrics = {k: log[k] for k in ("instance", "seed", "initial_eval_loss", "eval_curve", "diverged", "test_loss",
+                                   "test_metric", "metric_name")}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if save_model:
+        env.session.save_model(str(out / "model"))
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m agents.tune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agent", help="agent folder from agents.train_agent")
+    p.add_argument("--instance", help="a held-out (or any) instance of the agent's instance set")
+    p.add_argument("--data", help="your JSONL file of {\"prompt\",\"completion\"} or {\"text\"} records")
+    p.add_argument("--model", help="a Hugging Face model folder, or a preset (tiny-gpt, smollm2-135m)")
+    p.add_argument("--config", help="a whole instance-set YAML to run in instead of the agent's")
+    p.add_argument("--steps", type=int, help="training steps of the run (default: the instance's budget)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
+    p.add_argument("--replay", help="schedule.json from an earlier run: re-run it exactly, no agent")
+    p.add_argument("--out", help="output folder (default: results/tuned/<instance>-<agent or replay>-seed<seed>)")
+    p.add_argument("--no-save-model", action="store_true", help="skip writing the fine-tuned model")
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> dict:
+    from agents.agent_folder import Controller
+    from agents.rollout import run_controller, run_schedule
+    from envs.finetune_env import FineTuneEnv
+
+    t0 = time.time()
+    if args.replay:
+        rec = json.loads(Path(args.replay).read_text())
+        cfg = parse_config(rec["config"], source=args.replay)
+        env = FineTuneEnv(cfg, split="all", evaluate_test=True)
+        log = run_schedule(env, rec["schedule"], rec["instance"], rec["seed"])
+        same = log["train_loss"] == rec["train_loss"] and log["eval_curve"] == rec["eval_curve"]
+        print(f"replayed {len(rec['schedule'])} steps of {rec['instance']} (seed {rec['seed']}): "
+              f"losses {'reproduced exactly' if same else 'DIFFER from the recorded run'}")
+        out = Path(args.out) if args.out else Path(args.replay).parent / "replay"
+        save_run(out, log, cfg, env, None, not args.no_save_model)
+        return {"log": log, "reproduced": same, "out": str(out)}
+    if not args.agent:
+        raise ConfigError("give --agent (to tune) or --replay (to re-run a schedule)")
+    controller = Controller(args.agent)
+    cfg = load_config(args.config) if args.config else controller.env_config
+    if args.data:
+        cfg = user_config(cfg, args.data, args.model, args.steps)
+        instance = cfg.heldout[-1].name
+    else:
+        if args.model:
+            cfg = parse_config(deep_merge(cfg.model_dump(mode="json"), {"session": {"model": args.model}}))
+        instance = args.instance or (cfg.heldout[0].name if cfg.heldout else cfg.train[0].name)
+        cfg.instance(instance)  # names the known instances if it is not one
+        if args.steps:
+            d = cfg.model_dump(mode="json")
+            for group in ("train", "heldout"):
+                for i in d[group]:
+                    if i["name"] == instance:
+                        i["total_steps"] = args.steps
+            cfg = parse_config(d)
+    env = FineTuneEnv(cfg, split="all", evaluate_test=True)
+    controller.check_compatible(env.actions)
+    log = run_controller(env, controller, instance, args.seed)
+    out = Path(args.out) if args.out else REPO_ROOT / "results" / "tuned" / f"{instance}-{Path(args.agent).name}-seed{args.seed}"
+    save_run(out, log, cfg, env, str(args.agent), not args.no_save_model)
+    print(yaml.safe_dump({"instance": instance, "eval_loss": [round(v, 4) for _, v in log["eval_curve"]],
+                          "test_loss": log["test_loss"], "test_metric": log["test_metric"],
+                          "lr_schedule": sorted({h["lr"] for h in log["schedule"]}),
+                          "seconds": round(time.time() - t0, 1)}, sort_keys=False))
+    print(f"written: {out}/schedule.json, metrics.json{'' if args.no_save_model else ', model/'}")
+    print(f"replay:  python -m agents.tune --replay {out}/schedule.json")
+    return {"log": log, "out": str(out)}
+
+
+if __name__ == "__main__":
+    main()

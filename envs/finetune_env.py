@@ -1,0 +1,248 @@
+"""FineTuneEnv: a Gymnasium environment around one real DeepSpeed fine-tuning episode.
+
+reset: restore the base snapshot, pick an instance, draw initial hyperparameters, evaluate.
+step:  apply hyperparameter deltas, train one decision interval, evaluate, reward the improvement.
+The return of an episode is its total eval-loss improvement relative to the starting eval loss.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.actions import ActionMap
+from envs.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, observe
+from trainers.config import InstanceSetConfig, InstanceSpec, load_config, parse_config
+from trainers.data import TaskData, build_task_data
+from trainers.session import EvalResult, FineTuneSession, Hparams, StepMetrics
+
+
+@dataclass
+class EpisodeLog:
+    """Everything that happened in one episode: enough to plot, log and replay it."""
+
+    instance: str
+    seed: Optional[int]
+    initial_eval_loss: float
+    schedule: list[dict[str, float]] = field(default_factory=list)  # one entry per training step
+    train_loss: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    eval_curve: list[tuple[int, float]] = field(default_factory=list)  # (steps done, eval loss)
+    diverged: bool = False
+    test_loss: Optional[float] = None
+    initial_test_loss: Optional[float] = None  # the base model's, for scoring diverged runs
+    test_metric: Optional[float] = None
+    metric_name: Optional[str] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class FineTuneEnv(gym.Env):
+    """Observe the run, set hyperparameters, get rewarded for validation improvement."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        config: str | InstanceSetConfig | dict = "tiny",
+        split: str = "train",
+        instance_order: str = "cycle",
+        evaluate_test: bool = False,
+        session: Optional[FineTuneSession] = None,
+        overrides: Optional[dict] = None,
+    ) -> None:
+        if isinstance(config, InstanceSetConfig):
+            self.cfg = config
+        elif isinstance(config, dict):
+            self.cfg = parse_config(config)
+        else:
+            self.cfg = load_config(config, overrides)
+        if split not in ("train", "heldout", "all"):
+            raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+        self.instances: tuple[InstanceSpec, ...] = {
+            "train": self.cfg.train,
+            "heldout": self.cfg.heldout,
+            "all": self.cfg.train + self.cfg.heldout,
+        }[split]
+        if not self.instances:
+            raise ValueError(f"instance set {self.cfg.name!r} has no {split!r} instances")
+        if instance_order not in ("cycle", "sample"):
+            raise ValueError(f"instance_order must be 'cycle' or 'sample', got {instance_order!r}")
+        self.instance_order = instance_order
+        self.evaluate_test = evaluate_test
+        self.session = session or FineTuneSession(self.cfg.session)
+        self.actions = ActionMap(self.cfg.action, self.cfg.bounds)
+        self.action_space = self.actions.space
+        self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(FEATURE_NAMES),), dtype=np.float32)
+        self._data: dict[str, TaskData] = {}
+        self._initial_eval: dict[str, EvalResult] = {}
+        self._initial_test: dict[str, EvalResult] = {}
+        self._cycle = 0
+        self.log: Optional[EpisodeLog] = None
+
+    # ------------------------------------------------------------ helpers
+    def first_instance(self, index: int) -> None:
+        """Start the cycle at another instance (parallel envs cover different instances)."""
+        self._cycle = index
+
+    @property
+    def engine(self):
+        """The live deepspeed.DeepSpeedEngine."""
+        return self.session.engine
+
+    def task_data(self, inst: InstanceSpec) -> TaskData:
+        if inst.name not in self._data:
+            ep = self.cfg.episode
+            self._data[inst.name] = build_task_data(
+                inst.name, inst.dataset, self.session.tokenizer, self.cfg.session.seq_len,
+                ep.eval_examples, ep.test_examples,
+            )
+        return self._data[inst.name]
+
+    def _choose(self, options: dict) -> InstanceSpec:
+        if options.get("instance"):
+            return self.cfg.instance(options["instance"])
+        if self.instance_order == "sample":
+            return self.instances[int(self.np_random.integers(len(self.instances)))]
+        inst = self.instances[self._cycle % len(self.instances)]
+        self._cycle += 1
+        return inst
+
+    def _draw_initial(self, inst: InstanceSpec) -> Hparams:
+        def log_uniform(lo: float, hi: float) -> float:
+            return float(math.exp(self.np_random.uniform(math.log(lo), math.log(hi))))
+
+        return Hparams(log_uniform(*inst.init_lr), log_uniform(*inst.init_weight_decay),
+                       log_uniform(*inst.init_grad_clip))
+
+    def _obs(self, steps: Sequence[StepMetrics]) -> np.ndarray:
+        return observe(
+            self.steps_done / self.total_steps, self.session.hparams(), self.cfg.bounds, steps,
+            self.eval_loss, self.initial_eval.loss, self.last_eval_change,
+        )
+
+    # ------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        super().reset(seed=seed)
+        options = options or {}
+        t0 = time.perf_counter()
+        self.instance = self._choose(options)
+        self.total_steps = self.cfg.steps_for(self.instance)
+        drawn = self._draw_initial(self.instance)  # drawn even when given: the seed stream stays the same
+        initial = options.get("initial_hparams")
+        hp = Hparams(**initial) if isinstance(initial, dict) else (initial or drawn)
+        hp = self.actions.clip(hp)
+        session_seed = int(self.np_random.integers(2**31 - 1))
+        self.session.reset_to_base(session_seed)
+        self.session.use_data(self.task_data(self.instance), session_seed)
+        self.session.set_hparams(hp)
+        self.reset_seconds = time.perf_counter() - t0
+        # The base model's eval on an instance never changes: compute once, reuse on every reset.
+        if self.instance.name not in self._initial_eval:
+            self._initial_eval[self.instance.name] = self.session.evaluate("validation")
+        self.initial_eval = self._initial_eval[self.instance.name]
+        self.eval_loss = self.initial_eval.loss
+        self.last_eval_change = 0.0
+        self.steps_done = 0
+        self.log = EpisodeLog(self.instance.name, seed, self.initial_eval.loss, metric_name=self.initial_eval.metric_name)
+        if self.evaluate_test:
+            if self.instance.name not in self._initial_test:
+                self._initial_test[self.instance.name] = self.session.evaluate("test")
+            self.log.initial_test_loss = self._initial_test[self.instance.name].loss
+        self.log.eval_curve.append((0, self.eval_loss))
+        info = {"instance": self.instance.name, "hparams": hp.as_dict(), "eval_loss": self.eval_loss,
+                "eval_metric": self.initial_eval.metric, "steps_done": 0}
+        return self._obs([]), info
+
+    def step(self, action):
+        new = self.actions.apply(action, self.session.hparams())
+        k = min(self.cfg.episode.decision_interval, self.total_steps - self.steps_done)
+        return self.step_with_schedule([new] * k)
+
+    def step_with_schedule(self, per_step: Sequence[Hparams]):
+        """Train len(per_step) steps, setting each step's hyperparameters; used by env.step,
+        static recipes and schedule replay, so all three run exactly the same code."""
+        if self.log is None:
+            raise RuntimeError("call reset() before step()")
+        if self.steps_done >= self.total_steps:
+            raise RuntimeError("episode is over: call reset()")
+        steps: list[StepMetrics] = []
+        for h in per_step[: self.total_steps - self.steps_done]:
+            self.session.set_hparams(h)
+            steps.extend(self.session.train(1))
+            self.log.schedule.append(h.as_dict())
+        self.steps_done += len(steps)
+        self.log.train_loss += [s.loss for s in steps]
+        self.log.grad_norm += [s.grad_norm for s in steps]
+        train_seconds = sum(s.seconds for s in steps)
+
+        finite = all(math.isfinite(s.loss) and math.isfinite(s.grad_norm) for s in steps)
+        ev = self.session.evaluate("validation") if finite else None
+        new_loss = ev.loss if ev is not None else float("nan")
+        ep = self.cfg.episode
+        diverged = not finite or not math.isfinite(new_loss) or new_loss > ep.divergence_factor * self.initial_eval.loss
+        if diverged:
+            reward = -ep.divergence_penalty
+            self.last_eval_change = 0.0
+        else:
+            reward = (self.eval_loss - new_loss) / self.initial_eval.loss
+            self.last_eval_change = self.eval_loss - new_loss
+            self.eval_loss = new_loss
+        self.log.eval_curve.append((self.steps_done, new_loss))
+        self.log.diverged = diverged
+        terminated = diverged or self.steps_done >= self.total_steps
+        info: dict[str, Any] = {
+            "instance": self.instance.name,
+            "hparams": self.session.hparams().as_dict(),
+            "train_loss": [s.loss for s in steps],
+            "grad_norm": [s.grad_norm for s in steps],
+            "lr": [s.lr for s in steps],
+            "tokens": sum(s.tokens for s in steps),
+            "train_seconds": train_seconds,
+            "eval_loss": new_loss,
+            "eval_metric": ev.metric if ev else None,
+            "eval_seconds": ev.seconds if ev else 0.0,
+            "steps_done": self.steps_done,
+            "diverged": diverged,
+        }
+        if terminated and self.evaluate_test:
+            test = self.session.evaluate("test")
+            # A run that blew up leaves a broken model; score it as no better than the base model.
+            if diverged or not math.isfinite(test.loss):
+                finite = test.loss if math.isfinite(test.loss) else -math.inf
+                self.log.test_loss = max(finite, self.log.initial_test_loss)
+            else:
+                self.log.test_loss = test.loss
+            self.log.test_metric = test.metric
+            info["test_loss"] = self.log.test_loss
+            info["test_metric"] = self.log.test_metric
+        if terminated:
+            info["episode_log"] = self.log.as_dict()
+        return self._obs(steps), float(reward), terminated, False, info
+
+    # ------------------------------------------------------------ checkpoints (PBT)
+    def episode_state(self) -> dict[str, Any]:
+        """The episode in flight, without the dataset: enough to continue it in another process."""
+        snap = self.session.snapshot()
+        snap.data = None
+        return {"snapshot": snap, "steps_done": self.steps_done, "eval_loss": self.eval_loss,
+                "last_eval_change": self.last_eval_change, "log": self.log.as_dict() if self.log else None}
+
+    def load_episode_state(self, state: dict[str, Any]) -> None:
+        """Continue an episode saved by episode_state(); reset() to the same instance first."""
+        snap = state["snapshot"]
+        snap.data = self.session.data
+        self.session.restore(snap)
+        self.steps_done, self.eval_loss = state["steps_done"], state["eval_loss"]
+        self.last_eval_change = state["last_eval_change"]
+        self.log = EpisodeLog(**state["log"])
+
+    def close(self) -> None:
+        # The engine belongs to the session; a caller that passed a session keeps it alive.
+        pass

@@ -1,0 +1,51 @@
+"""Shared fixtures. One DeepSpeed session per test process for the tiny preset: tests that need
+a fresh engine (other ZeRO stages, bf16, SmolLM2) build their own."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from trainers.config import load_config
+
+    return load_config("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_session(tiny_cfg):
+    from trainers.session import FineTuneSession
+
+    return FineTuneSession(tiny_cfg.session)
+
+
+@pytest.fixture()
+def tiny_env(tiny_cfg, tiny_session):
+    from envs.finetune_env import FineTuneEnv
+
+    return FineTuneEnv(tiny_cfg, split="all", session=tiny_session)
+
+
+@pytest.fixture(scope="session")
+def fast_cfg_dict():
+    """The tiny preset with short episodes, for tests that run many of them."""
+    import yaml
+
+    from trainers.config import CONFIG_DIR
+
+    d = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
+    d["episode"]["total_steps"] = 12
+    d["episode"]["decision_interval"] = 4
+    d["episode"]["eval_examples"] = 16
+    d["episode"]["test_examples"] = 16
+    for inst in d["train"] + d["heldout"]:
+        inst.pop("total_steps", None)
+    return d

@@ -1,0 +1,108 @@
+"""Short real training of each learner on the real engine, the agent folder, deploy and replay."""
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from agents import train_agent, tune
+from agents.agent_folder import Controller
+from agents.qlearning import QLearningAgent, QLearningConfig
+
+
+@pytest.fixture(scope="module")
+def fast_yaml(tmp_path_factory, fast_cfg_dict):
+    d = dict(fast_cfg_dict)
+    d["train"] = d["train"][:2]
+    d["heldout"] = d["heldout"][:2]
+    p = tmp_path_factory.mktemp("cfg") / "fast.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _train(algo, fast_yaml, out, uri, extra=()):
+    args = train_agent.parse_args(["--algo", algo, "--config", str(fast_yaml), "--total-steps", "12",
+                                   "--out", str(out), "--tracking-uri", uri, "--eval-seeds", "1",
+                                   "--validate-every", "6", "--checkpoint-every", "6", *extra])
+    return train_agent.train(args)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn", "qlearning"])
+def test_learner_trains_saves_and_evaluates(algo, fast_yaml, tmp_path_factory, tracking_uri):
+    folder = _train(algo, fast_yaml, tmp_path_factory.mktemp(algo), tracking_uri)
+    meta = json.loads((folder / "agent.json").read_text())
+    assert meta["algo"] == algo and meta["total_timesteps"] >= 12
+    for f in [meta["model_file"], "env_config.yaml", "training_curve.csv", "learning_curve.png", "heldout.md"]:
+        assert (folder / f).is_file(), f
+    if algo != "qlearning":
+        assert (folder / "vecnormalize.pkl").is_file()
+    curve = (folder / "training_curve.csv").read_text().splitlines()
+    assert len(curve) - 1 == 12 // 3  # 3 decisions per 12-step episode
+    held = json.loads((folder / "heldout.json").read_text())["summary"]
+    for method in ("policy", "default_recipe"):
+        s = held[method]
+        assert s["n_runs"] == 2 and math.isfinite(s["test_loss_mean"])
+        assert set(s["per_instance"]) == {"bbc-tech-lm", "bbc-sport-lm-small"}
+    assert len(meta["heldout_validation"]) == 2
+    # the folder alone is enough to act
+    c = Controller(folder)
+    a = c.act(np.zeros(14, dtype=np.float32))
+    assert c.action_mode == ("box" if algo == "ppo" else "discrete")
+    assert np.asarray(a).shape == ((3,) if algo == "ppo" else ())
+
+
+def test_qlearning_update_is_the_textbook_rule():
+    agent = QLearningAgent(3, QLearningConfig(alpha=0.5, gamma=0.9))
+    s, s2 = np.zeros(14), np.full(14, 0.5)
+    agent.values(agent.state(s2))[:] = [1.0, 4.0, 2.0]
+    agent.values(agent.state(s))[1] = 2.0
+    td = agent.update(s, 1, 1.0, s2, done=False)
+    assert td == pytest.approx(1.0 + 0.9 * 4.0 - 2.0)
+    assert agent.values(agent.state(s))[1] == pytest.approx(2.0 + 0.5 * td)
+    agent.update(s, 0, -1.0, s2, done=True)  # terminal: no bootstrap
+    assert agent.values(agent.state(s))[0] == pytest.approx(0.5 * -1.0)
+
+
+def test_resume_continues_from_checkpoint(fast_yaml, tmp_path, tracking_uri):
+    folder = _train("qlearning", fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])
+    state = json.loads((folder / "checkpoint" / "state.json").read_text())
+    assert state["num_timesteps"] == 12
+    args = train_agent.parse_args(["--algo", "qlearning", "--config", str(fast_yaml), "--total-steps", "18",
+                                   "--out", str(tmp_path), "--tracking-uri", tracking_uri, "--resume",
+                                   "--no-heldout", "--validate-every", "0"])
+    folder = train_agent.train(args)
+    meta = json.loads((folder / "agent.json").read_text())
+    assert meta["total_timesteps"] == 18 and meta["mlflow_run_id"] == state["mlflow_run_id"]
+    assert len((folder / "training_curve.csv").read_text().splitlines()) - 1 == 6
+
+
+def test_deploy_then_replay_reproduces_losses(fast_yaml, tmp_path, tracking_uri):
+    folder = _train("ppo", fast_yaml, tmp_path / "agents", tracking_uri, ["--no-heldout"])
+    out = tmp_path / "tuned"
+    res = tune.main(["--agent", str(folder), "--instance", "bbc-tech-lm", "--seed", "3", "--out", str(out)])
+    sched = json.loads((out / "schedule.json").read_text())
+    assert len(sched["schedule"]) == 12 and (out / "model" / "config.json").is_file()
+    assert math.isfinite(json.loads((out / "metrics.json").read_text())["test_loss"])
+    rep = tune.main(["--replay", str(out / "schedule.json"), "--no-save-model"])
+    assert rep["reproduced"] is True
+    assert rep["log"]["train_loss"] == res["log"]["train_loss"]
+
+
+def test_deploy_on_users_jsonl(fast_yaml, tmp_path, tracking_uri):
+    folder = _train("qlearning", fast_yaml, tmp_path / "agents", tracking_uri, ["--no-heldout"])
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Color of item {i}?", "completion": f" {['red', 'blue'][i % 2]}"}) + "\n"
+                            for i in range(60)))
+    res = tune.main(["--agent", str(folder), "--data", str(data), "--steps", "8", "--out", str(tmp_path / "t"),
+                     "--no-save-model"])
+    assert res["log"]["instance"] == "mine" and len(res["log"]["schedule"]) == 8
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": 1}\n')
+    with pytest.raises(SystemExit):
+        tune.main(["--agent", str(folder), "--data", str(bad), "--no-save-model"])

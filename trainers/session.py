@@ -1,0 +1,330 @@
+"""FineTuneSession: one real DeepSpeed engine for the life of the process.
+
+It trains k steps, evaluates, sets hyperparameters mid-run, and snapshots / restores model +
+optimizer + RNG in memory, so an environment reset costs milliseconds and never calls
+``deepspeed.initialize`` again. The training step is the few lines of ``_train_step``: that is
+where the learning rate, weight decay and clipping threshold a controller sets take effect.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import torch
+
+from trainers.config import SessionConfig
+from trainers.data import IGNORE, TaskData, TokenizedSplit
+
+
+def resolve_device(cfg: SessionConfig) -> str:
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("session.device is 'cuda' but no CUDA device is visible")
+    return cfg.device
+
+
+def _import_deepspeed(device: str):
+    # The accelerator is chosen when deepspeed is first imported; unset, it warns and guesses.
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if device == "cuda" else "cpu")
+    import deepspeed
+    import deepspeed.comm.torch as ds_torch_comm
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)
+    # Every session is a one-process group, so DeepSpeed's shared-memory collective op (which only
+    # speeds up all-reduce between processes on one CPU host) has nothing to do. Building it is a
+    # C++ compile of one to twenty minutes on a 2-core machine; skip it.
+    ds_torch_comm.build_shm_op = lambda: None
+    return deepspeed
+
+
+def ensure_process_group(device: str) -> None:
+    """A single-process group on an in-memory store: no TCP rendezvous, no port to collide on."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if device == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """The hyperparameters a controller or recipe sets; piecewise constant between decisions."""
+
+    lr: float
+    weight_decay: float
+    grad_clip: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    step: int
+    loss: float
+    grad_norm: float  # before clipping
+    lr: float
+    tokens: int
+    seconds: float
+    clipped: bool
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # mean per-token cross-entropy
+    metric: Optional[float]  # e.g. exact-match accuracy
+    metric_name: Optional[str]
+    seconds: float
+
+
+@dataclass
+class Snapshot:
+    module: dict[str, torch.Tensor]
+    optimizer: Any
+    torch_rng: torch.Tensor
+    data_rng: torch.Tensor
+    step: int
+    data: Optional[TaskData]
+    grad_clip: float
+
+
+def _clone(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_clone(v) for v in obj)
+    return obj
+
+
+def _freeze_all_but_last(model: torch.nn.Module, n: int) -> None:
+    """Only the last n transformer blocks (and the final norm) train: big models on small machines."""
+    blocks = None
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers"):
+        obj: Any = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            blocks = obj
+            break
+        except AttributeError:
+            continue
+    if blocks is None:
+        raise ValueError("session.trainable_last_layers: cannot find the transformer blocks of this model")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in list(blocks)[-n:]:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    for name in ("model.norm", "transformer.ln_f"):
+        obj = model
+        try:
+            for part in name.split("."):
+                obj = getattr(obj, part)
+            for p in obj.parameters():
+                p.requires_grad_(True)
+        except AttributeError:
+            pass
+
+
+class FineTuneSession:
+    """One DeepSpeed engine; data and hyperparameters change, the engine does not."""
+
+    def __init__(self, cfg: SessionConfig, initial: Hparams = Hparams(1e-3, 0.01, 1.0)) -> None:
+        from trainers.models import load_model_and_tokenizer
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg)
+        torch.set_num_threads(cfg.torch_threads)
+        deepspeed = _import_deepspeed(self.device)
+        ensure_process_group(self.device)
+        model, self.tokenizer = load_model_and_tokenizer(cfg.model)
+        if cfg.trainable_last_layers:
+            _freeze_all_but_last(model, cfg.trainable_last_layers)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": initial.grad_clip,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "bf16": {"enabled": cfg.precision == "bf16"},
+            # torch's AdamW: no op compile on CPU; the controller owns the schedule, so no scheduler.
+            "optimizer": {
+                "type": "AdamW",
+                "params": {"lr": initial.lr, "weight_decay": initial.weight_decay, "torch_adam": True},
+            },
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+        self.initialize_calls = 1  # tests check that resets never raise this
+        self._params = params
+        self._data: Optional[TaskData] = None
+        self._data_rng = torch.Generator().manual_seed(0)
+        self.step_count = 0
+        self.set_hparams(initial)
+        self._base = self.snapshot()
+
+    # ------------------------------------------------------------ hyperparameters
+    def set_hparams(self, h: Hparams) -> None:
+        """lr and weight decay live in the optimizer's param groups; ZeRO and bf16 optimizers copy
+        the clipping threshold at construction, so both copies change."""
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = float(h.lr)
+            group["weight_decay"] = float(h.weight_decay)
+        self.engine._config.gradient_clipping = float(h.grad_clip)
+        if hasattr(self.engine.optimizer, "clip_grad"):
+            self.engine.optimizer.clip_grad = float(h.grad_clip)
+
+    def hparams(self) -> Hparams:
+        """What the optimizer will actually use on the next step (read back, not remembered)."""
+        g = self.engine.optimizer.param_groups[0]
+        return Hparams(float(g["lr"]), float(g["weight_decay"]), float(self.engine._config.gradient_clipping))
+
+    # ------------------------------------------------------------ data
+    def use_data(self, data: TaskData, seed: int) -> None:
+        self._data = data
+        self._data_rng.manual_seed(seed)
+
+    @property
+    def data(self) -> TaskData:
+        if self._data is None:
+            raise RuntimeError("no task data: call use_data() first")
+        return self._data
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.engine.device, non_blocking=True)
+
+    # ------------------------------------------------------------ training
+    def _grad_norm_from_params(self) -> float:
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if not grads:
+            return float("nan")
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+    def _train_step(self, batch: TokenizedSplit) -> tuple[float, float]:
+        out = self.engine(
+            input_ids=self._to_device(batch.input_ids),
+            attention_mask=self._to_device(batch.attention_mask),
+            labels=self._to_device(batch.labels),
+        )
+        self.engine.backward(out.loss)
+        # fp32 ZeRO 0 clips param.grad in place inside step(): read the norm first. ZeRO and bf16
+        # optimizers compute the pre-clip norm themselves and expose it after step().
+        norm = self._grad_norm_from_params() if self._reads_param_grads else None
+        self.engine.step()  # clipping at the configured threshold, then AdamW with the set lr / wd
+        if norm is None:
+            g = self.engine.get_global_grad_norm()
+            norm = float(g) if g is not None else float("nan")
+        return float(out.loss.detach()), norm
+
+    @property
+    def _reads_param_grads(self) -> bool:
+        return self.cfg.zero_stage == 0 and self.cfg.precision == "fp32"
+
+    def train(self, k: int) -> list[StepMetrics]:
+        """k optimizer steps on random training batches; per-step metrics."""
+        data = self.data.train
+        self.engine.train()
+        out: list[StepMetrics] = []
+        clip = self.engine._config.gradient_clipping
+        for _ in range(k):
+            t0 = time.perf_counter()
+            idx = torch.randint(0, len(data), (self.cfg.micro_batch_size,), generator=self._data_rng)
+            batch = TokenizedSplit(data.input_ids[idx], data.attention_mask[idx], data.labels[idx])
+            loss, norm = self._train_step(batch)
+            self.step_count += 1
+            out.append(
+                StepMetrics(
+                    step=self.step_count,
+                    loss=loss,
+                    grad_norm=norm,
+                    lr=float(self.engine.optimizer.param_groups[0]["lr"]),
+                    tokens=int(batch.attention_mask.sum()),
+                    seconds=time.perf_counter() - t0,
+                    clipped=bool(math.isfinite(norm) and norm > clip),
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str = "validation") -> EvalResult:
+        """Token-weighted mean loss; exact match = greedy decoding reproduces the whole answer,
+        which (teacher-forced) is every answer token being the argmax: one forward pass."""
+        t0 = time.perf_counter()
+        data = self.data.split(split)
+        self.engine.eval()
+        total_loss, total_tokens, hits = 0.0, 0, 0
+        bs = self.cfg.micro_batch_size * 2
+        for s in range(0, len(data), bs):
+            ids = self._to_device(data.input_ids[s : s + bs])
+            mask = self._to_device(data.attention_mask[s : s + bs])
+            labels = self._to_device(data.labels[s : s + bs])
+            logits = self.engine(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            valid = target != IGNORE
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
+            )
+            total_loss += float(loss)
+            total_tokens += int(valid.sum())
+            if self.data.metric == "exact_match":
+                hits += int(((logits.argmax(-1) == target) | ~valid).all(dim=1).sum())
+        self.engine.train()
+        mean = total_loss / max(total_tokens, 1)
+        metric = hits / len(data) if self.data.metric == "exact_match" else None
+        return EvalResult(mean, metric, self.data.metric, time.perf_counter() - t0)
+
+    # ------------------------------------------------------------ snapshots
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            module=_clone(self.engine.module.state_dict()),
+            optimizer=_clone(self.engine.optimizer.state_dict()),
+            torch_rng=torch.get_rng_state(),
+            data_rng=self._data_rng.get_state(),
+            step=self.step_count,
+            data=self._data,
+            grad_clip=float(self.engine._config.gradient_clipping),
+        )
+
+    def restore(self, snap: Snapshot) -> None:
+        """Clone again on the way in: optimizers keep the tensors they are given and update them
+        in place, which would otherwise corrupt the snapshot for the next restore."""
+        self.engine.module.load_state_dict(snap.module)
+        opt = self.engine.optimizer
+        if self.cfg.zero_stage == 0 and isinstance(opt, torch.optim.Optimizer):
+            opt.load_state_dict(_clone(snap.optimizer))
+        else:  # ZeRO 1/2 and bf16 optimizers: restore their fp32 master weights too
+            opt.load_state_dict([_clone(snap.optimizer)], load_from_fp32_weights=True)
+        torch.set_rng_state(snap.torch_rng)
+        self._data_rng.set_state(snap.data_rng)
+        self.step_count = snap.step
+        self._data = snap.data
+        h = self.hparams()  # lr and weight decay came back with the optimizer state; clip did not
+        self.set_hparams(Hparams(h.lr, h.weight_decay, snap.grad_clip))
+
+    def reset_to_base(self, seed: int) -> None:
+        """Back to the model as loaded, with fresh optimizer state; seeds dropout and batch order."""
+        data = self._data
+        self.restore(self._base)
+        self._data = data
+        torch.manual_seed(seed)
+        self._data_rng.manual_seed(seed)
+        self.step_count = 0
+
+    def save_model(self, folder: str) -> None:
+        self.engine.module.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    def close(self) -> None:
+        self.engine.destroy()
