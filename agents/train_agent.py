@@ -64,8 +64,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def learner_hparams(algo: str, n_envs: int, total: int) -> dict[str, Any]:
     """Sized for expensive steps: updates every few dozen decisions, not thousands."""
     if algo == "ppo":
-        n_steps = max(8, 48 // n_envs)
-        return {"n_steps": n_steps, "batch_size": min(48, n_steps * n_envs), "n_epochs": 10, "learning_rate": 3e-4,
+        n_steps = max(4, min(48, total) // n_envs)  # a rollout never outgrows the whole run
+        batch = n_steps * n_envs if n_steps * n_envs <= 64 else 48
+        return {"n_steps": n_steps, "batch_size": batch, "n_epochs": 10, "learning_rate": 3e-4,
                 "gamma": 0.95, "gae_lambda": 0.9, "ent_coef": 0.003, "clip_range": 0.2,
                 "policy_kwargs": {"net_arch": [64, 64], "log_std_init": -0.5}}
     if algo == "dqn":

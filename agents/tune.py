@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> dict:
         cfg = parse_config(rec["config"], source=args.replay)
         env = FineTuneEnv(cfg, split="all", evaluate_test=True)
         log = run_schedule(env, rec["schedule"], rec["instance"], rec["seed"])
-        same = log["train_loss"] == rec["train_loss"] and log["eval_curve"] == rec["eval_curve"]
+        same = (log["train_loss"] == rec["train_loss"]
+                and [list(p) for p in log["eval_curve"]] == [list(p) for p in rec["eval_curve"]])
         print(f"replayed {len(rec['schedule'])} steps of {rec['instance']} (seed {rec['seed']}): "
               f"losses {'reproduced exactly' if same else 'DIFFER from the recorded run'}")
         out = Path(args.out) if args.out else Path(args.replay).parent / "replay"

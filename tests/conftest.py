@@ -13,11 +13,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 
+# The tiny preset at test size: the same model, data and engine, smaller batches (real, cheaper).
+TEST_SESSION = {"micro_batch_size": 4, "seq_len": 32}
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg():
     from trainers.config import load_config
 
-    return load_config("tiny")
+    return load_config("tiny", overrides={"session": TEST_SESSION})
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +46,11 @@ def fast_cfg_dict():
     from trainers.config import CONFIG_DIR
 
     d = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
-    d["episode"]["total_steps"] = 12
+    d["session"].update(TEST_SESSION)
+    d["episode"]["total_steps"] = 8
     d["episode"]["decision_interval"] = 4
-    d["episode"]["eval_examples"] = 16
-    d["episode"]["test_examples"] = 16
+    d["episode"]["eval_examples"] = 8
+    d["episode"]["test_examples"] = 8
     for inst in d["train"] + d["heldout"]:
         inst.pop("total_steps", None)
     return d

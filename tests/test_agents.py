@@ -27,9 +27,9 @@ def tracking_uri(tmp_path_factory):
 
 
 def _train(algo, fast_yaml, out, uri, extra=()):
-    args = train_agent.parse_args(["--algo", algo, "--config", str(fast_yaml), "--total-steps", "12",
+    args = train_agent.parse_args(["--algo", algo, "--config", str(fast_yaml), "--total-steps", "8",
                                    "--out", str(out), "--tracking-uri", uri, "--eval-seeds", "1",
-                                   "--validate-every", "6", "--checkpoint-every", "6", *extra])
+                                   "--validate-every", "4", "--checkpoint-every", "4", *extra])
     return train_agent.train(args)
 
 
@@ -37,13 +37,13 @@ def _train(algo, fast_yaml, out, uri, extra=()):
 def test_learner_trains_saves_and_evaluates(algo, fast_yaml, tmp_path_factory, tracking_uri):
     folder = _train(algo, fast_yaml, tmp_path_factory.mktemp(algo), tracking_uri)
     meta = json.loads((folder / "agent.json").read_text())
-    assert meta["algo"] == algo and meta["total_timesteps"] >= 12
+    assert meta["algo"] == algo and meta["total_timesteps"] >= 8
     for f in [meta["model_file"], "env_config.yaml", "training_curve.csv", "learning_curve.png", "heldout.md"]:
         assert (folder / f).is_file(), f
     if algo != "qlearning":
         assert (folder / "vecnormalize.pkl").is_file()
     curve = (folder / "training_curve.csv").read_text().splitlines()
-    assert len(curve) - 1 == 12 // 3  # 3 decisions per 12-step episode
+    assert len(curve) - 1 == 8 // 2  # 2 decisions per 8-step episode
     held = json.loads((folder / "heldout.json").read_text())["summary"]
     for method in ("policy", "default_recipe"):
         s = held[method]
@@ -72,13 +72,13 @@ def test_qlearning_update_is_the_textbook_rule():
 def test_resume_continues_from_checkpoint(fast_yaml, tmp_path, tracking_uri):
     folder = _train("qlearning", fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])
     state = json.loads((folder / "checkpoint" / "state.json").read_text())
-    assert state["num_timesteps"] == 12
-    args = train_agent.parse_args(["--algo", "qlearning", "--config", str(fast_yaml), "--total-steps", "18",
+    assert state["num_timesteps"] == 8
+    args = train_agent.parse_args(["--algo", "qlearning", "--config", str(fast_yaml), "--total-steps", "12",
                                    "--out", str(tmp_path), "--tracking-uri", tracking_uri, "--resume",
                                    "--no-heldout", "--validate-every", "0"])
     folder = train_agent.train(args)
     meta = json.loads((folder / "agent.json").read_text())
-    assert meta["total_timesteps"] == 18 and meta["mlflow_run_id"] == state["mlflow_run_id"]
+    assert meta["total_timesteps"] == 12 and meta["mlflow_run_id"] == state["mlflow_run_id"]
     assert len((folder / "training_curve.csv").read_text().splitlines()) - 1 == 6
 
 
@@ -87,7 +87,7 @@ def test_deploy_then_replay_reproduces_losses(fast_yaml, tmp_path, tracking_uri)
     out = tmp_path / "tuned"
     res = tune.main(["--agent", str(folder), "--instance", "bbc-tech-lm", "--seed", "3", "--out", str(out)])
     sched = json.loads((out / "schedule.json").read_text())
-    assert len(sched["schedule"]) == 12 and (out / "model" / "config.json").is_file()
+    assert len(sched["schedule"]) == 8 and (out / "model" / "config.json").is_file()
     assert math.isfinite(json.loads((out / "metrics.json").read_text())["test_loss"])
     rep = tune.main(["--replay", str(out / "schedule.json"), "--no-save-model"])
     assert rep["reproduced"] is True

@@ -46,7 +46,7 @@ def _run(env, seed, actions, instance="bbc-tech-lm"):
 
 
 def test_same_seed_and_actions_give_identical_losses(fast_env):
-    actions = [[0.5, 0, 0], [-1, 0.3, 0], [0, 0, -1]]
+    actions = [[0.5, 0, 0], [-1, 0.3, -1]]
     a = _run(fast_env, 7, actions)[0]
     _run(fast_env, 8, actions)  # something else in between
     b = _run(fast_env, 7, actions)[0]
@@ -60,10 +60,10 @@ def test_return_is_total_normalised_improvement(fast_env):
     while not term:
         _, r, term, _, info = fast_env.step(np.zeros(3, dtype=np.float32))
         total += r
-    assert info["steps_done"] == fast_env.total_steps == 12
+    assert info["steps_done"] == fast_env.total_steps == 8
     assert total == pytest.approx((info0["eval_loss"] - info["eval_loss"]) / info0["eval_loss"], rel=1e-6)
     assert total > 0  # fine-tuning on the topic lowers its eval loss
-    assert "episode_log" in info and len(info["episode_log"]["schedule"]) == 12
+    assert "episode_log" in info and len(info["episode_log"]["schedule"]) == 8
 
 
 def test_actions_change_the_applied_hyperparameters(fast_env):

@@ -50,9 +50,9 @@ def test_ppo_trains_through_ray_actors_and_survives_a_killed_worker(ray_local, f
             return True
 
     model = PPO("MlpPolicy", VecMonitor(venv), n_steps=6, batch_size=12, n_epochs=2, device="cpu", seed=0)
-    model.learn(total_timesteps=24, callback=[KillOnce(), Count()])
-    assert model.num_timesteps >= 24
+    model.learn(total_timesteps=12, callback=[KillOnce(), Count()])
+    assert model.num_timesteps >= 12
     assert len(venv.dropped) == 1 and "worker died" in venv.dropped[0]["reason"]
     assert venv.worker_pids()[0] != pids[0]  # restarted, in a new process
-    assert len(episodes) >= 4  # finished episodes from both workers still reached the learner
+    assert len(episodes) >= 3  # finished episodes from both workers still reached the learner
     venv.close()

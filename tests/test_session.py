@@ -12,7 +12,7 @@ from trainers.session import FineTuneSession, Hparams
 
 @pytest.fixture()
 def session(tiny_session, tiny_cfg):
-    data = build_task_data("t", DatasetSpec(kind="bbc_lm", topic="tech"), tiny_session.tokenizer, 64, 16, 16)
+    data = build_task_data("t", DatasetSpec(kind="bbc_lm", topic="tech"), tiny_session.tokenizer, 32, 8, 8)
     tiny_session.reset_to_base(0)
     tiny_session.use_data(data, 0)
     return tiny_session
@@ -25,7 +25,8 @@ def _params(s):
 def test_engine_is_a_real_deepspeed_engine(session):
     assert isinstance(session.engine, deepspeed.DeepSpeedEngine)
     m = session.train(2)
-    assert len(m) == 2 and all(math.isfinite(x.loss) and x.grad_norm > 0 and x.tokens == 16 * 64 for x in m)
+    tokens = session.cfg.micro_batch_size * 32
+    assert len(m) == 2 and all(math.isfinite(x.loss) and x.grad_norm > 0 and x.tokens == tokens for x in m)
 
 
 def test_lr_reaches_optimizer(session):
@@ -78,21 +79,21 @@ def test_snapshot_restore_replays_bit_identically(session):
 
 
 def test_evaluate_reports_loss_and_exact_match(tiny_session):
-    data = build_task_data("c", DatasetSpec(kind="bbc_topic"), tiny_session.tokenizer, 64, 32, 32)
+    data = build_task_data("c", DatasetSpec(kind="bbc_topic"), tiny_session.tokenizer, 32, 16, 16)
     tiny_session.reset_to_base(0)
     tiny_session.use_data(data, 0)
     before = tiny_session.evaluate("validation")
     assert before.metric_name == "exact_match" and 0.0 <= before.metric <= 1.0
-    tiny_session.set_hparams(Hparams(3e-3, 0.0, 1.0))
-    tiny_session.train(40)
+    tiny_session.set_hparams(Hparams(1e-2, 0.0, 1.0))
+    tiny_session.train(30)
     after = tiny_session.evaluate("validation")
     assert after.loss < before.loss
-    assert after.metric > before.metric  # 5 labels are learnable in 40 steps
+    assert after.metric > before.metric  # the answer format and 5 labels are learnable in 30 steps
 
 
 @pytest.mark.parametrize("stage,precision", [(1, "fp32"), (2, "fp32"), (0, "bf16")])
 def test_other_zero_stages_and_bf16_replay(stage, precision):
-    cfg = SessionConfig(zero_stage=stage, precision=precision, micro_batch_size=8, seq_len=32)
+    cfg = SessionConfig(zero_stage=stage, precision=precision, micro_batch_size=4, seq_len=32)
     s = FineTuneSession(cfg)
     try:
         data = build_task_data("t", DatasetSpec(kind="arithmetic"), s.tokenizer, 32, 8, 8)

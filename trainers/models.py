@@ -18,7 +18,7 @@ from trainers.config import ConfigError, cache_root
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-TINY_VOCAB = 4096
+TINY_VOCAB = 2048
 TINY_SPECIAL = ["<|endoftext|>", "<|pad|>"]
 
 
@@ -71,8 +71,8 @@ def tiny_model_config():
     return GPT2Config(
         vocab_size=TINY_VOCAB,
         n_positions=128,
-        n_embd=128,
-        n_layer=4,
+        n_embd=96,
+        n_layer=3,
         n_head=4,
         bos_token_id=0,
         eos_token_id=0,
@@ -80,8 +80,8 @@ def tiny_model_config():
     )
 
 
-def build_tiny_base(out: Path, steps: int = 600, seq_len: int = 64, batch: int = 16, seed: int = 0) -> Path:
-    """Train a byte-level BPE tokenizer and pretrain a ~1.3M-param GPT-2 on chitchat (~1-2 min)."""
+def build_tiny_base(out: Path, steps: int = 150, seq_len: int = 64, batch: int = 16, seed: int = 0) -> Path:
+    """Train a byte-level BPE tokenizer and pretrain a ~0.55M-param GPT-2 on chitchat (150 steps)."""
     from tqdm.auto import tqdm
     from transformers import GPT2LMHeadModel
 

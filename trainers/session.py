@@ -31,9 +31,13 @@ def resolve_device(cfg: SessionConfig) -> str:
 def _import_deepspeed(device: str):
     # The accelerator is chosen when deepspeed is first imported; unset, it warns and guesses.
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if device == "cuda" else "cpu")
+    import importlib
+
     import deepspeed
-    import deepspeed.comm.torch as ds_torch_comm
     from deepspeed.utils import logger as ds_logger
+
+    # (not `import deepspeed.comm.torch as m`: deepspeed.comm's attribute `torch` is torch itself)
+    ds_torch_comm = importlib.import_module("deepspeed.comm.torch")
 
     ds_logger.setLevel(logging.WARNING)
     # Every session is a one-process group, so DeepSpeed's shared-memory collective op (which only
