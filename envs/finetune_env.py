@@ -182,10 +182,12 @@ class FineTuneEnv(gym.Env):
         self.steps_done += len(steps)
         self.log.train_loss += [s.loss for s in steps]
         self.log.grad_norm += [s.grad_norm for s in steps]
-        train_seconds = sum(s.seconds for s in steps)
+        # Wall-clock times stay out of info: same seed and actions must give the same info.
+        self.timing = {"train_seconds": sum(s.seconds for s in steps)}
 
         finite = all(math.isfinite(s.loss) and math.isfinite(s.grad_norm) for s in steps)
         ev = self.session.evaluate("validation") if finite else None
+        self.timing["eval_seconds"] = ev.seconds if ev else 0.0
         new_loss = ev.loss if ev is not None else float("nan")
         ep = self.cfg.episode
         diverged = not finite or not math.isfinite(new_loss) or new_loss > ep.divergence_factor * self.initial_eval.loss
@@ -206,10 +208,8 @@ class FineTuneEnv(gym.Env):
             "grad_norm": [s.grad_norm for s in steps],
             "lr": [s.lr for s in steps],
             "tokens": sum(s.tokens for s in steps),
-            "train_seconds": train_seconds,
             "eval_loss": new_loss,
             "eval_metric": ev.metric if ev else None,
-            "eval_seconds": ev.seconds if ev else 0.0,
             "steps_done": self.steps_done,
             "diverged": diverged,
         }

@@ -73,10 +73,10 @@ def run(config: str = "tiny", rounds: int = 5, seed: int = 0) -> dict:
             _, _, term, trunc, info = env.step(action)
             wall = time.perf_counter() - t0
             k = len(info["train_loss"])
-            in_env += [(wall - info["eval_seconds"]) / k] * k
-            evals.append(info["eval_seconds"])
+            in_env += [(wall - env.timing["eval_seconds"]) / k] * k
+            evals.append(env.timing["eval_seconds"])
             tokens += info["tokens"]
-            train_s += info["train_seconds"]
+            train_s += env.timing["train_seconds"]
             done = term or trunc
     raw_med, env_med = statistics.median(raw), statistics.median(in_env)
     return {
