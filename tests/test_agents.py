@@ -10,6 +10,8 @@ from agents import train_agent, tune
 from agents.agent_folder import Controller
 from agents.qlearning import QLearningAgent, QLearningConfig
 
+pytestmark = pytest.mark.pending
+
 
 @pytest.fixture(scope="module")
 def fast_yaml(tmp_path_factory, fast_cfg_dict):

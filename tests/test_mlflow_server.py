@@ -14,6 +14,8 @@ import yaml
 
 from agents import train_agent
 
+pytestmark = pytest.mark.pending
+
 
 def _free_port() -> int:
     with socket.socket() as s:

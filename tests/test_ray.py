@@ -9,6 +9,8 @@ import ray
 from agents.ray_vec_env import RayVecEnv, init_ray
 from trainers.config import parse_config
 
+pytestmark = pytest.mark.pending
+
 
 @pytest.fixture(scope="module")
 def ray_local():
