@@ -40,7 +40,7 @@ class QLearningAgent:
         unknown = set(cfg.bins) - set(FEATURE_NAMES)
         if unknown:
             raise ValueError(f"qlearning bins name unknown features {sorted(unknown)}; known: {FEATURE_NAMES}")
-        self.n_actions = n_actions
+        self.n_actions = int(n_actions)  # gymnasium gives numpy ints; the table is saved as JSON
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
         self.q: dict[tuple[int, ...], np.ndarray] = {}
