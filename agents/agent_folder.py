@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import yaml
@@ -89,7 +89,3 @@ class Controller:
         action, _ = self._model.predict(o, deterministic=True)
         return action[0]
 
-
-def env_config_for(folder: str | Path, override: Optional[InstanceSetConfig] = None) -> InstanceSetConfig:
-    """The agent's own environment config unless the caller brings another (e.g. a user's data)."""
-    return override or Controller(folder).env_config
