@@ -10,6 +10,7 @@ the test loss of the selected run. Methods:
   hand_schedule    warmup then cosine at the recipe's lr: one run
   random_search    random recipes from the Optuna space, best of the first B
   optuna_tpe       TPE + median pruning, best of the first B finished trials
+  pbt              Ray Tune Population Based Training, population P (costs P runs)
 Outputs in results/compare/<name>/: summary.md/csv/json and PNG plots; one MLflow run with
 nested runs per method.
 """
@@ -35,8 +36,6 @@ from envs.finetune_env import FineTuneEnv
 from trainers.config import REPO_ROOT, RecipeConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-SINGLE_RUN = ("policy", "default_recipe", "hand_schedule")
-SEARCHES = ("random_search", "optuna_tpe")
 
 
 def search_at_budgets(study: optuna.Study, budgets: list[int]) -> dict[int, dict]:
@@ -55,7 +54,7 @@ def search_at_budgets(study: optuna.Study, budgets: list[int]) -> dict[int, dict
 
 
 def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: int, budgets: list[int],
-                storage_dir: Path) -> dict:
+                storage_dir: Path, pbt_populations: tuple[int, ...] = ()) -> dict:
     """All methods on one instance and seed. Returns method -> budget -> record."""
     cfg = env.cfg
     steps = cfg.steps_for(cfg.instance(instance))
@@ -74,7 +73,8 @@ def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: i
         name = f"{instance}-seed{seed}-{method}"
         storage = f"sqlite:///{storage_dir / (name + '.db')}"
         if sampler is not None:  # random search = Optuna's RandomSampler, same objective, no pruning
-            study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, sampler=sampler)
+            study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, sampler=sampler,
+                                        pruner=optuna.pruners.NopPruner())
             from agents.optuna_baseline import run_trial
 
             left = n - len([t for t in study.trials if t.state.is_finished()])
@@ -84,13 +84,19 @@ def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: i
             study = run_study(env, instance, seed, n, storage, name, pruner=pruner, sampler_seed=seed,
                               show_progress=False)
         res[method] = search_at_budgets(study, budgets)
+    if pbt_populations:  # Ray Tune trials in their own processes; the in-process env is not used
+        from agents.pbt_baseline import run_pbt
+
+        res["pbt"] = {p: run_pbt(cfg, instance, seed, p, storage_dir / "pbt") for p in pbt_populations}
     return res
 
 
 def summarise(per_run: list[dict], budgets: list[int]) -> dict:
+    """Per method and budget: mean test loss with a 95% interval over instance x seed runs, and the
+    smallest Optuna budget that matches the policy's single run (computed, never assumed)."""
     methods: dict[str, dict] = {}
-    for m in SINGLE_RUN + SEARCHES:
-        for b in ([1] if m in SINGLE_RUN else budgets):
+    for m, by_budget in per_run[0]["results"].items():
+        for b in sorted(by_budget):
             rows = [r["results"][m][b] for r in per_run]
             losses = [x["test_loss"] for x in rows]
             mean, ci = mean_ci95(losses)
@@ -155,11 +161,14 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
     insts = sorted({r["instance"] for r in per_run})
     bmax = str(max(budgets))
     shown = [("policy", "1"), ("default_recipe", "1"), ("hand_schedule", "1"), ("random_search", bmax), ("optuna_tpe", bmax)]
+    if "pbt" in summary["methods"]:
+        shown.append(("pbt", max(summary["methods"]["pbt"], key=int)))
     fig, ax = plt.subplots(figsize=(7.2, 4))
     width = 0.8 / len(shown)
     for j, (m, b) in enumerate(shown):
         vals = [summary["methods"][m][b]["per_instance"][i] for i in insts]
-        ax.bar([k + j * width for k in range(len(insts))], vals, width, label=f"{m} ({b} run{'s' if b != '1' else ''})")
+        unit = "members" if m == "pbt" else ("runs" if b != "1" else "run")
+        ax.bar([k + j * width for k in range(len(insts))], vals, width, label=f"{m} ({b} {unit})")
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(insts))], insts, fontsize=8)
     lo = min(summary["methods"][m][b]["per_instance"][i] for m, b in shown for i in insts)
     ax.set_ylim(bottom=lo * 0.95)
@@ -176,6 +185,12 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
     if opt.get("schedule_lr"):
         runs[f"best Optuna trial (of {max(budgets)})"] = {
             "schedule": [{"lr": v} for v in opt["schedule_lr"]], "eval_curve": opt["eval_curve"]}
+    pbt = first["results"].get("pbt")
+    if pbt:
+        p_max = max(pbt)
+        if pbt[p_max].get("schedule_lr"):
+            runs[f"best PBT member (of {p_max})"] = {
+                "schedule": [{"lr": v} for v in pbt[p_max]["schedule_lr"]], "eval_curve": pbt[p_max]["eval_curve"]}
     plots.append(trajectories(runs, out / "trajectories.png", f"{first['instance']} (seed {first['seed']})"))
     return plots
 
@@ -191,14 +206,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--instances", nargs="*", default=None, help="instance names (default: the held-out set)")
     p.add_argument("--budgets", nargs="+", type=int, default=[1, 4, 8, 16], help="search budgets in runs")
     p.add_argument("--seeds", type=int, default=3, help="seeds per instance (default: 3)")
+    p.add_argument("--pbt-populations", nargs="*", type=int, default=[4],
+                   help="PBT population sizes to run on Ray Tune (default: 4; none to skip PBT)")
     p.add_argument("--name", default=None, help="output folder name (default: the agent's name)")
+    p.add_argument("--out", default=str(REPO_ROOT / "results" / "compare"), help="parent folder (default: results/compare)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite under results/)")
     args = p.parse_args(argv)
     command = "python -m agents.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     controller = Controller(args.agent)
     cfg = controller.env_config
     names = args.instances or [i.name for i in cfg.heldout]
-    out = REPO_ROOT / "results" / "compare" / (args.name or Path(args.agent).name)
+    out = Path(args.out) / (args.name or Path(args.agent).name)
     storage_dir = out / "studies"
     storage_dir.mkdir(parents=True, exist_ok=True)
     env = FineTuneEnv(cfg, split="all", evaluate_test=True)
@@ -206,7 +224,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     per_run = []
     for inst in tqdm([(i, s) for i in names for s in range(args.seeds)], desc="compare", unit="instance x seed"):
         per_run.append({"instance": inst[0], "seed": inst[1],
-                        "results": compare_one(env, controller, inst[0], inst[1], args.budgets, storage_dir)})
+                        "results": compare_one(env, controller, inst[0], inst[1], args.budgets, storage_dir,
+                                                   tuple(args.pbt_populations))})
     summary = summarise(per_run, args.budgets)
     summary.update({"command": command, "seeds": list(range(args.seeds)), "instances": names,
                     "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

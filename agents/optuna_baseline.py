@@ -2,19 +2,21 @@
 
     python -m agents.optuna_baseline --instance bbc-tech-lm --trials 16
     python -m agents.optuna_baseline --instance bbc-tech-lm --trials 16 --pruner hyperband
+    python -m agents.optuna_baseline --instance bbc-tech-lm --trials 16 --ray --pruner asha
 
 The space is the controller's knobs frozen for the run (lr, weight decay, clipping threshold)
 plus warmup fraction and decay shape. Validation loss is reported at every decision point so a
 pruner can stop bad trials; pruned trials count the steps they ran. The study lives in SQLite
 under results/optuna/ and resumes after a crash without repeating finished trials
-(optuna-dashboard sqlite:///results/optuna/<study>.db opens it).
+(optuna-dashboard sqlite:///results/optuna/<study>.db opens it). With --ray the trials are Ray Tune
+trials instead (OptunaSearch, ASHA early stopping; see agents/ray_search.py), one declared CPU or
+GPU each.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import optuna
 
@@ -36,29 +38,41 @@ def suggest_recipe(trial: optuna.Trial, env: FineTuneEnv) -> RecipeConfig:
     )
 
 
-def run_trial(trial: optuna.Trial, env: FineTuneEnv, instance: str, seed: int) -> float:
-    """One episode under the trial's recipe; reports validation loss at each decision point."""
-    recipe = suggest_recipe(trial, env)
+def recipe_episode(env: FineTuneEnv, recipe: RecipeConfig, instance: str, seed: int) -> Iterator[dict]:
+    """One episode under a static recipe; yields the step info at every decision point, so a
+    pruner (Optuna's or Ray Tune's ASHA) can look at the validation loss and stop it."""
     total = env.cfg.steps_for(env.cfg.instance(instance))
     schedule = recipe_schedule(recipe, total, min_lr=env.cfg.bounds.lr[0])
     env.reset(seed=seed, options={"instance": instance, "initial_hparams": schedule[0]})
     k = env.cfg.episode.decision_interval
-    done, i, info = False, 0, {}
+    done, i = False, 0
     while not done:
         _, _, term, trunc, info = env.step_with_schedule(schedule[i : i + k])
         i += k
         done = term or trunc
+        yield info
+
+
+def objective_value(info: dict) -> float:
+    """Validation loss, with diverged runs ranked last."""
+    val = info["eval_loss"]
+    return float(val) if not info["diverged"] and val == val else 1e9
+
+
+def run_trial(trial: optuna.Trial, env: FineTuneEnv, instance: str, seed: int) -> float:
+    """One episode under the trial's recipe; reports validation loss at each decision point."""
+    info: dict = {}
+    for info in recipe_episode(env, suggest_recipe(trial, env), instance, seed):
         trial.set_user_attr("compute_steps", info["steps_done"])
-        trial.report(info["eval_loss"] if not info["diverged"] else 1e9, info["steps_done"])
-        if not done and trial.should_prune():
+        trial.report(objective_value(info), info["steps_done"])
+        if "episode_log" not in info and trial.should_prune():
             raise optuna.TrialPruned()
     log = info["episode_log"]
     trial.set_user_attr("test_loss", log["test_loss"])
     trial.set_user_attr("test_metric", log["test_metric"])
     trial.set_user_attr("schedule_lr", [h["lr"] for h in log["schedule"]])
     trial.set_user_attr("eval_curve", log["eval_curve"])
-    val = info["eval_loss"]
-    return float(val) if not info["diverged"] and val == val else 1e9
+    return objective_value(info)
 
 
 def make_pruner(name: str, total_steps: int, interval: int) -> optuna.pruners.BasePruner:
@@ -111,13 +125,29 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--instance", default=None, help="instance to tune (default: the first held-out one)")
     p.add_argument("--trials", type=int, default=16, help="finished trials wanted (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="episode seed and sampler seed (default: 0)")
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--pruner", choices=["median", "hyperband", "asha", "none"], default=None,
+                   help="early stopping (default: median in-process, asha with --ray)")
+    p.add_argument("--ray", action="store_true", help="run the trials as Ray Tune trials (OptunaSearch)")
     p.add_argument("--study-name", default=None, help="default: <config>-<instance>-seed<seed>-<pruner>")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under results/optuna/)")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
     instance = args.instance or cfg.heldout[0].name
     cfg.instance(instance)
+    if args.ray:
+        import json
+
+        from agents.ray_search import run_search
+
+        if args.pruner not in (None, "asha", "none"):
+            p.error(f"--ray supports --pruner asha or none, not {args.pruner}")
+        res = run_search(cfg, instance, args.seed, args.trials, REPO_ROOT / "results" / "runs" / "ray_search",
+                         args.pruner or "asha")
+        print(json.dumps({k: v for k, v in res.items() if k != "schedule_lr"}, indent=2))
+        return
+    args.pruner = args.pruner or "median"
+    if args.pruner == "asha":
+        p.error("--pruner asha needs --ray (ASHA is Ray Tune's scheduler)")
     name = args.study_name or f"{cfg.name}-{instance}-seed{args.seed}-{args.pruner}"
     STUDY_DIR.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{STUDY_DIR / (name + '.db')}"

@@ -62,33 +62,33 @@ def run_pbt(cfg: InstanceSetConfig, instance: str, seed: int, population: int, s
     from agents.ray_vec_env import init_ray
 
     started = init_ray()
-    b = cfg.bounds
-    resources = resources or ({"gpu": 1, "cpu": 1} if ray.cluster_resources().get("GPU", 0) >= 1 else {"cpu": 1})
-    space = {"lr": tune.loguniform(*b.lr), "weight_decay": tune.loguniform(*b.weight_decay),
-             "grad_clip": tune.loguniform(*b.grad_clip)}
-    inst = cfg.instance(instance)
-    lo, hi = inst.init_lr
-    pbt = PopulationBasedTraining(
-        time_attr="steps_done", perturbation_interval=cfg.episode.decision_interval,
-        hyperparam_mutations=space, quantile_fraction=0.25, resample_probability=0.25, seed=seed,
-    )
-    tuner = tune.Tuner(
-        tune.with_resources(pbt_member, resources),
-        param_space={"cfg": cfg.model_dump(mode="json"), "instance": instance, "seed": seed,
-                     "lr": tune.loguniform(lo, hi), "weight_decay": tune.loguniform(*inst.init_weight_decay),
-                     "grad_clip": tune.loguniform(*inst.init_grad_clip)},
-        tune_config=tune.TuneConfig(scheduler=pbt, num_samples=population, metric="eval_loss", mode="min",
-                                    reuse_actors=False),
-        run_config=tune.RunConfig(name=f"pbt-{instance}-seed{seed}", storage_path=str(storage.resolve()), verbose=0),
-    )
-    results = tuner.fit()
+    try:
+        b = cfg.bounds
+        resources = resources or ({"gpu": 1, "cpu": 1} if ray.cluster_resources().get("GPU", 0) >= 1 else {"cpu": 1})
+        space = {"lr": tune.loguniform(*b.lr), "weight_decay": tune.loguniform(*b.weight_decay),
+                 "grad_clip": tune.loguniform(*b.grad_clip)}
+        inst = cfg.instance(instance)
+        lo, hi = inst.init_lr
+        pbt = PopulationBasedTraining(
+            time_attr="steps_done", perturbation_interval=cfg.episode.decision_interval,
+            hyperparam_mutations=space, quantile_fraction=0.25, resample_probability=0.25, seed=seed,
+        )
+        tuner = tune.Tuner(
+            tune.with_resources(pbt_member, resources),
+            param_space={"cfg": cfg.model_dump(mode="json"), "instance": instance, "seed": seed,
+                         "lr": tune.loguniform(lo, hi), "weight_decay": tune.loguniform(*inst.init_weight_decay),
+                         "grad_clip": tune.loguniform(*inst.init_grad_clip)},
+            tune_config=tune.TuneConfig(scheduler=pbt, num_samples=population, metric="eval_loss", mode="min",
+                                        reuse_actors=False),
+            run_config=tune.RunConfig(name=f"pbt-{instance}-seed{seed}", storage_path=str(storage.resolve()),
+                                      verbose=0),
+        )
+        results = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
     steps = cfg.steps_for(inst)
-    finals = []
-    for r in results:
-        if r.metrics and r.metrics.get("steps_done") == steps:
-            finals.append(r.metrics)
-    if started:
-        ray.shutdown()
+    finals = [r.metrics for r in results if r.metrics and r.metrics.get("steps_done") == steps]
     if not finals:
         return {"compute_steps": population * steps, "test_loss": float("nan"), "val_loss": float("nan")}
     best = min(finals, key=lambda m: m["eval_loss"])

@@ -215,8 +215,10 @@ class TaskData:
 def _tokenize_text(records: list[dict[str, str]], tokenizer, seq_len: int) -> TokenizedSplit:
     eos = tokenizer.eos_token_id
     stream: list[int] = []
-    for r in records:
-        stream.extend(tokenizer(r["text"], add_special_tokens=False)["input_ids"])
+    # one batched call: the Rust tokenizer encodes the whole list at once (per-record calls were
+    # most of an environment's start-up time)
+    for ids in tokenizer([r["text"] for r in records], add_special_tokens=False)["input_ids"]:
+        stream.extend(ids)
         stream.append(eos)
     n = max(1, len(stream) // seq_len)
     stream = stream[: n * seq_len] + [eos] * max(0, n * seq_len - len(stream))

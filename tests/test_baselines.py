@@ -1,0 +1,126 @@
+"""Optuna, random search, PBT and `compare` on the real engine with tiny budgets."""
+import json
+import math
+
+import optuna
+import pytest
+import yaml
+
+from agents import compare, train_agent
+from agents.optuna_baseline import compute_steps, run_study, run_trial
+from envs.finetune_env import FineTuneEnv
+from trainers.config import parse_config
+
+INSTANCE = "bbc-tech-lm"
+pytestmark = pytest.mark.pending  # until seen passing (see conftest.py)
+
+
+@pytest.fixture()
+def fast_env(fast_cfg_dict, tiny_session):
+    return FineTuneEnv(parse_config(fast_cfg_dict), split="all", session=tiny_session, evaluate_test=True)
+
+
+def _finished(study):
+    return [t for t in study.trials if t.state.is_finished()]
+
+
+def test_study_resumes_after_a_kill_without_repeating_trials(fast_env, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = run_study(fast_env, INSTANCE, 0, 2, storage, "s", pruner="none", show_progress=False)
+    first = [(t.number, t.params, t.value) for t in _finished(study)]
+    assert len(first) == 2 and all(math.isfinite(v) for _, _, v in first)
+    # what a process killed mid-trial leaves in the storage: a trial that never finished
+    optuna.load_study(study_name="s", storage=storage).ask()
+    resumed = run_study(fast_env, INSTANCE, 0, 3, storage, "s", pruner="none", show_progress=False)
+    done = _finished(resumed)
+    assert len(done) == 3  # one new trial, not three
+    assert [(t.number, t.params, t.value) for t in done[:2]] == first  # finished trials untouched
+    assert all(t.user_attrs["compute_steps"] == 8 for t in done)
+    assert compute_steps(resumed) == 24
+
+
+def test_pruned_trials_count_the_steps_they_ran(fast_env, tmp_path):
+    # prunes every trial at its first report (validation loss is always > 0)
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0),
+                                storage=f"sqlite:///{tmp_path / 'p.db'}")
+    fast_env.evaluate_test = True
+    study.optimize(lambda t: run_trial(t, fast_env, INSTANCE, 0), n_trials=2)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
+    interval = fast_env.cfg.episode.decision_interval
+    assert [t.user_attrs["compute_steps"] for t in study.trials] == [interval, interval]
+    assert compute_steps(study) == 2 * interval
+
+
+def _run(method_losses: dict) -> dict:
+    return {"instance": "a", "seed": 0,
+            "results": {m: {b: {"compute_steps": 8 * b, "test_loss": v} for b, v in by_b.items()}
+                        for m, by_b in method_losses.items()}}
+
+
+def test_budget_to_match_is_computed_from_the_numbers():
+    runs = [_run({"policy": {1: 1.0}, "optuna_tpe": {1: 1.3, 4: 0.99, 8: 0.9}}),
+            _run({"policy": {1: 1.2}, "optuna_tpe": {1: 1.3, 4: 1.2, 8: 1.0}})]
+    s = compare.summarise(runs, [1, 4, 8])
+    assert s["methods"]["policy"]["1"]["test_loss_mean"] == pytest.approx(1.1)
+    assert s["methods"]["optuna_tpe"]["4"]["test_loss_mean"] == pytest.approx(1.095)
+    assert s["methods"]["optuna_tpe"]["4"]["compute_steps"] == 32
+    assert s["optuna_budget_to_match_policy"] == 4
+    worse = [_run({"policy": {1: 0.5}, "optuna_tpe": {1: 1.3, 4: 1.0}})] * 2
+    assert compare.summarise(worse, [1, 4])["optuna_budget_to_match_policy"] is None
+
+
+def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path):
+    d = dict(fast_cfg_dict, train=fast_cfg_dict["train"][:1], heldout=fast_cfg_dict["heldout"][:1])
+    cfg = tmp_path / "fast.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    folder = train_agent.train(train_agent.parse_args(
+        ["--algo", "qlearning", "--config", str(cfg), "--total-steps", "4", "--out", str(tmp_path / "agents"),
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-heldout", "--validate-every", "0"]))
+    compare.main(["--agent", str(folder), "--budgets", "1", "2", "--seeds", "1", "--pbt-populations",
+                  "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    out = tmp_path / "compare" / folder.name
+    for f in ["summary.md", "summary.csv", "summary.json", "loss_vs_compute.png", "per_instance.png",
+              "trajectories.png"]:
+        assert (out / f).is_file(), f
+    s = json.loads((out / "summary.json").read_text())
+    steps = d["episode"]["total_steps"]
+    assert s["methods"]["policy"]["1"]["compute_steps"] == steps
+    assert s["methods"]["random_search"]["2"]["compute_steps"] == 2 * steps  # no pruner: two full runs
+    assert s["methods"]["optuna_tpe"]["2"]["compute_steps"] <= 2 * steps
+    for m, by_b in s["methods"].items():
+        for b, row in by_b.items():
+            assert row["n_runs"] == 1 and math.isfinite(row["test_loss_mean"]), (m, b)
+    tpe = s["methods"]["optuna_tpe"]
+    policy = s["methods"]["policy"]["1"]["test_loss_mean"]
+    expected = next((int(b) for b in ("1", "2") if tpe[b]["test_loss_mean"] <= policy), None)
+    assert s["optuna_budget_to_match_policy"] == expected
+
+
+def test_pbt_runs_on_ray_tune_and_counts_population_compute(fast_cfg_dict, tmp_path):
+    import ray
+
+    from agents.pbt_baseline import run_pbt
+
+    res = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
+    assert not ray.is_initialized()  # the private Ray it started is stopped again
+    steps = fast_cfg_dict["episode"]["total_steps"]
+    assert res["compute_steps"] == 2 * steps
+    assert math.isfinite(res["test_loss"]) and math.isfinite(res["val_loss"])
+    assert len(res["schedule_lr"]) == steps
+
+
+def test_optuna_search_runs_as_ray_tune_trials_with_asha(fast_cfg_dict, tmp_path):
+    import ray
+
+    from agents.ray_search import run_search
+
+    res = run_search(parse_config(fast_cfg_dict), INSTANCE, 0, 3, tmp_path / "search", scheduler="asha")
+    assert not ray.is_initialized()
+    steps = fast_cfg_dict["episode"]["total_steps"]
+    interval = fast_cfg_dict["episode"]["decision_interval"]
+    assert res["trials"] == 3 and res["complete"] >= 1
+    # every trial ran at least one decision interval; stopped ones count what they ran
+    assert 3 * interval <= res["compute_steps"] <= 3 * steps
+    assert res["compute_steps"] == res["complete"] * steps + (3 - res["complete"]) * interval
+    assert math.isfinite(res["test_loss"]) and set(res["params"]) == {
+        "lr", "weight_decay", "grad_clip", "warmup_fraction", "decay"}
