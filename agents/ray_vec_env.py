@@ -18,6 +18,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 from trainers.config import REPO_ROOT, cache_root
 
 log = logging.getLogger(__name__)
+START_ATTEMPTS = 3
 
 
 def _ray_home() -> Path:
@@ -43,11 +44,20 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> b
     old_home = os.environ.get("HOME")
     os.environ["HOME"] = str(_ray_home())  # inherited by the processes ray.init starts
     try:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                 runtime_env={"env_vars": {"HOME": str(_ray_home()), "RAY_USAGE_STATS_ENABLED": "0",
-                                           "PYTHONPATH": str(REPO_ROOT), "DSRL_CACHE": str(cache_root()),
-                                           "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", ""),
-                                           "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}})
+        env_vars = {"HOME": str(_ray_home()), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO_ROOT),
+                    "DSRL_CACHE": str(cache_root()), "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+        if os.environ.get("DS_ACCELERATOR"):  # an empty value would make DeepSpeed refuse to import
+            env_vars["DS_ACCELERATOR"] = os.environ["DS_ACCELERATOR"]
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                         log_to_driver=False, runtime_env={"env_vars": env_vars})
+                break
+            except Exception as err:  # Ray gives its raylet a fixed 30 s to register; a loaded machine misses it
+                if "timed out during startup" not in str(err) or attempt == START_ATTEMPTS:
+                    raise
+                log.warning("Ray's node did not start in time (attempt %d of %d); retrying", attempt, START_ATTEMPTS)
+                ray.shutdown()
     finally:
         if old_home is None:
             del os.environ["HOME"]

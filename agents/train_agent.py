@@ -1,6 +1,6 @@
 """Learn a hyperparameter controller on cheap fine-tuning runs, then test it on held-out ones.
 
-    python -m agents.train_agent                      # PPO on configs/tiny.yaml, ~10 min on 2 CPU cores
+    python -m agents.train_agent                      # PPO on configs/tiny.yaml, 480 decisions
     python -m agents.train_agent --algo dqn --total-steps 800
     python -m agents.train_agent --algo qlearning --config configs/tiny.yaml
     python -m agents.train_agent --resume             # continue the last run of that name
@@ -39,7 +39,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     g.add_argument("--algo", choices=["ppo", "dqn", "qlearning"], default="ppo", help="learner (default: ppo)")
     g.add_argument("--config", default="tiny", help="instance set: a name in configs/ or a YAML path (default: tiny)")
     g.add_argument("--total-steps", type=int, default=None,
-                   help="environment steps (decisions) to learn from (default: 480, ~8 min on 2 cores)")
+                   help="environment steps (decisions) to learn from (default: 480)")
     g.add_argument("--seed", type=int, default=0, help="seed of the learner and the environments (default: 0)")
     g = p.add_argument_group("where it runs")
     g.add_argument("--n-envs", type=int, default=1, help="parallel fine-tuning episodes (default: 1)")

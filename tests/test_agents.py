@@ -10,7 +10,6 @@ from agents import train_agent, tune
 from agents.agent_folder import Controller
 from agents.qlearning import QLearningAgent, QLearningConfig
 
-pytestmark = pytest.mark.pending
 
 
 @pytest.fixture(scope="module")
