@@ -14,7 +14,6 @@ import yaml
 
 from agents import train_agent
 
-pytestmark = pytest.mark.pending
 
 
 def _free_port() -> int:

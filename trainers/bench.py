@@ -31,6 +31,8 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # the machine is shared: its load when the figures were taken says how far to trust them
+        "loadavg_1_5_15min": [round(x, 2) for x in os.getloadavg()],
     }
 
 
