@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -23,10 +24,16 @@ START_ATTEMPTS = 3
 
 def _ray_home() -> Path:
     """Ray's usage-stats module probes cloud-metadata addresses unless ~/ray_bootstrap_config.yaml
-    exists; the Ray processes started here get a HOME that has one saying the cluster is local."""
+    exists; the Ray processes started here get a HOME that has one saying the cluster is local.
+    It also holds the cluster's auth token (Ray 2.60 turns token auth on for new local clusters)."""
     home = cache_root() / "ray_home"
     home.mkdir(parents=True, exist_ok=True)
     (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+    token = home / ".ray" / "auth_token"
+    if not token.exists():
+        token.parent.mkdir(exist_ok=True)
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
     return home
 
 
@@ -40,11 +47,19 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> b
         ray.init(address=address, log_to_driver=False)
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray reads this when ray is first imported; unset, it replaces 127.0.0.1 by the machine's
+    # external address. Set it for this process and the ones Ray starts, and for a ray already imported.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    # Every Ray process finds the token here, whatever HOME it was started with.
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(_ray_home() / ".ray" / "auth_token")
     old_home = os.environ.get("HOME")
     os.environ["HOME"] = str(_ray_home())  # inherited by the processes ray.init starts
     try:
         env_vars = {"HOME": str(_ray_home()), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO_ROOT),
+                    "RAY_AUTH_TOKEN_PATH": os.environ["RAY_AUTH_TOKEN_PATH"],
                     "DSRL_CACHE": str(cache_root()), "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
         if os.environ.get("DS_ACCELERATOR"):  # an empty value would make DeepSpeed refuse to import
             env_vars["DS_ACCELERATOR"] = os.environ["DS_ACCELERATOR"]
