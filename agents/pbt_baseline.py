@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -71,8 +72,9 @@ def run_pbt(cfg: InstanceSetConfig, instance: str, seed: int, population: int, s
         lo, hi = inst.init_lr
         pbt = PopulationBasedTraining(
             time_attr="steps_done", perturbation_interval=cfg.episode.decision_interval,
-            hyperparam_mutations=space, quantile_fraction=0.25, resample_probability=0.25, seed=seed,
+            hyperparam_mutations=space, quantile_fraction=0.25, resample_probability=0.25,
         )
+        random.seed(seed)  # PBT's explore/exploit draws come from Python's global RNG
         tuner = tune.Tuner(
             tune.with_resources(pbt_member, resources),
             param_space={"cfg": cfg.model_dump(mode="json"), "instance": instance, "seed": seed,

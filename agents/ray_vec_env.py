@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -156,7 +157,7 @@ class RayVecEnv(VecEnv):
                 reason = f"env {i}: worker died ({type(err).__name__}); episode dropped, worker restarted"
                 log.warning(reason)
                 self.dropped.append({"env": i, "reason": reason})
-                o = np.asarray(ray.get(self.workers[i].reset.remote(None)))
+                o = self._reset_restarted(i)
                 r, d = 0.0, True
                 info = {"terminal_observation": self._last_obs[i], "TimeLimit.truncated": True, "dropped": reason}
             obs.append(np.asarray(o))
@@ -165,6 +166,20 @@ class RayVecEnv(VecEnv):
             infos.append(info)
         self._last_obs = obs
         return np.stack(obs), np.asarray(rews, dtype=np.float32), np.asarray(dones), infos
+
+    def _reset_restarted(self, i: int, timeout_s: float = 900.0) -> np.ndarray:
+        """Reset env i once Ray has brought its actor back (a fresh process builds a new engine)."""
+        import ray
+        from ray.exceptions import ActorUnavailableError
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return np.asarray(ray.get(self.workers[i].reset.remote(None)))
+            except ActorUnavailableError:  # still restarting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def worker_pids(self) -> list[int]:
         import ray

@@ -12,7 +12,6 @@ from envs.finetune_env import FineTuneEnv
 from trainers.config import parse_config
 
 INSTANCE = "bbc-tech-lm"
-pytestmark = pytest.mark.pending  # until seen passing (see conftest.py)
 
 
 @pytest.fixture()
