@@ -22,6 +22,17 @@ from trainers.config import REPO_ROOT
 from trainers.data import TokenizedSplit
 
 
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=30)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def machine_info() -> dict:
     import os
 
@@ -31,6 +42,7 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": _git_commit(),
         # the machine is shared: its load when the figures were taken says how far to trust them
         "loadavg_1_5_15min": [round(x, 2) for x in os.getloadavg()],
     }
