@@ -9,7 +9,6 @@ import ray
 from agents.ray_vec_env import RayVecEnv, init_ray
 from trainers.config import parse_config
 
-pytestmark = pytest.mark.pending
 
 
 @pytest.fixture(scope="module")
