@@ -7,6 +7,7 @@ where the learning rate, weight decay and clipping threshold a controller sets t
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -309,10 +310,11 @@ class FineTuneSession:
         in place, which would otherwise corrupt the snapshot for the next restore."""
         self.engine.module.load_state_dict(snap.module)
         opt = self.engine.optimizer
-        if self.cfg.zero_stage == 0 and isinstance(opt, torch.optim.Optimizer):
-            opt.load_state_dict(_clone(snap.optimizer))
-        else:  # ZeRO 1/2 and bf16 optimizers: restore their fp32 master weights too
+        if "load_from_fp32_weights" in inspect.signature(opt.load_state_dict).parameters:
+            # ZeRO 1/2 and BF16_Optimizer: a list of per-rank dicts; restore the fp32 master weights too
             opt.load_state_dict([_clone(snap.optimizer)], load_from_fp32_weights=True)
+        else:  # torch optimizers, and DeepSpeed's unfused bf16 wrapper (its dict carries the fp32 masters)
+            opt.load_state_dict(_clone(snap.optimizer))
         torch.set_rng_state(snap.torch_rng)
         self._data_rng.set_state(snap.data_rng)
         self.step_count = snap.step
