@@ -8,7 +8,6 @@ from trainers.data import build_task_data
 from trainers.session import FineTuneSession, Hparams
 import pytest
 
-pytestmark = pytest.mark.pending
 
 
 def test_smollm2_preset_takes_a_training_step_on_cpu():
