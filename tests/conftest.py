@@ -13,14 +13,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "pending: written but not yet seen passing on a machine (the first session's machine ran ~30x "
-        "slow); excluded from test.sh until a session runs it green. Run them: bash test.sh -m pending",
-    )
-
-
 # The tiny preset at test size: the same model, data and engine, smaller batches (real, cheaper).
 TEST_SESSION = {"micro_batch_size": 4, "seq_len": 32}
 
