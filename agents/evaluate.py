@@ -2,8 +2,11 @@
 
     python -m agents.evaluate --agent results/agents/<name> [--seeds 3]
 
-Every held-out instance x seed runs once with the policy (deterministic actions) and once with
-the default static recipe, on the same seeds (same batches and dropout). Validation drives
+Every held-out instance x seed runs three times on the same seeds (same batches and dropout):
+with the policy (deterministic actions); with the default static recipe; and with no control
+(``initial_constant``: the policy's own starting hyperparameters, drawn from the instance's
+range, held fixed). The last separates what the policy's steering buys from what its starting
+point gives. Validation drives
 nothing here; the test split of each run is what is reported. Writes heldout.json / heldout.md
 (and a trajectory plot per instance) into the agent folder, and logs them to MLflow.
 """
@@ -20,12 +23,14 @@ from tqdm.auto import tqdm
 
 from agents.agent_folder import Controller
 from agents.plots import trajectories
-from agents.rollout import run_controller, run_recipe
+from agents.rollout import run_constant, run_controller, run_recipe
 from agents.stats import mean_ci95
 from envs.finetune_env import FineTuneEnv
 from trainers.config import InstanceSetConfig
 
-METHODS = ("policy", "default_recipe")
+METHODS = ("policy", "default_recipe", "initial_constant")
+# (baseline, key in the summary) for the paired differences reported against the policy
+PAIRED = (("default_recipe", "policy_minus_recipe"), ("initial_constant", "policy_minus_initial_constant"))
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
@@ -47,11 +52,14 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
                 d["test_metric_mean"] = sum(d["test_metric"]) / len(d["test_metric"])
         out[method] = {"test_loss_mean": mean, "test_loss_ci95": ci, "n_runs": len(logs),
                        "n_diverged": sum(bool(r["diverged"]) for r in logs), "per_instance": per_inst}
-    if set(runs) >= set(METHODS):
-        diffs = [p["test_loss"] - r["test_loss"] for p, r in zip(runs["policy"], runs["default_recipe"])]
+    for baseline, key in PAIRED:
+        if "policy" not in runs or baseline not in runs:
+            continue
+        pairs = {(r["instance"], r["seed"]): r["test_loss"] for r in runs[baseline]}
+        diffs = [p["test_loss"] - pairs[(p["instance"], p["seed"])] for p in runs["policy"]]
         d_mean, d_ci = mean_ci95(diffs)
-        out["policy_minus_recipe"] = {"test_loss_diff_mean": d_mean, "test_loss_diff_ci95": d_ci, "n_pairs": len(diffs),
-                                      "policy_better": bool(d_mean + d_ci < 0) if math.isfinite(d_ci) else None}
+        out[key] = {"test_loss_diff_mean": d_mean, "test_loss_diff_ci95": d_ci, "n_pairs": len(diffs),
+                    "policy_better": bool(d_mean + d_ci < 0) if math.isfinite(d_ci) else None}
     return out
 
 
@@ -62,11 +70,12 @@ def markdown(summary: dict, title: str, command: str) -> str:
         if m in summary:
             s = summary[m]
             lines.append(f"| {m} | {s['test_loss_mean']:.4f} ± {s['test_loss_ci95']:.4f} | {s['n_runs']} | {s['n_diverged']} |")
-    if "policy_minus_recipe" in summary:
-        d = summary["policy_minus_recipe"]
-        lines += ["", f"Paired difference policy − recipe (same instance and seed): "
-                      f"{d['test_loss_diff_mean']:+.4f} ± {d['test_loss_diff_ci95']:.4f} over {d['n_pairs']} pairs "
-                      f"(negative = policy better)."]
+    for baseline, key in PAIRED:
+        if key in summary:
+            d = summary[key]
+            lines += ["", f"Paired difference policy − {baseline} (same instance and seed): "
+                          f"{d['test_loss_diff_mean']:+.4f} ± {d['test_loss_diff_ci95']:.4f} over {d['n_pairs']} pairs "
+                          f"(negative = policy better)."]
     lines += ["", "| instance | " + " | ".join(f"{m} test loss" for m in METHODS if m in summary) + " |",
               "|---|" + "---|" * sum(m in summary for m in METHODS)]
     insts = summary[METHODS[0]]["per_instance"].keys()
@@ -93,6 +102,7 @@ def evaluate_heldout(controller: Controller, seeds: list[int], env: Optional[Fin
     for name, seed in tqdm(jobs, desc="held-out evaluation", unit="instance x seed", disable=not show_progress):
         runs["policy"].append(run_controller(env, controller, name, seed))
         runs["default_recipe"].append(run_recipe(env, cfg.default_recipe, name, seed))
+        runs["initial_constant"].append(run_constant(env, name, seed))
     return runs
 
 
@@ -106,7 +116,8 @@ def write_report(folder: Path, runs: dict[str, list[dict]], command: str, log_to
     for inst in sorted({r["instance"] for r in runs["policy"]}):
         pol = next(r for r in runs["policy"] if r["instance"] == inst)
         rec = next(r for r in runs["default_recipe"] if r["instance"] == inst and r["seed"] == pol["seed"])
-        plots.append(trajectories({"policy": pol, "default recipe": rec}, folder / f"trajectory_{inst}.png",
+        const = next(r for r in runs["initial_constant"] if r["instance"] == inst and r["seed"] == pol["seed"])
+        plots.append(trajectories({"policy": pol, "default recipe": rec, "no control (initial held)": const}, folder / f"trajectory_{inst}.png",
                                   f"{inst} (seed {pol['seed']})"))
     if log_to_mlflow:
         import mlflow
@@ -117,7 +128,8 @@ def write_report(folder: Path, runs: dict[str, list[dict]], command: str, log_to
             for r in logs:
                 log_episode(r, f"heldout/{method}/{r['instance']}/seed{r['seed']}", {"method": method, "phase": "heldout"})
         for m in METHODS:
-            mlflow.log_metric(f"heldout_{m}_test_loss_mean", summary[m]["test_loss_mean"])
+            if m in summary:
+                mlflow.log_metric(f"heldout_{m}_test_loss_mean", summary[m]["test_loss_mean"])
         mlflow.log_artifact(str(folder / "heldout.md"))
         mlflow.log_artifact(str(folder / "heldout.json"))
         for p in plots:

@@ -23,6 +23,19 @@ def run_controller(env: FineTuneEnv, controller, instance: str, seed: int) -> di
     return info["episode_log"]
 
 
+def run_constant(env: FineTuneEnv, instance: str, seed: int) -> dict:
+    """No control: the same reset (so the same drawn initial hyperparameters) as run_controller,
+    held for the whole episode. Against it, a policy's gain is its steering, not the draw."""
+    env.reset(seed=seed, options={"instance": instance})
+    initial = env.session.hparams()
+    k = env.cfg.episode.decision_interval
+    done = False
+    while not done:
+        _, _, term, trunc, info = env.step_with_schedule([initial] * k)
+        done = term or trunc
+    return info["episode_log"]
+
+
 def run_schedule(env: FineTuneEnv, schedule: Sequence[Hparams | dict], instance: str, seed: int) -> dict:
     """Per-step hyperparameters fixed in advance, evaluated at the same points as a controller."""
     steps = [s if isinstance(s, Hparams) else Hparams(**s) for s in schedule]

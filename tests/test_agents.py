@@ -46,10 +46,15 @@ def test_learner_trains_saves_and_evaluates(algo, fast_yaml, tmp_path_factory, t
     curve = (folder / "training_curve.csv").read_text().splitlines()
     assert len(curve) - 1 == 8 // 2  # 2 decisions per 8-step episode
     held = json.loads((folder / "heldout.json").read_text())["summary"]
-    for method in ("policy", "default_recipe"):
+    for method in ("policy", "default_recipe", "initial_constant"):
         s = held[method]
         assert s["n_runs"] == 2 and math.isfinite(s["test_loss_mean"])
         assert set(s["per_instance"]) == {"bbc-tech-lm", "bbc-sport-lm-small"}
+    for key in ("policy_minus_recipe", "policy_minus_initial_constant"):
+        assert held[key]["n_pairs"] == 2
+    # no control really holds the drawn starting point: one distinct hyperparameter set per run
+    for run in json.loads((folder / "heldout.json").read_text())["runs"]["initial_constant"]:
+        assert len({tuple(sorted(h.items())) for h in run["schedule"]}) == 1
     assert len(meta["heldout_validation"]) == 2
     # the folder alone is enough to act
     c = Controller(folder)

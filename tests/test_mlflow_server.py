@@ -74,7 +74,8 @@ def test_training_run_round_trips_through_a_real_mlflow_server(mlflow_server, fa
     req = urllib.request.Request(f"{api}/runs/search", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         children = json.loads(r.read()).get("runs", [])
-    assert len(children) == 2  # held-out episode of the policy and of the default recipe
+    # held-out episodes of the policy, the default recipe and no control (initial held)
+    assert sorted(c["info"]["run_name"].split("/")[1] for c in children) == ["default_recipe", "initial_constant", "policy"]
     arts = _get(f"{mlflow_server}/api/2.0/mlflow/artifacts/list?run_id={run_id}")
     names = {f["path"] for f in arts.get("files", [])}
     assert {"agent", "plots", "heldout.md"} <= names

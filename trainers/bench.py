@@ -3,7 +3,10 @@
     python -m trainers.bench --json
 
 Bare-loop steps and env-driven steps run interleaved in one process on the same engine, so the
-ratio is measured under the same machine load. Figures go to stdout and to results/bench.json.
+ratio is measured under the same machine load. Both are timed the same way: the wall time of one
+decision interval's steps divided by its length (for env.step, minus its evaluation), then the
+median over intervals. ``train_step_s_raw_single_step_median`` is the bare loop's median single
+step, for reference: it is lower because a median of single steps drops the occasional slow step. Figures go to stdout and to results/bench.json.
 """
 from __future__ import annotations
 
@@ -48,10 +51,10 @@ def machine_info() -> dict:
     }
 
 
-def bare_steps(session, n: int) -> list[float]:
+def bare_steps(session, n: int, g: torch.Generator | None = None) -> list[float]:
     """The training step with nothing around it: batch, forward, backward, step."""
     engine, data, bs = session.engine, session.data.train, session.cfg.micro_batch_size
-    g = torch.Generator().manual_seed(0)
+    g = g if g is not None else torch.Generator().manual_seed(0)
     times = []
     engine.train()
     for _ in range(n):
@@ -70,11 +73,19 @@ def run(config: str = "tiny", rounds: int = 5, seed: int = 0) -> dict:
     env = FineTuneEnv(config, split="train")
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)  # first reset builds data and the cached initial eval
-    raw, in_env, resets, evals, tokens, train_s = [], [], [], [], 0, 0.0
+    raw, raw_single, in_env, resets, evals, tokens, train_s = [], [], [], [], [], 0, 0.0
     for r in range(rounds):
         # bare loop on the same engine (from the base snapshot, so both see the same model state)
+        # timed in chunks of one decision interval, as env.step is: a median of single steps would
+        # drop the slow steps that an interval's mean keeps, and call that difference "overhead"
         env.reset(seed=seed + r)
-        raw += bare_steps(env.session, env.total_steps)
+        k = env.cfg.episode.decision_interval
+        g = torch.Generator().manual_seed(seed + r)
+        for _ in range(env.total_steps // k):
+            t0 = time.perf_counter()
+            single = bare_steps(env.session, k, g)
+            raw += [(time.perf_counter() - t0) / k] * k
+            raw_single += single
         # a whole episode through env.step with random actions
         t0 = time.perf_counter()
         env.reset(seed=seed + r)
@@ -97,6 +108,7 @@ def run(config: str = "tiny", rounds: int = 5, seed: int = 0) -> dict:
         "config": config,
         "rounds": rounds,
         "train_step_s_raw": raw_med,
+        "train_step_s_raw_single_step_median": statistics.median(raw_single),
         "train_step_s_in_env": env_med,
         "overhead_ratio": env_med / raw_med,
         "reset_s": statistics.median(resets),
