@@ -91,6 +91,23 @@ def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: i
     return res
 
 
+def save_results(path: Path, key: dict, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "results": results}, default=str))
+    tmp.replace(path)  # atomic: a crash never leaves half a file that a resume would trust
+
+
+def load_saved_results(path: Path, key: dict) -> Optional[dict]:
+    """A finished instance x seed from an earlier, interrupted run of the same comparison, if any."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("key") != key:  # another agent or other budgets: recompute
+        return None
+    return {m: {int(b): rec for b, rec in by_b.items()} for m, by_b in saved["results"].items()}
+
+
 def summarise(per_run: list[dict], budgets: list[int]) -> dict:
     """Per method and budget: mean test loss with a 95% interval over instance x seed runs, and the
     smallest Optuna budget that matches the policy's single run (computed, never assumed)."""
@@ -103,9 +120,13 @@ def summarise(per_run: list[dict], budgets: list[int]) -> dict:
             per_inst: dict[str, list[float]] = {}
             for r, x in zip(per_run, rows):
                 per_inst.setdefault(r["instance"], []).append(x["test_loss"])
+            # same instance and seed on both sides: the instances' spread cancels out
+            diffs = [r["results"]["policy"][1]["test_loss"] - x["test_loss"] for r, x in zip(per_run, rows)]
+            d_mean, d_ci = mean_ci95(diffs)
             methods.setdefault(m, {})[str(b)] = {
                 "compute_steps": sum(x["compute_steps"] for x in rows) / len(rows),
                 "test_loss_mean": mean, "test_loss_ci95": ci, "n_runs": len(rows),
+                "policy_minus_this_mean": d_mean, "policy_minus_this_ci95": d_ci,
                 "per_instance": {k: sum(v) / len(v) for k, v in per_inst.items()},
             }
     policy_mean = methods["policy"]["1"]["test_loss_mean"]
@@ -114,7 +135,10 @@ def summarise(per_run: list[dict], budgets: list[int]) -> dict:
         if methods["optuna_tpe"][str(b)]["test_loss_mean"] <= policy_mean:
             match = b
             break
-    return {"methods": methods, "optuna_budget_to_match_policy": match}
+    runs = [{"instance": r["instance"], "seed": r["seed"], "method": m, "budget": b,
+             "compute_steps": x["compute_steps"], "test_loss": x["test_loss"]}
+            for r in per_run for m, by_budget in r["results"].items() for b, x in sorted(by_budget.items())]
+    return {"methods": methods, "optuna_budget_to_match_policy": match, "runs": runs}
 
 
 def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, budgets: list[int]) -> list[Path]:
@@ -129,13 +153,18 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
             for b, s in by_b.items():
                 w.writerow([m, b, f"{s['compute_steps']:.0f}", f"{s['test_loss_mean']:.5f}", f"{s['test_loss_ci95']:.5f}", s["n_runs"]])
     lines = [f"# Comparison at matched compute", "", f"Command: `{command}`", "",
-             "| method | budget (runs) | training steps | test loss (mean ± 95% CI) | runs |", "|---|---|---|---|---|"]
+             "| method | budget (runs) | training steps | test loss (mean ± 95% CI) | policy − this, paired (mean ± 95% CI) | runs |",
+             "|---|---|---|---|---|---|"]
     for m, by_b in summary["methods"].items():
         for b, s in by_b.items():
-            lines.append(f"| {m} | {b} | {s['compute_steps']:.0f} | {s['test_loss_mean']:.4f} ± {s['test_loss_ci95']:.4f} | {s['n_runs']} |")
+            paired = "" if m == "policy" else f"{s['policy_minus_this_mean']:+.4f} ± {s['policy_minus_this_ci95']:.4f}"
+            lines.append(f"| {m} | {b} | {s['compute_steps']:.0f} | {s['test_loss_mean']:.4f} ± {s['test_loss_ci95']:.4f} "
+                         f"| {paired} | {s['n_runs']} |")
     lines += ["", f"optuna_budget_to_match_policy: {summary['optuna_budget_to_match_policy']} "
                   "(smallest Optuna budget whose mean test loss is at least as good as the policy's single run; "
-                  "null = none of the budgets tried)"]
+                  "null = none of the budgets tried)",
+              "", "The paired column is the policy's test loss minus this method's on the same instance and seed: "
+                  "negative means the policy's single run was better."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib.pyplot as plt
@@ -157,6 +186,29 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
     fig.savefig(out / "loss_vs_compute.png", dpi=110)
     plt.close(fig)
     plots.append(out / "loss_vs_compute.png")
+
+    # The instances' spread swamps the plot above; paired on instance and seed, it cancels out.
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    policy_steps = summary["methods"]["policy"]["1"]["compute_steps"]
+    ax.axhline(0.0, color="C0", lw=1)
+    ax.plot([policy_steps], [0.0], "*", ms=14, color="C0", label="policy (one run)")
+    for j, (m, by_b) in enumerate(summary["methods"].items()):
+        if m == "policy":
+            continue
+        xs = [s["compute_steps"] for s in by_b.values()]
+        ys = [-s["policy_minus_this_mean"] for s in by_b.values()]
+        es = [0 if math.isnan(s["policy_minus_this_ci95"]) else s["policy_minus_this_ci95"] for s in by_b.values()]
+        ax.errorbar(xs, ys, yerr=es, marker="o", ms=5, capsize=3, color=f"C{j}", label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("training steps spent per instance (log)")
+    ax.set_ylabel("test loss minus the policy's (paired)")
+    ax.set_title("above 0: the policy's single run was better (95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "paired_vs_compute.png", dpi=110)
+    plt.close(fig)
+    plots.append(out / "paired_vs_compute.png")
 
     insts = sorted({r["instance"] for r in per_run})
     bmax = str(max(budgets))
@@ -221,11 +273,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     storage_dir.mkdir(parents=True, exist_ok=True)
     env = FineTuneEnv(cfg, split="all", evaluate_test=True)
     controller.check_compatible(env.actions)
+    # Each instance x seed is saved when it finishes, so a crashed or stopped comparison resumes where
+    # it was (the Optuna studies and PBT experiments inside one resume from their own storage too).
+    key = {"agent": controller.meta.get("mlflow_run_id") or str(Path(args.agent).resolve()),
+           "budgets": sorted(args.budgets), "pbt_populations": sorted(args.pbt_populations)}
     per_run = []
-    for inst in tqdm([(i, s) for i in names for s in range(args.seeds)], desc="compare", unit="instance x seed"):
-        per_run.append({"instance": inst[0], "seed": inst[1],
-                        "results": compare_one(env, controller, inst[0], inst[1], args.budgets, storage_dir,
-                                                   tuple(args.pbt_populations))})
+    for inst, seed in tqdm([(i, s) for i in names for s in range(args.seeds)], desc="compare", unit="instance x seed"):
+        saved = out / "per_run" / f"{inst}-seed{seed}.json"
+        results = load_saved_results(saved, key)
+        if results is None:
+            results = compare_one(env, controller, inst, seed, args.budgets, storage_dir, tuple(args.pbt_populations))
+            save_results(saved, key, results)
+        per_run.append({"instance": inst, "seed": seed, "results": results})
     summary = summarise(per_run, args.budgets)
     summary.update({"command": command, "seeds": list(range(args.seeds)), "instances": names,
                     "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

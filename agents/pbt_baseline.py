@@ -74,21 +74,36 @@ def run_pbt(cfg: InstanceSetConfig, instance: str, seed: int, population: int, s
             time_attr="steps_done", perturbation_interval=cfg.episode.decision_interval,
             hyperparam_mutations=space, quantile_fraction=0.25, resample_probability=0.25,
         )
+        trainable = tune.with_resources(pbt_member, resources)
+        experiment = storage.resolve() / f"pbt-{instance}-seed{seed}"
+        if tune.Tuner.can_restore(str(experiment)):
+            # an earlier run of the same population: finished members are read back, unfinished
+            # ones continue from their checkpoints
+            results = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True).fit()
+            if len(results) != population:
+                raise ValueError(f"{experiment}: an earlier PBT run with {len(results)} members, not {population}; "
+                                 "remove that folder or choose another storage folder")
+            return _best_member(cfg, inst, population, results)
         random.seed(seed)  # PBT's explore/exploit draws come from Python's global RNG
         tuner = tune.Tuner(
-            tune.with_resources(pbt_member, resources),
+            trainable,
             param_space={"cfg": cfg.model_dump(mode="json"), "instance": instance, "seed": seed,
                          "lr": tune.loguniform(lo, hi), "weight_decay": tune.loguniform(*inst.init_weight_decay),
                          "grad_clip": tune.loguniform(*inst.init_grad_clip)},
             tune_config=tune.TuneConfig(scheduler=pbt, num_samples=population, metric="eval_loss", mode="min",
                                         reuse_actors=False),
-            run_config=tune.RunConfig(name=f"pbt-{instance}-seed{seed}", storage_path=str(storage.resolve()),
+            run_config=tune.RunConfig(name=experiment.name, storage_path=str(storage.resolve()),
                                       verbose=0),
         )
         results = tuner.fit()
     finally:
         if started:
             ray.shutdown()
+    return _best_member(cfg, inst, population, results)
+
+
+def _best_member(cfg: InstanceSetConfig, inst, population: int, results) -> dict[str, Any]:
+    """Selection by final validation loss; the test loss is what gets reported."""
     steps = cfg.steps_for(inst)
     finals = [r.metrics for r in results if r.metrics and r.metrics.get("steps_done") == steps]
     if not finals:

@@ -64,6 +64,10 @@ def test_budget_to_match_is_computed_from_the_numbers():
     assert s["methods"]["optuna_tpe"]["4"]["test_loss_mean"] == pytest.approx(1.095)
     assert s["methods"]["optuna_tpe"]["4"]["compute_steps"] == 32
     assert s["optuna_budget_to_match_policy"] == 4
+    # paired on instance and seed: policy minus this method, run by run
+    assert s["methods"]["optuna_tpe"]["4"]["policy_minus_this_mean"] == pytest.approx(((1.0 - 0.99) + (1.2 - 1.2)) / 2)
+    assert s["methods"]["optuna_tpe"]["8"]["policy_minus_this_mean"] == pytest.approx(((1.0 - 0.9) + (1.2 - 1.0)) / 2)
+    assert len(s["runs"]) == 2 * 4
     worse = [_run({"policy": {1: 0.5}, "optuna_tpe": {1: 1.3, 4: 1.0}})] * 2
     assert compare.summarise(worse, [1, 4])["optuna_budget_to_match_policy"] is None
 
@@ -78,7 +82,7 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path):
     compare.main(["--agent", str(folder), "--budgets", "1", "2", "--seeds", "1", "--pbt-populations",
                   "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     out = tmp_path / "compare" / folder.name
-    for f in ["summary.md", "summary.csv", "summary.json", "loss_vs_compute.png", "per_instance.png",
+    for f in ["summary.md", "summary.csv", "summary.json", "loss_vs_compute.png", "paired_vs_compute.png", "per_instance.png",
               "trajectories.png"]:
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
@@ -93,6 +97,16 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path):
     policy = s["methods"]["policy"]["1"]["test_loss_mean"]
     expected = next((int(b) for b in ("1", "2") if tpe[b]["test_loss_mean"] <= policy), None)
     assert s["optuna_budget_to_match_policy"] == expected
+    # a second run resumes from the saved instance x seed instead of recomputing it
+    saved = out / "per_run" / f"{d['heldout'][0]['name']}-seed0.json"
+    record = json.loads(saved.read_text())
+    record["results"]["policy"]["1"]["test_loss"] = 123.0
+    saved.write_text(json.dumps(record))
+    compare.main(["--agent", str(folder), "--budgets", "1", "2", "--seeds", "1", "--pbt-populations",
+                  "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    again = json.loads((out / "summary.json").read_text())
+    assert again["methods"]["policy"]["1"]["test_loss_mean"] == 123.0
+    assert again["methods"]["optuna_tpe"]["2"]["test_loss_mean"] == tpe["2"]["test_loss_mean"]
 
 
 def test_pbt_runs_on_ray_tune_and_counts_population_compute(fast_cfg_dict, tmp_path):
@@ -106,6 +120,9 @@ def test_pbt_runs_on_ray_tune_and_counts_population_compute(fast_cfg_dict, tmp_p
     assert res["compute_steps"] == 2 * steps
     assert math.isfinite(res["test_loss"]) and math.isfinite(res["val_loss"])
     assert len(res["schedule_lr"]) == steps
+    # the same call again restores the finished experiment instead of training a new population
+    again = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
+    assert again["test_loss"] == res["test_loss"] and again["schedule_lr"] == res["schedule_lr"]
 
 
 def test_optuna_search_runs_as_ray_tune_trials_with_asha(fast_cfg_dict, tmp_path):
