@@ -211,6 +211,7 @@ def train(args: argparse.Namespace) -> Path:
     if args.resume and not state_path.exists():
         raise ConfigError(f"--resume: {state_path} not found; nothing to resume")
     if not args.resume and folder.exists():
+        print(f"replacing the earlier agent in {folder} (--name keeps both, --resume continues it)", file=sys.stderr)
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = json.loads(state_path.read_text()) if args.resume else {}
