@@ -141,8 +141,21 @@ def summarise(per_run: list[dict], budgets: list[int]) -> dict:
     return {"methods": methods, "optuna_budget_to_match_policy": match, "runs": runs}
 
 
+def _save_compute_plot(fig, ax, ylabel: str, title: str, path: Path) -> Path:
+    """The shared frame of the plots against compute: log steps on x, a legend."""
+    from agents.plots import save_figure
+
+    ax.set_xscale("log")
+    ax.set_xlabel("training steps spent per instance (log)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
 def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, budgets: list[int]) -> list[Path]:
-    from agents.plots import trajectories
+    from agents.plots import save_figure, trajectories
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -176,16 +189,8 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
         ys = [s["test_loss_mean"] for s in by_b.values()]
         es = [0 if math.isnan(s["test_loss_ci95"]) else s["test_loss_ci95"] for s in by_b.values()]
         ax.errorbar(xs, ys, yerr=es, marker="o" if len(xs) > 1 else "*", ms=6 if len(xs) > 1 else 12, capsize=3, label=m)
-    ax.set_xscale("log")
-    ax.set_xlabel("training steps spent per instance (log)")
-    ax.set_ylabel("test loss of the selected run")
-    ax.set_title("test loss against compute (held-out instances)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "loss_vs_compute.png", dpi=110)
-    plt.close(fig)
-    plots.append(out / "loss_vs_compute.png")
+    plots.append(_save_compute_plot(fig, ax, "test loss of the selected run",
+                                    "test loss against compute (held-out instances)", out / "loss_vs_compute.png"))
 
     # The instances' spread swamps the plot above; paired on instance and seed, it cancels out.
     fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -199,16 +204,8 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
         ys = [-s["policy_minus_this_mean"] for s in by_b.values()]
         es = [0 if math.isnan(s["policy_minus_this_ci95"]) else s["policy_minus_this_ci95"] for s in by_b.values()]
         ax.errorbar(xs, ys, yerr=es, marker="o", ms=5, capsize=3, color=f"C{j}", label=m)
-    ax.set_xscale("log")
-    ax.set_xlabel("training steps spent per instance (log)")
-    ax.set_ylabel("test loss minus the policy's (paired)")
-    ax.set_title("above 0: the policy's single run was better (95% CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "paired_vs_compute.png", dpi=110)
-    plt.close(fig)
-    plots.append(out / "paired_vs_compute.png")
+    plots.append(_save_compute_plot(fig, ax, "test loss minus the policy's (paired)",
+                                    "above 0: the policy's single run was better (95% CI)", out / "paired_vs_compute.png"))
 
     insts = sorted({r["instance"] for r in per_run})
     bmax = str(max(budgets))
@@ -226,10 +223,7 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
     ax.set_ylim(bottom=lo * 0.95)
     ax.set_ylabel("mean test loss")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "per_instance.png", dpi=110)
-    plt.close(fig)
-    plots.append(out / "per_instance.png")
+    plots.append(save_figure(fig, out / "per_instance.png"))
 
     first = per_run[0]
     opt = first["results"]["optuna_tpe"][max(budgets)]

@@ -6,9 +6,9 @@ Every held-out instance x seed runs three times on the same seeds (same batches 
 with the policy (deterministic actions); with the default static recipe; and with no control
 (``initial_constant``: the policy's own starting hyperparameters, drawn from the instance's
 range, held fixed). The last separates what the policy's steering buys from what its starting
-point gives. Validation drives
-nothing here; the test split of each run is what is reported. Writes heldout.json / heldout.md
-(and a trajectory plot per instance) into the agent folder, and logs them to MLflow.
+point gives. Validation drives nothing here; the test split of each run is what is reported.
+Writes heldout.json / heldout.md (and a trajectory plot per instance) into the agent folder, and
+logs them to MLflow.
 """
 from __future__ import annotations
 
@@ -113,12 +113,11 @@ def write_report(folder: Path, runs: dict[str, list[dict]], command: str, log_to
     (folder / "heldout.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
     (folder / "heldout.md").write_text(markdown(summary, f"Held-out evaluation of {folder.name}", command))
     plots = []
+    labels = {"policy": "policy", "default_recipe": "default recipe", "initial_constant": "no control (initial held)"}
     for inst in sorted({r["instance"] for r in runs["policy"]}):
-        pol = next(r for r in runs["policy"] if r["instance"] == inst)
-        rec = next(r for r in runs["default_recipe"] if r["instance"] == inst and r["seed"] == pol["seed"])
-        const = next(r for r in runs["initial_constant"] if r["instance"] == inst and r["seed"] == pol["seed"])
-        plots.append(trajectories({"policy": pol, "default recipe": rec, "no control (initial held)": const}, folder / f"trajectory_{inst}.png",
-                                  f"{inst} (seed {pol['seed']})"))
+        seed = next(r["seed"] for r in runs["policy"] if r["instance"] == inst)  # the first seed of each instance
+        picked = {labels[m]: next(r for r in runs[m] if r["instance"] == inst and r["seed"] == seed) for m in METHODS}
+        plots.append(trajectories(picked, folder / f"trajectory_{inst}.png", f"{inst} (seed {seed})"))
     if log_to_mlflow:
         import mlflow
 
@@ -128,8 +127,7 @@ def write_report(folder: Path, runs: dict[str, list[dict]], command: str, log_to
             for r in logs:
                 log_episode(r, f"heldout/{method}/{r['instance']}/seed{r['seed']}", {"method": method, "phase": "heldout"})
         for m in METHODS:
-            if m in summary:
-                mlflow.log_metric(f"heldout_{m}_test_loss_mean", summary[m]["test_loss_mean"])
+            mlflow.log_metric(f"heldout_{m}_test_loss_mean", summary[m]["test_loss_mean"])
         mlflow.log_artifact(str(folder / "heldout.md"))
         mlflow.log_artifact(str(folder / "heldout.json"))
         for p in plots:

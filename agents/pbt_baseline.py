@@ -92,7 +92,7 @@ def run_pbt(cfg: InstanceSetConfig, instance: str, seed: int, population: int, s
                          "grad_clip": tune.loguniform(*inst.init_grad_clip)},
             tune_config=tune.TuneConfig(scheduler=pbt, num_samples=population, metric="eval_loss", mode="min",
                                         reuse_actors=False),
-            run_config=tune.RunConfig(name=experiment.name, storage_path=str(storage.resolve()),
+            run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent),
                                       verbose=0),
         )
         results = tuner.fit()

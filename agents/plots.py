@@ -10,6 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save_figure(fig, out: Path) -> Path:
+    """Every PNG here is written the same way, and its figure freed (long runs make many)."""
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def learning_curve(timesteps: Sequence[int], returns: Sequence[float], out: Path, title: str,
                    eval_points: Sequence[tuple[int, float]] = ()) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -28,10 +36,7 @@ def learning_curve(timesteps: Sequence[int], returns: Sequence[float], out: Path
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def trajectories(runs: dict[str, dict], out: Path, title: str) -> Path:
@@ -49,7 +54,4 @@ def trajectories(runs: dict[str, dict], out: Path, title: str) -> Path:
     a1.legend(fontsize=8)
     a1.grid(alpha=0.3)
     a2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

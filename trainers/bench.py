@@ -6,7 +6,8 @@ Bare-loop steps and env-driven steps run interleaved in one process on the same 
 ratio is measured under the same machine load. Both are timed the same way: the wall time of one
 decision interval's steps divided by its length (for env.step, minus its evaluation), then the
 median over intervals. ``train_step_s_raw_single_step_median`` is the bare loop's median single
-step, for reference: it is lower because a median of single steps drops the occasional slow step. Figures go to stdout and to results/bench.json.
+step, for reference: it is lower because a median of single steps drops the occasional slow step.
+Figures go to stdout and to results/bench.json.
 """
 from __future__ import annotations
 
