@@ -33,6 +33,7 @@ class EpisodeLog:
     train_loss: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
     eval_curve: list[tuple[int, float]] = field(default_factory=list)  # (steps done, eval loss)
+    rewards: list[float] = field(default_factory=list)  # one per decision interval
     diverged: bool = False
     test_loss: Optional[float] = None
     initial_test_loss: Optional[float] = None  # the base model's, for scoring diverged runs
@@ -163,9 +164,16 @@ class FineTuneEnv(gym.Env):
         return self._obs([]), info
 
     def step(self, action):
-        new = self.actions.apply(action, self.session.hparams())
-        k = min(self.cfg.episode.decision_interval, self.total_steps - self.steps_done)
-        return self.step_with_schedule([new] * k)
+        return self.step_with_schedule(self.interval_for_action(action))
+
+    def interval_steps(self) -> int:
+        """Training steps in the next decision interval (the last one may be shorter)."""
+        return min(self.cfg.episode.decision_interval, self.total_steps - self.steps_done)
+
+    def interval_for_action(self, action) -> list[Hparams]:
+        """The per-step hyperparameters an action asks for: its deltas on the current ones, held
+        for one decision interval."""
+        return [self.actions.apply(action, self.session.hparams())] * self.interval_steps()
 
     def step_with_schedule(self, per_step: Sequence[Hparams]):
         """Train len(per_step) steps, setting each step's hyperparameters; used by env.step,
@@ -199,6 +207,7 @@ class FineTuneEnv(gym.Env):
             self.last_eval_change = self.eval_loss - new_loss
             self.eval_loss = new_loss
         self.log.eval_curve.append((self.steps_done, new_loss))
+        self.log.rewards.append(float(reward))
         self.log.diverged = diverged
         terminated = diverged or self.steps_done >= self.total_steps
         info: dict[str, Any] = {

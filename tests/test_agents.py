@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from agents import train_agent, tune
-from agents.agent_folder import Controller
-from agents.qlearning import QLearningAgent, QLearningConfig
+from agents.learners.agent_folder import Controller
+from agents.learners.qlearning import QLearningAgent, QLearningConfig
 
 
 
@@ -41,8 +41,9 @@ def test_learner_trains_saves_and_evaluates(algo, fast_yaml, tmp_path_factory, t
     assert meta["algo"] == algo and meta["total_timesteps"] >= 8
     for f in [meta["model_file"], "env_config.yaml", "training_curve.csv", "learning_curve.png", "heldout.md"]:
         assert (folder / f).is_file(), f
-    if algo != "qlearning":
-        assert (folder / "vecnormalize.pkl").is_file()
+    if algo != "qlearning":  # weights and statistics without pickles
+        assert meta["model_file"] == "policy.safetensors" and (folder / "obs_normalization.json").is_file()
+        assert not list(folder.glob("*.pkl"))
     curve = (folder / "training_curve.csv").read_text().splitlines()
     assert len(curve) - 1 == 8 // 2  # 2 decisions per 8-step episode
     held = json.loads((folder / "heldout.json").read_text())["summary"]
@@ -75,17 +76,39 @@ def test_qlearning_update_is_the_textbook_rule():
     assert agent.values(agent.state(s))[0] == pytest.approx(0.5 * -1.0)
 
 
-def test_resume_continues_from_checkpoint(fast_yaml, tmp_path, tracking_uri):
-    folder = _train("qlearning", fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])
+@pytest.mark.parametrize("algo", ["qlearning", "ppo"])
+def test_resume_continues_from_checkpoint(algo, fast_yaml, tmp_path, tracking_uri):
+    folder = _train(algo, fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])
     state = json.loads((folder / "checkpoint" / "state.json").read_text())
     assert state["num_timesteps"] == 8
-    args = train_agent.parse_args(["--algo", "qlearning", "--config", str(fast_yaml), "--total-steps", "12",
+    args = train_agent.parse_args(["--algo", algo, "--config", str(fast_yaml), "--total-steps", "12",
                                    "--out", str(tmp_path), "--tracking-uri", tracking_uri, "--resume",
                                    "--no-heldout", "--validate-every", "0"])
     folder = train_agent.train(args)
     meta = json.loads((folder / "agent.json").read_text())
-    assert meta["total_timesteps"] == 12 and meta["mlflow_run_id"] == state["mlflow_run_id"]
-    assert len((folder / "training_curve.csv").read_text().splitlines()) - 1 == 6
+    # PPO finishes its rollout: the first run's 8-step rollouts take it from 8 to 16
+    expected = 12 if algo == "qlearning" else 16
+    assert meta["total_timesteps"] == expected and meta["mlflow_run_id"] == state["mlflow_run_id"]
+    assert meta["learner_hparams"] == state["learner_hparams"]
+    assert len((folder / "training_curve.csv").read_text().splitlines()) - 1 == expected // 2
+
+
+def test_saved_policy_acts_as_the_trained_sb3_model(fast_yaml, tmp_path, tracking_uri):
+    """The folder's safetensors weights and JSON statistics give the trained model's actions."""
+    from stable_baselines3 import PPO
+
+    from agents.learners.sb3_setup import ObsNormalization
+
+    folder = _train("ppo", fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])
+    sb3 = PPO.load(folder / "checkpoint" / "model.zip", device="cpu")  # this test's own file
+    stats = ObsNormalization.load(folder / "checkpoint" / "obs_normalization.json")
+    controller = Controller(folder)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        obs = rng.normal(0, 1, 14).astype(np.float32)
+        expected, _ = sb3.predict(stats.normalize(obs[None]), deterministic=True)
+        np.testing.assert_allclose(controller.act(obs), expected[0], rtol=1e-6)
+    assert np.abs(stats.normalize(np.zeros((1, 14), np.float32))).max() > 0  # statistics were learned, not defaults
 
 
 def test_deploy_then_replay_reproduces_losses(fast_yaml, tmp_path, tracking_uri):
@@ -100,7 +123,7 @@ def test_deploy_then_replay_reproduces_losses(fast_yaml, tmp_path, tracking_uri)
     assert rep["log"]["train_loss"] == res["log"]["train_loss"]
 
 
-def test_deploy_on_users_jsonl(fast_yaml, tmp_path, tracking_uri):
+def test_deploy_on_users_jsonl(fast_yaml, tmp_path, tracking_uri, capsys):
     folder = _train("qlearning", fast_yaml, tmp_path / "agents", tracking_uri, ["--no-heldout"])
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Color of item {i}?", "completion": f" {['red', 'blue'][i % 2]}"}) + "\n"
@@ -110,5 +133,8 @@ def test_deploy_on_users_jsonl(fast_yaml, tmp_path, tracking_uri):
     assert res["log"]["instance"] == "mine" and len(res["log"]["schedule"]) == 8
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": 1}\n')
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         tune.main(["--agent", str(folder), "--data", str(bad), "--no-save-model"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {bad}:2: ") and "'completion'" in err[-1]

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from agents import compare, train_agent
-from agents.optuna_baseline import compute_steps, run_study, run_trial
+from agents.baselines.optuna_search import compute_steps, run_study, run_trial
+from agents.reporting.comparison_report import summarise_comparison
 from envs.finetune_env import FineTuneEnv
 from trainers.config import parse_config
 
@@ -34,6 +35,8 @@ def test_study_resumes_after_a_kill_without_repeating_trials(fast_env, tmp_path)
     done = _finished(resumed)
     assert len(done) == 3  # one new trial, not three
     assert [(t.number, t.params, t.value) for t in done[:2]] == first  # finished trials untouched
+    # a sampler re-created with the study's seed would replay the first draw: the new trial is new
+    assert done[2].params not in [p for _, p, _ in first]
     assert all(t.user_attrs["compute_steps"] == 8 for t in done)
     assert compute_steps(resumed) == 24
 
@@ -59,7 +62,7 @@ def _run(method_losses: dict) -> dict:
 def test_budget_to_match_is_computed_from_the_numbers():
     runs = [_run({"policy": {1: 1.0}, "optuna_tpe": {1: 1.3, 4: 0.99, 8: 0.9}}),
             _run({"policy": {1: 1.2}, "optuna_tpe": {1: 1.3, 4: 1.2, 8: 1.0}})]
-    s = compare.summarise(runs, [1, 4, 8])
+    s = summarise_comparison(runs, [1, 4, 8])
     assert s["methods"]["policy"]["1"]["test_loss_mean"] == pytest.approx(1.1)
     assert s["methods"]["optuna_tpe"]["4"]["test_loss_mean"] == pytest.approx(1.095)
     assert s["methods"]["optuna_tpe"]["4"]["compute_steps"] == 32
@@ -69,7 +72,7 @@ def test_budget_to_match_is_computed_from_the_numbers():
     assert s["methods"]["optuna_tpe"]["8"]["policy_minus_this_mean"] == pytest.approx(((1.0 - 0.9) + (1.2 - 1.0)) / 2)
     assert len(s["runs"]) == 2 * 4
     worse = [_run({"policy": {1: 0.5}, "optuna_tpe": {1: 1.3, 4: 1.0}})] * 2
-    assert compare.summarise(worse, [1, 4])["optuna_budget_to_match_policy"] is None
+    assert summarise_comparison(worse, [1, 4])["optuna_budget_to_match_policy"] is None
 
 
 def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path):
@@ -109,26 +112,40 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path):
     assert again["methods"]["optuna_tpe"]["2"]["test_loss_mean"] == tpe["2"]["test_loss_mean"]
 
 
-def test_pbt_runs_on_ray_tune_and_counts_population_compute(fast_cfg_dict, tmp_path):
+def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
     import ray
 
-    from agents.pbt_baseline import run_pbt
+    from agents.baselines.pbt import run_pbt
 
     res = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
     assert not ray.is_initialized()  # the private Ray it started is stopped again
-    steps = fast_cfg_dict["episode"]["total_steps"]
-    assert res["compute_steps"] == 2 * steps
+    steps, interval = fast_cfg_dict["episode"]["total_steps"], fast_cfg_dict["episode"]["decision_interval"]
+    # each member trains at least its first interval and at most the episode; exploits may skip steps
+    assert 2 * interval <= res["compute_steps"] <= 2 * steps
     assert math.isfinite(res["test_loss"]) and math.isfinite(res["val_loss"])
     assert len(res["schedule_lr"]) == steps
     # the same call again restores the finished experiment instead of training a new population
     again = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
     assert again["test_loss"] == res["test_loss"] and again["schedule_lr"] == res["schedule_lr"]
+    assert again["compute_steps"] == res["compute_steps"]
+
+
+def test_pbt_compute_counts_what_members_ran_not_population_times_steps(fast_cfg_dict, tmp_path):
+    """Members that diverge at their first interval stop there: the compute is what they ran."""
+    from agents.baselines.pbt import run_pbt
+
+    d = dict(fast_cfg_dict, bounds={"lr": [1e-5, 1e4], "weight_decay": [1e-4, 0.5], "grad_clip": [0.05, 10.0]})
+    d["heldout"] = [dict(d["heldout"][0], init_lr=[1e3, 1e3], init_grad_clip=[10.0, 10.0])]
+    res = run_pbt(parse_config(d), d["heldout"][0]["name"], 0, 2, tmp_path / "pbt")
+    interval = d["episode"]["decision_interval"]
+    assert res["compute_steps"] == 2 * interval  # not 2 x total_steps
+    assert math.isnan(res["test_loss"])  # no member finished: nothing to select
 
 
 def test_optuna_search_runs_as_ray_tune_trials_with_asha(fast_cfg_dict, tmp_path):
     import ray
 
-    from agents.ray_search import run_search
+    from agents.baselines.ray_tune_search import run_search
 
     res = run_search(parse_config(fast_cfg_dict), INSTANCE, 0, 3, tmp_path / "search", scheduler="asha")
     assert not ray.is_initialized()

@@ -89,21 +89,24 @@ def test_absurd_learning_rate_ends_episode_with_penalty(fast_cfg_dict, tiny_sess
     assert not info["diverged"] and math.isfinite(info["eval_loss"])
 
 
-def test_reset_restores_weights_and_never_reinitialises(fast_env, monkeypatch):
-    def forbidden(*a, **k):
-        raise AssertionError("deepspeed.initialize called again")
+def test_reset_restores_weights_and_never_reinitialises(fast_cfg_dict):
+    from trainers.bench import counting_deepspeed_initialize
 
-    monkeypatch.setattr(deepspeed, "initialize", forbidden)
-    fast_env.reset(seed=0, options={"instance": "bbc-tech-lm"})
-    base = [p.detach().clone() for p in fast_env.engine.module.parameters()]
-    fast_env.step(np.ones(3, dtype=np.float32))
-    fast_env.reset(seed=1, options={"instance": "arithmetic"})
-    assert all((p == b).all() for p, b in zip(fast_env.engine.module.parameters(), base))
-    assert fast_env.engine.optimizer.state == {} or all(
-        float(s["exp_avg"].abs().sum()) == 0 for s in fast_env.engine.optimizer.state.values())
-    assert fast_env.session.initialize_calls == 1
-    fast_env.reset(seed=2, options={"instance": "arithmetic"})  # data now built: a reset is a restore
-    assert fast_env.reset_seconds < 0.1
+    with counting_deepspeed_initialize() as calls:
+        env = FineTuneEnv(parse_config(fast_cfg_dict), split="all")  # its own engine: one real call
+        assert len(calls) == 1 and isinstance(env.engine, deepspeed.DeepSpeedEngine)
+        env.reset(seed=0, options={"instance": "bbc-tech-lm"})
+        base = [p.detach().clone() for p in env.engine.module.parameters()]
+        env.step(np.ones(3, dtype=np.float32))
+        assert any(not (p == b).all() for p, b in zip(env.engine.module.parameters(), base))  # it trained
+        env.reset(seed=1, options={"instance": "arithmetic"})
+        assert all((p == b).all() for p, b in zip(env.engine.module.parameters(), base))
+        assert env.engine.optimizer.state == {} or all(
+            float(s["exp_avg"].abs().sum()) == 0 for s in env.engine.optimizer.state.values())
+        env.reset(seed=2, options={"instance": "arithmetic"})  # data now built: a reset is a restore
+        assert env.reset_seconds < 0.1
+        assert len(calls) == 1  # resets and steps never built another engine
+    env.session.close()
 
 
 def test_instances_cycle_and_heldout_split(tiny_cfg, tiny_session):

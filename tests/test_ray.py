@@ -1,14 +1,20 @@
-"""Ray actors as parallel environments: loopback only, PPO learns through them, a killed worker
-is restarted and training completes."""
+"""Ray actors as parallel environments: loopback only, PPO learns through them, and worker faults
+are handled honestly: a killed worker's episode is left out of what PPO trains on, a hung worker
+is treated as dead, a worker that crashes at every start stops the run, restarted workers reset
+with a seed."""
 import os
 import signal
+import time
 
+import numpy as np
 import pytest
 import ray
 
-from agents.ray_vec_env import RayVecEnv, init_ray
+from agents.learners.dropped_episodes import DropAwareRolloutBuffer, mark_dropped
+from agents.learners.sb3_setup import build_model
+from agents.parallel.ray_cluster import init_ray
+from agents.parallel.ray_vec_env import EnvWorker, RayVecEnv, WorkerFailure
 from trainers.config import parse_config
-
 
 
 @pytest.fixture(scope="module")
@@ -19,41 +25,98 @@ def ray_local():
         ray.shutdown()
 
 
+@pytest.fixture()
+def cfg_dict(fast_cfg_dict):
+    return parse_config(fast_cfg_dict).model_dump(mode="json")
+
+
 def test_private_ray_binds_to_loopback(ray_local):
     nodes = ray.nodes()
     assert nodes and all(n["NodeManagerAddress"] == "127.0.0.1" for n in nodes)
     assert ray.util.get_node_ip_address() == "127.0.0.1"
 
 
-def test_ppo_trains_through_ray_actors_and_survives_a_killed_worker(ray_local, fast_cfg_dict):
-    from stable_baselines3 import PPO
+def test_ppo_leaves_a_killed_workers_episode_out_and_both_workers_contribute(ray_local, cfg_dict):
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import VecMonitor
 
-    venv = RayVecEnv(parse_config(fast_cfg_dict).model_dump(mode="json"), 2)
+    venv = RayVecEnv(cfg_dict, 2, seed=0)
     pids = venv.worker_pids()
     assert len(set(pids)) == 2 and os.getpid() not in pids  # each env is its own process
+    finished = {0: 0, 1: 0}
+    seen = {"dropped_infos": [], "drop_row": None}
 
-    class KillOnce(BaseCallback):
+    class KillOnceAndCount(BaseCallback):
         killed = False
 
         def _on_step(self) -> bool:
-            if not self.killed and self.num_timesteps >= 4:
+            infos = self.locals["infos"]
+            mark_dropped(self.model, infos)  # what the training run's callback does
+            for env, info in enumerate(infos):
+                finished[env] += "episode" in info
+                if "dropped" in info:
+                    seen["dropped_infos"].append(dict(info))
+                    seen["drop_row"] = self.model.rollout_buffer.pos  # the row this step is stored in
+            if not self.killed and self.num_timesteps >= 6:  # env 0 is one decision into its second episode
                 os.kill(pids[0], signal.SIGKILL)
                 self.killed = True
             return True
 
-    episodes = []
-
-    class Count(BaseCallback):
-        def _on_step(self) -> bool:
-            episodes.extend(i for i in self.locals["infos"] if "episode" in i)
-            return True
-
-    model = PPO("MlpPolicy", VecMonitor(venv), n_steps=6, batch_size=12, n_epochs=2, device="cpu", seed=0)
-    model.learn(total_timesteps=12, callback=[KillOnce(), Count()])
-    assert model.num_timesteps >= 12
+    model = build_model("ppo", VecMonitor(venv), 0, {"n_steps": 6, "batch_size": 12, "n_epochs": 2})
+    assert isinstance(model.rollout_buffer, DropAwareRolloutBuffer)
+    model.learn(total_timesteps=12, callback=KillOnceAndCount())
+    assert model.num_timesteps == 12
     assert len(venv.dropped) == 1 and "worker died" in venv.dropped[0]["reason"]
-    assert venv.worker_pids()[0] != pids[0]  # restarted, in a new process
-    assert len(episodes) >= 3  # finished episodes from both workers still reached the learner
+    (info,) = seen["dropped_infos"]
+    assert "episode" not in info and "terminal_observation" not in info  # nothing invented reaches SB3
+    # the rollout (6 steps x 2 envs) holds the interrupted episode's rows of env 0: all left out
+    valid = model.rollout_buffer.valid
+    assert valid[:, 1].all() and not valid[:, 0].all()
+    left_out = np.flatnonzero(~valid[:, 0]).tolist()
+    starts = model.rollout_buffer.episode_starts  # (rows, envs), before flattening
+    first = max(r for r in range(seen["drop_row"] + 1) if r == 0 or starts[r, 0])
+    assert left_out == list(range(first, seen["drop_row"] + 1))  # the interrupted episode, and only it
+    assert len(left_out) == 2  # its first decision, already in the buffer, and the dropped step
+    trained_on = sum(len(b.actions) for b in model.rollout_buffer.get(batch_size=4))
+    assert trained_on == valid.sum() == 12 - len(left_out)
+    # both workers finished real episodes; the restarted one was reset with a recorded seed
+    assert finished[0] >= 1 and finished[1] >= 2
+    info = venv.worker_info()
+    assert info[0]["pid"] != pids[0] and info[0]["last_reset_seed"] == venv.dropped[0]["restart_seed"]
+    assert isinstance(venv.dropped[0]["restart_seed"], int)
+    venv.close()
+
+
+def test_hung_worker_is_treated_as_dead_and_restarted(ray_local, cfg_dict, tmp_path):
+    marker = str(tmp_path / "hung-once")
+
+    class HangsOnce(EnvWorker):
+        def step(self, action):
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                time.sleep(3600)
+            return super().step(action)
+
+    venv = RayVecEnv(cfg_dict, 1, seed=0, call_timeout_s=20, worker_cls=HangsOnce)
+    venv.reset()
+    t0 = time.monotonic()
+    _, rewards, dones, infos = venv.step(np.zeros((1, 3), dtype=np.float32))
+    assert time.monotonic() - t0 < 300
+    assert dones[0] and rewards[0] == 0.0 and "hung" in infos[0]["dropped"]
+    assert venv.failures == [1]
+    _, _, _, infos = venv.step(np.zeros((1, 3), dtype=np.float32))  # the restarted worker works
+    assert "dropped" not in infos[0]
+    venv.close()
+
+
+def test_worker_that_crashes_at_every_start_stops_the_run(ray_local, cfg_dict):
+    class CrashesAtStart(EnvWorker):
+        def __init__(self, cfg_dict, rank):
+            os._exit(1)
+
+    venv = RayVecEnv(cfg_dict, 1, seed=0, max_restarts=1, worker_cls=CrashesAtStart, start_timeout_s=120)
+    t0 = time.monotonic()
+    with pytest.raises(WorkerFailure, match=r"env 0: its Ray worker failed 2 times \(limit --max-restarts 1\)"):
+        venv.reset()
+    assert time.monotonic() - t0 < 240
     venv.close()

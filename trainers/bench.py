@@ -1,55 +1,53 @@
-"""Benchmark: what the environment costs on top of bare DeepSpeed training.
+"""Benchmark: the bare DeepSpeed training step of an instance set, and what the session adds.
 
-    python -m trainers.bench --json
+    python -m trainers.bench [--config tiny] [--json]
 
-Bare-loop steps and env-driven steps run interleaved in one process on the same engine, so the
-ratio is measured under the same machine load. Both are timed the same way: the wall time of one
-decision interval's steps divided by its length (for env.step, minus its evaluation), then the
-median over intervals. ``train_step_s_raw_single_step_median`` is the bare loop's median single
-step, for reference: it is lower because a median of single steps drops the occasional slow step.
-Figures go to stdout and to results/bench.json.
+On the first training instance's data, in one process and on one engine:
+  train_step_s_raw       a bare ``engine(...) / backward / step`` loop, wall time of one decision
+                         interval's steps divided by its length, median over intervals
+  train_step_s_session   the same through ``FineTuneSession.train`` (batching, metrics, grad norm)
+  reset_s                ``reset_to_base`` + ``use_data``: what an environment reset costs
+  eval_s                 one validation pass
+  deepspeed_initialize_calls   counted by wrapping ``deepspeed.initialize`` for the whole run
+The environment's own overhead on top of this is measured by ``python -m envs.bench``.
+Figures go to stdout and to results/bench_session_<config>.json.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-import numpy as np
 import torch
 
-from trainers.config import REPO_ROOT
-from trainers.data import TokenizedSplit
+from trainers.atomic_files import write_json_atomic
+from trainers.cli import CommandParser, positive_int, run_command
+from trainers.config import REPO_ROOT, load_config
+from trainers.provenance import machine_info, utc_now
 
 
-def _git_commit() -> str | None:
-    import subprocess
+@contextmanager
+def counting_deepspeed_initialize() -> Iterator[list[int]]:
+    """Count real ``deepspeed.initialize`` calls: the wrapper calls through and records one entry
+    per call (the session looks the function up on the module at call time)."""
+    import deepspeed
 
+    real = deepspeed.initialize
+    calls: list[int] = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    deepspeed.initialize = counted
     try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=30)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def machine_info() -> dict:
-    import os
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "git_commit": _git_commit(),
-        # the machine is shared: its load when the figures were taken says how far to trust them
-        "loadavg_1_5_15min": [round(x, 2) for x in os.getloadavg()],
-    }
+        yield calls
+    finally:
+        deepspeed.initialize = real
 
 
 def bare_steps(session, n: int, g: torch.Generator | None = None) -> list[float]:
@@ -68,80 +66,94 @@ def bare_steps(session, n: int, g: torch.Generator | None = None) -> list[float]
     return times
 
 
-def run(config: str = "tiny", rounds: int = 5, seed: int = 0) -> dict:
-    from envs.finetune_env import FineTuneEnv
-
-    env = FineTuneEnv(config, split="train")
-    rng = np.random.default_rng(seed)
-    env.reset(seed=seed)  # first reset builds data and the cached initial eval
-    raw, raw_single, in_env, resets, evals, tokens, train_s = [], [], [], [], [], 0, 0.0
-    for r in range(rounds):
-        # bare loop on the same engine (from the base snapshot, so both see the same model state)
-        # timed in chunks of one decision interval, as env.step is: a median of single steps would
-        # drop the slow steps that an interval's mean keeps, and call that difference "overhead"
-        env.reset(seed=seed + r)
-        k = env.cfg.episode.decision_interval
-        g = torch.Generator().manual_seed(seed + r)
-        for _ in range(env.total_steps // k):
-            t0 = time.perf_counter()
-            single = bare_steps(env.session, k, g)
-            raw += [(time.perf_counter() - t0) / k] * k
-            raw_single += single
-        # a whole episode through env.step with random actions
+def interval_times(session, interval: int, n_intervals: int, seed: int) -> list[float]:
+    """Per-step time of each decision interval of a bare loop (a median of single steps would drop
+    the slow steps that an interval's mean keeps)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_intervals):
         t0 = time.perf_counter()
-        env.reset(seed=seed + r)
-        resets.append(time.perf_counter() - t0)
-        done = False
-        while not done:
+        bare_steps(session, interval, g)
+        out += [(time.perf_counter() - t0) / interval] * interval
+    return out
+
+
+def run(config: str = "tiny", rounds: int = 5, seed: int = 0) -> dict:
+    from trainers.data import build_task_data
+    from trainers.session import FineTuneSession
+
+    cfg = load_config(config)
+    inst = cfg.train[0]
+    k, total = cfg.episode.decision_interval, cfg.steps_for(inst)
+    with counting_deepspeed_initialize() as calls:
+        session = FineTuneSession(cfg.session)
+        data = build_task_data(inst.name, inst.dataset, session.tokenizer, cfg.session.seq_len,
+                               cfg.episode.eval_examples, cfg.episode.test_examples)
+        raw, in_session, resets, evals, tokens, train_s = [], [], [], [], 0, 0.0
+        for r in range(rounds):
             t0 = time.perf_counter()
-            action = (rng.uniform(-0.3, 0.3, env.action_space.shape).astype(np.float32)
-                      if env.cfg.action.mode == "box" else env.action_space.sample())
-            _, _, term, trunc, info = env.step(action)
-            wall = time.perf_counter() - t0
-            k = len(info["train_loss"])
-            in_env += [(wall - env.timing["eval_seconds"]) / k] * k
-            evals.append(env.timing["eval_seconds"])
-            tokens += info["tokens"]
-            train_s += env.timing["train_seconds"]
-            done = term or trunc
-    raw_med, env_med = statistics.median(raw), statistics.median(in_env)
+            session.reset_to_base(seed + r)
+            session.use_data(data, seed + r)
+            resets.append(time.perf_counter() - t0)
+            raw += interval_times(session, k, max(total // k, 1), seed + r)
+            session.reset_to_base(seed + r)
+            session.use_data(data, seed + r)
+            for _ in range(max(total // k, 1)):
+                t0 = time.perf_counter()
+                steps = session.train(k)
+                in_session += [(time.perf_counter() - t0) / k] * k
+                tokens += sum(s.tokens for s in steps)
+                train_s += sum(s.seconds for s in steps)
+            evals.append(session.evaluate("validation").seconds)
+    raw_med = statistics.median(raw)
     return {
         "config": config,
+        "instance": inst.name,
         "rounds": rounds,
+        "micro_batch_size": cfg.session.micro_batch_size,
+        "seq_len": cfg.session.seq_len,
         "train_step_s_raw": raw_med,
-        "train_step_s_raw_single_step_median": statistics.median(raw_single),
-        "train_step_s_in_env": env_med,
-        "overhead_ratio": env_med / raw_med,
+        "train_step_s_session": statistics.median(in_session),
+        "session_over_raw": statistics.median(in_session) / raw_med,
         "reset_s": statistics.median(resets),
-        "reset_over_train_step": statistics.median(resets) / raw_med,
         "eval_s": statistics.median(evals),
         "tokens_per_s": tokens / train_s,
         "n_raw_steps": len(raw),
-        "n_env_steps": len(in_env),
-        "deepspeed_initialize_calls": env.session.initialize_calls,
+        "deepspeed_initialize_calls": len(calls),
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m trainers.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="tiny", help="instance set name or YAML path (default: tiny)")
-    p.add_argument("--rounds", type=int, default=5, help="episodes measured each way (default: 5)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--out", default=str(REPO_ROOT / "results" / "bench.json"), help="where to write the figures")
-    args = p.parse_args(argv)
-    figures = run(args.config, args.rounds)
-    record = {"command": "python -m trainers.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine_info(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              **figures}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    if args.json:
+def write_record(out: str | Path, argv: list[str] | None, module: str, figures: dict) -> Path:
+    record = {"command": f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "machine": machine_info(), "measured_at": utc_now(), **figures}
+    return write_json_atomic(out, record)
+
+
+def print_figures(figures: dict, as_json: bool, out: Path) -> None:
+    import json
+
+    if as_json:
         print(json.dumps(figures))
-    else:
-        for k, v in figures.items():
-            print(f"{k:>28}: {v}")
-        print(f"written to {args.out}")
+        return
+    for k, v in figures.items():
+        print(f"{k:>28}: {v}")
+    print(f"written to {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = CommandParser(prog="python -m trainers.bench", description=__doc__)
+    p.add_argument("--config", default="tiny", help="instance set name or YAML path (default: tiny)")
+    p.add_argument("--rounds", type=positive_int, default=5, help="episodes' worth of steps measured (default: 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--out", default=None, help="where to write the figures (default: results/bench_session_<config>.json)")
+
+    def go(args: argparse.Namespace) -> None:
+        load_config(args.config)  # a bad config stops here, before any engine is built
+        figures = run(args.config, args.rounds)
+        out = Path(args.out or REPO_ROOT / "results" / f"bench_session_{Path(args.config).stem}.json")
+        print_figures(figures, args.json, write_record(out, argv, "trainers.bench", figures))
+
+    run_command(p, go, argv)
 
 
 if __name__ == "__main__":

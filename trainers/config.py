@@ -196,6 +196,14 @@ class InstanceSetConfig(_Strict):
         known = [i.name for i in self.train + self.heldout]
         raise ConfigError(f"no instance named {name!r} in instance set {self.name!r}; known: {known}")
 
+    def pick_instance(self, name: Optional[str] = None) -> str:
+        """The named instance, or the first held-out one when none is named."""
+        if name:
+            return self.instance(name).name
+        if not self.heldout:
+            raise ConfigError(f"instance set {self.name!r} has no held-out instances: name one with --instance")
+        return self.heldout[0].name
+
     def steps_for(self, inst: InstanceSpec) -> int:
         return inst.total_steps or self.episode.total_steps
 
@@ -234,13 +242,35 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     return candidate
 
 
+def read_structured_file(path: str | Path, what: str = "file") -> Any:
+    """A JSON (.json) or YAML file a command was pointed at. Missing, unreadable, not UTF-8 or
+    malformed: a ConfigError that names the file and says which."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such {what}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot be read ({err.strerror})") from None
+    if p.suffix == ".json":
+        import json
+
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{p}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(err).split())}") from None
+
+
 def load_config(name_or_path: str | Path = "tiny", overrides: Optional[dict[str, Any]] = None) -> InstanceSetConfig:
     """Load a YAML instance set by name (configs/<name>.yaml) or path, with optional overrides."""
     path = resolve_config_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = read_structured_file(path, "config file")
     if overrides:
         data = deep_merge(data or {}, overrides)
     return parse_config(data, source=str(path))

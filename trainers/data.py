@@ -109,8 +109,13 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
         raise DataFileError(f"{p}: no such data file")
     records: list[dict[str, str]] = []
     kind = None
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataFileError(f"{p}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                                    f"{err.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:

@@ -71,6 +71,29 @@ class Hparams:
         return asdict(self)
 
 
+def apply_hparams(engine, h: Hparams) -> None:
+    """Set lr, weight decay and the clipping threshold on a live DeepSpeed engine, for its next step.
+
+    lr and weight decay live in the optimizer's param groups (at every ZeRO stage). The clipping
+    threshold lives in two places: the engine's config, which ZeRO 0 fp32 reads at each step, and
+    ``optimizer.clip_grad``, which ZeRO 1/2 and the bf16 optimizers copy at construction and read
+    from then on; both change. Do not give the engine a DeepSpeed ``scheduler``: it would
+    overwrite lr every step, and whoever calls this owns the schedule.
+    """
+    for group in engine.optimizer.param_groups:
+        group["lr"] = float(h.lr)
+        group["weight_decay"] = float(h.weight_decay)
+    engine._config.gradient_clipping = float(h.grad_clip)
+    if hasattr(engine.optimizer, "clip_grad"):
+        engine.optimizer.clip_grad = float(h.grad_clip)
+
+
+def engine_hparams(engine) -> Hparams:
+    """What the optimizer will use on the next step, read back from the engine (not remembered)."""
+    g = engine.optimizer.param_groups[0]
+    return Hparams(float(g["lr"]), float(g["weight_decay"]), float(engine._config.gradient_clipping))
+
+
 @dataclass(frozen=True)
 class StepMetrics:
     step: int
@@ -173,7 +196,6 @@ class FineTuneSession:
         }
         params = [p for p in model.parameters() if p.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
-        self.initialize_calls = 1  # tests check that resets never raise this
         self._params = params
         self._data: Optional[TaskData] = None
         self._data_rng = torch.Generator().manual_seed(0)
@@ -183,19 +205,10 @@ class FineTuneSession:
 
     # ------------------------------------------------------------ hyperparameters
     def set_hparams(self, h: Hparams) -> None:
-        """lr and weight decay live in the optimizer's param groups; ZeRO and bf16 optimizers copy
-        the clipping threshold at construction, so both copies change."""
-        for group in self.engine.optimizer.param_groups:
-            group["lr"] = float(h.lr)
-            group["weight_decay"] = float(h.weight_decay)
-        self.engine._config.gradient_clipping = float(h.grad_clip)
-        if hasattr(self.engine.optimizer, "clip_grad"):
-            self.engine.optimizer.clip_grad = float(h.grad_clip)
+        apply_hparams(self.engine, h)
 
     def hparams(self) -> Hparams:
-        """What the optimizer will actually use on the next step (read back, not remembered)."""
-        g = self.engine.optimizer.param_groups[0]
-        return Hparams(float(g["lr"]), float(g["weight_decay"]), float(self.engine._config.gradient_clipping))
+        return engine_hparams(self.engine)
 
     # ------------------------------------------------------------ data
     def use_data(self, data: TaskData, seed: int) -> None:

@@ -1,6 +1,7 @@
 """PNG plots for the README, results/ and MLflow artifacts (matplotlib, no display needed)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -9,13 +10,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from trainers.atomic_files import write_bytes_atomic  # noqa: E402
+
 
 def save_figure(fig, out: Path) -> Path:
-    """Every PNG here is written the same way, and its figure freed (long runs make many)."""
+    """Every PNG here is written the same way (whole or not at all), and its figure freed (long
+    runs make many)."""
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return out
+    return write_bytes_atomic(out, buf.getvalue())
 
 
 def learning_curve(timesteps: Sequence[int], returns: Sequence[float], out: Path, title: str,

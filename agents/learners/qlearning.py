@@ -3,7 +3,9 @@
     Q(s, a) <- Q(s, a) + alpha * [r + gamma * max_a' Q(s', a') - Q(s, a)]
 
 It drives any SB3 VecEnv (so the same Ray-backed parallel environments serve it), with
-epsilon-greedy exploration that decays linearly over training.
+epsilon-greedy exploration that decays linearly over training. A step whose worker died
+(``info["dropped"]``) is not learned from; the episode's earlier updates were real transitions and
+stand (online TD updates cannot be taken back).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from envs.features import FEATURE_NAMES
+from trainers.atomic_files import write_json_atomic
+from trainers.config import ConfigError
 
 
 @dataclass
@@ -87,6 +91,9 @@ class QLearningAgent:
             actions = np.array([self.predict(o, deterministic=False, epsilon=eps) for o in obs])
             next_obs, rewards, dones, infos = vec_env.step(actions)
             for i in range(len(actions)):
+                if "dropped" in infos[i]:  # the worker died mid-step: no reward, no next state to learn from
+                    infos[i].pop("episode", None)
+                    continue
                 nxt = infos[i].get("terminal_observation", next_obs[i]) if dones[i] else next_obs[i]
                 self.update(obs[i], int(actions[i]), float(rewards[i]), nxt, bool(dones[i]))
             obs = next_obs
@@ -103,12 +110,15 @@ class QLearningAgent:
             "num_timesteps": self.num_timesteps,
             "q": [[list(k), v.tolist()] for k, v in self.q.items()],
         }
-        Path(path).write_text(json.dumps(data))
+        write_json_atomic(path, data, indent=None)
 
     @classmethod
     def load(cls, path: str | Path) -> "QLearningAgent":
-        data = json.loads(Path(path).read_text())
-        agent = cls(data["n_actions"], QLearningConfig(**data["config"]))
-        agent.num_timesteps = data["num_timesteps"]
-        agent.q = {tuple(k): np.asarray(v, dtype=np.float64) for k, v in data["q"]}
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            agent = cls(data["n_actions"], QLearningConfig(**data["config"]))
+            agent.num_timesteps = data["num_timesteps"]
+            agent.q = {tuple(k): np.asarray(v, dtype=np.float64) for k, v in data["q"]}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{path}: not a Q-table saved by this project ({type(err).__name__}: {err})") from None
         return agent

@@ -1,0 +1,86 @@
+"""Every method on one held-out instance and seed, compute counted in training steps actually run
+(pruned trials and PBT members included). Searches select by validation loss; what is reported is
+the test loss of the selected run.
+
+  policy           the learned controller: one run
+  default_recipe   the configs/ recipe: one run
+  hand_schedule    warmup then cosine at the recipe's lr: one run
+  random_search    random recipes from the shared space, best of the first B
+  optuna_tpe       TPE + median pruning, best of the first B finished trials
+  pbt              Ray Tune Population Based Training, population P
+
+Each finished instance x seed is saved atomically under per_run/, keyed by the agent's weights and
+the budgets, so an interrupted comparison resumes where it was, and an agent trained further is
+compared afresh.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+
+from agents.baselines.fixed_recipes import hand_schedule
+from agents.baselines.optuna_search import best_trial, finished_trials, run_study
+from agents.learners.agent_folder import Controller
+from envs.episode import PolicyPlan, recipe_plan, run_episode
+from envs.finetune_env import FineTuneEnv
+from trainers.atomic_files import write_json_atomic
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def search_at_budgets(study: optuna.Study, budgets: list[int]) -> dict[int, dict]:
+    """For each budget B: the best-by-validation of the first B finished trials, and its cost."""
+    finished = finished_trials(study)
+    out = {}
+    for b in budgets:
+        best = best_trial(study, b)
+        out[b] = {"compute_steps": sum(int(t.user_attrs.get("compute_steps", 0)) for t in finished[:b]),
+                  "test_loss": best.user_attrs["test_loss"] if best else float("nan"),
+                  "val_loss": best.value if best else float("nan"),
+                  "params": best.params if best else None,
+                  "eval_curve": best.user_attrs.get("eval_curve") if best else None,
+                  "schedule_lr": best.user_attrs.get("schedule_lr") if best else None}
+    return out
+
+
+def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: int, budgets: list[int],
+                storage_dir: Path, pbt_populations: tuple[int, ...] = ()) -> dict[str, dict]:
+    """All methods on one instance and seed. Returns method -> budget -> record."""
+    cfg = env.cfg
+    res: dict[str, dict] = {}
+    log = run_episode(env, PolicyPlan(controller.act), instance, seed)
+    res["policy"] = {1: {"compute_steps": len(log["schedule"]), "test_loss": log["test_loss"], "log": log}}
+    for method, recipe in (("default_recipe", cfg.default_recipe), ("hand_schedule", hand_schedule(cfg))):
+        log = run_episode(env, recipe_plan(env, recipe, instance), instance, seed)
+        res[method] = {1: {"compute_steps": len(log["schedule"]), "test_loss": log["test_loss"], "log": log}}
+    n = max(budgets)
+    for method, sampler, pruner in (("random_search", "random", "none"), ("optuna_tpe", "tpe", "median")):
+        name = f"{instance}-seed{seed}-{method}"
+        study = run_study(env, instance, seed, n, f"sqlite:///{storage_dir / (name + '.db')}", name, pruner=pruner,
+                          sampler_seed_base=seed, show_progress=False, sampler=sampler)
+        res[method] = search_at_budgets(study, budgets)
+    if pbt_populations:  # Ray Tune trials in their own processes; the in-process env is not used
+        from agents.baselines.pbt import run_pbt
+
+        res["pbt"] = {p: run_pbt(cfg, instance, seed, p, storage_dir / "pbt") for p in pbt_populations}
+    return res
+
+
+def save_results(path: Path, key: dict, results: dict) -> None:
+    write_json_atomic(path, {"key": key, "results": results}, indent=None)
+
+
+def load_saved_results(path: Path, key: dict) -> Optional[dict[str, Any]]:
+    """A finished instance x seed from an earlier, interrupted run of the same comparison, if any."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: recompute it
+    if saved.get("key") != key:  # another agent, a further-trained one, or other budgets: recompute
+        return None
+    return {m: {int(b): rec for b, rec in by_b.items()} for m, by_b in saved["results"].items()}

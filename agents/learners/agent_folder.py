@@ -1,0 +1,125 @@
+"""A saved agent is one folder: everything another machine needs to use it, and nothing pickled.
+
+    results/agents/<name>/
+      agent.json              what is here, how it was trained, how actions map to hyperparameters
+      policy.safetensors      SB3 policy weights (PPO/DQN)   | qtable.json (Q-learning)
+      obs_normalization.json  observation-normalisation statistics (SB3 learners)
+      env_config.yaml         the instance set and environment it was trained on
+      training_curve.csv      episode returns during training (+ learning_curve.png)
+      checkpoint/             what --resume continues from (SB3's model.zip holds the optimizer
+                              state; it is read with set_parameters, tensors only)
+
+Loading a folder reads JSON, YAML, safetensors and CSV only. An SB3 model zip from elsewhere
+can carry pickled objects: load one only from a source you trust.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from envs.actions import ActionMap
+from trainers.atomic_files import write_json_atomic, write_text_atomic
+from trainers.config import ConfigError, InstanceSetConfig, parse_config, read_structured_file
+
+AGENT_JSON = "agent.json"
+ALGOS = ("ppo", "dqn", "qlearning")
+
+
+def is_agent_folder(folder: Path) -> bool:
+    return (folder / AGENT_JSON).is_file()
+
+
+def write_agent_json(folder: Path, meta: dict[str, Any]) -> None:
+    write_json_atomic(folder / AGENT_JSON, meta)
+
+
+def save_env_config(folder: Path, cfg: InstanceSetConfig) -> None:
+    write_text_atomic(folder / "env_config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def read_agent_json(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / AGENT_JSON
+    if not path.is_file():
+        raise ConfigError(f"{folder}: not an agent folder (no {AGENT_JSON}); train one with python -m agents.train_agent")
+    meta = read_structured_file(path)
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    for key in ("algo", "model_file", "action_map"):
+        if key not in meta:
+            raise ConfigError(f"{path}: field {key!r} is missing")
+    if meta["algo"] not in ALGOS:
+        raise ConfigError(f"{path}: field 'algo' is {meta['algo']!r}; expected one of {list(ALGOS)}")
+    return meta
+
+
+class Controller:
+    """A trained policy, loaded from its folder, that maps an observation to an action."""
+
+    def __init__(self, folder: str | Path) -> None:
+        from envs.features import FEATURE_NAMES
+
+        self.folder = Path(folder)
+        self.meta = read_agent_json(self.folder)
+        self.algo: str = self.meta["algo"]
+        cfg_path = self.folder / "env_config.yaml"
+        self.env_config = parse_config(read_structured_file(cfg_path, "file (the agent folder is incomplete)"),
+                                       source=str(cfg_path))
+        if list(self.meta.get("observation", FEATURE_NAMES)) != list(FEATURE_NAMES):
+            raise ConfigError(f"{self.folder / AGENT_JSON}: trained on observation features "
+                              f"{self.meta['observation']}, this code builds {list(FEATURE_NAMES)}")
+        model_path = self.folder / self.meta["model_file"]
+        if not model_path.is_file():
+            raise ConfigError(f"{model_path}: missing; the agent folder is incomplete")
+        self._normalizer = None
+        if self.algo == "qlearning":
+            from agents.learners.qlearning import QLearningAgent
+
+            self._q = QLearningAgent.load(model_path)
+        else:
+            from gymnasium import spaces
+
+            from agents.learners.sb3_setup import ObsNormalization, load_policy
+            from envs.features import OBS_HIGH, OBS_LOW
+
+            obs_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(FEATURE_NAMES),), dtype=np.float32)
+            actions = ActionMap(self.env_config.action, self.env_config.bounds)
+            self._policy = load_policy(self.folder, self.meta, obs_space, actions.space)
+            if self.meta.get("obs_normalization"):
+                self._normalizer = ObsNormalization.load(self.folder / self.meta["obs_normalization"])
+
+    @property
+    def action_mode(self) -> str:
+        return self.meta["action_map"]["mode"]
+
+    def fingerprint(self) -> str:
+        """A hash of what decides the actions (weights, statistics, action mapping): results keyed
+        on it are recomputed when the agent is trained further."""
+        h = hashlib.sha256()
+        for name in (self.meta["model_file"], self.meta.get("obs_normalization")):
+            if name:
+                h.update((self.folder / name).read_bytes())
+        h.update(json.dumps(self.meta["action_map"], sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+    def check_compatible(self, action_map: ActionMap) -> None:
+        """An agent only makes sense with the action mapping it was trained on."""
+        mine, theirs = self.meta["action_map"], action_map.describe()
+        for key in ("mode", "hparams", "max_log2_step", "menu"):
+            if mine.get(key) != theirs[key]:
+                raise ConfigError(f"{self.folder / AGENT_JSON}: action_map.{key} is {mine.get(key)!r} but the "
+                                  f"environment uses {theirs[key]!r}")
+
+    def act(self, obs: np.ndarray):
+        if self.algo == "qlearning":
+            return self._q.predict(obs, deterministic=True)
+        o = np.asarray(obs, dtype=np.float32)[None]
+        if self._normalizer is not None:
+            o = self._normalizer.normalize(o)
+        action, _ = self._policy.predict(o, deterministic=True)
+        return action[0]

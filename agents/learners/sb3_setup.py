@@ -1,0 +1,150 @@
+"""Stable-Baselines3 PPO and DQN as this project uses them: sized for environment steps that cost
+seconds, with buffers that leave dropped episodes out, and saved without pickles.
+
+What an agent folder holds for an SB3 learner (read back by ``agent_folder.Controller``):
+  policy.safetensors      the policy network's weights (no pickle: safetensors is plain tensors)
+  obs_normalization.json  VecNormalize's running mean / variance of the observation, as JSON
+The checkpoint for ``--resume`` adds SB3's model.zip (weights and optimizer state); it is read
+back with ``set_parameters``, which loads only its tensors (``torch.load(weights_only=True)``),
+never its pickled ``data`` entry.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.learners.dropped_episodes import DropAwareReplayBuffer, DropAwareRolloutBuffer
+from trainers.atomic_files import write_bytes_atomic, write_json_atomic
+
+POLICY_FILE = "policy.safetensors"
+OBS_STATS_FILE = "obs_normalization.json"
+MODEL_CHECKPOINT = "model.zip"
+DEFAULT_DECISIONS = {"ppo": 480, "dqn": 480, "qlearning": 480}
+
+
+def action_mode_for(algo: str) -> str:
+    return "box" if algo == "ppo" else "discrete"
+
+
+def learner_hparams(algo: str, n_envs: int, total: int) -> dict[str, Any]:
+    """Sized for expensive steps: updates every few dozen decisions, not thousands."""
+    if algo == "ppo":
+        n_steps = max(4, min(48, total) // n_envs)  # a rollout never outgrows the whole run
+        batch = n_steps * n_envs if n_steps * n_envs <= 64 else 48
+        return {"n_steps": n_steps, "batch_size": batch, "n_epochs": 10, "learning_rate": 3e-4,
+                "gamma": 0.95, "gae_lambda": 0.9, "ent_coef": 0.003, "clip_range": 0.2,
+                "policy_kwargs": {"net_arch": [64, 64], "log_std_init": -0.5}}
+    if algo == "dqn":
+        return {"learning_starts": min(64, total // 4), "buffer_size": 20_000, "batch_size": 32, "train_freq": 1,
+                "gradient_steps": 2, "target_update_interval": 50, "exploration_fraction": 0.5,
+                "exploration_final_eps": 0.05, "learning_rate": 1e-3, "gamma": 0.95,
+                "policy_kwargs": {"net_arch": [64, 64]}}
+    from agents.learners.qlearning import QLearningConfig
+
+    return asdict(QLearningConfig())
+
+
+def _algo_class(algo: str):
+    from stable_baselines3 import DQN, PPO
+
+    return {"ppo": PPO, "dqn": DQN}[algo]
+
+
+def build_model(algo: str, venv, seed: int, hp: dict[str, Any]):
+    """A new PPO or DQN on the (normalised) VecEnv, with drop-aware buffers."""
+    buffer = {"rollout_buffer_class": DropAwareRolloutBuffer} if algo == "ppo" else {
+        "replay_buffer_class": DropAwareReplayBuffer}
+    return _algo_class(algo)("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, **buffer, **hp)
+
+
+# ------------------------------------------------------------------ observation normalisation
+@dataclass
+class ObsNormalization:
+    """VecNormalize's observation statistics, kept as JSON (VecNormalize itself pickles)."""
+
+    mean: list[float]
+    var: list[float]
+    count: float
+    clip_obs: float
+    epsilon: float
+
+    @classmethod
+    def of(cls, vec_normalize) -> "ObsNormalization":
+        rms = vec_normalize.obs_rms
+        return cls(rms.mean.tolist(), rms.var.tolist(), float(rms.count), float(vec_normalize.clip_obs),
+                   float(vec_normalize.epsilon))
+
+    def apply_to(self, vec_normalize) -> None:
+        vec_normalize.obs_rms.mean = np.asarray(self.mean, dtype=np.float64)
+        vec_normalize.obs_rms.var = np.asarray(self.var, dtype=np.float64)
+        vec_normalize.obs_rms.count = self.count
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        """What VecNormalize.normalize_obs computes."""
+        mean, var = np.asarray(self.mean), np.asarray(self.var)
+        return np.clip((obs - mean) / np.sqrt(var + self.epsilon), -self.clip_obs, self.clip_obs).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> "ObsNormalization":
+        from trainers.config import ConfigError
+
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            raise ConfigError(f"{path}: not readable observation statistics ({err})") from None
+
+
+# ------------------------------------------------------------------ saving and loading
+def save_policy(folder: Path, model, vec_normalize) -> dict[str, Any]:
+    """The deployable part of an SB3 learner: policy weights and observation statistics."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.policy.state_dict().items()}
+    write_bytes_atomic(folder / POLICY_FILE, save(state))
+    ObsNormalization.of(vec_normalize).save(folder / OBS_STATS_FILE)
+    return {"model_file": POLICY_FILE, "obs_normalization": OBS_STATS_FILE,
+            "policy_class": type(model.policy).__name__}
+
+
+def save_checkpoint(folder: Path, model, vec_normalize) -> None:
+    """Everything --resume needs: SB3's zip (weights + optimizer) and the observation statistics."""
+    buf = io.BytesIO()
+    model.save(buf)
+    write_bytes_atomic(folder / MODEL_CHECKPOINT, buf.getvalue())
+    ObsNormalization.of(vec_normalize).save(folder / OBS_STATS_FILE)
+
+
+def resume_model(algo: str, venv, seed: int, hp: dict[str, Any], folder: Path, num_timesteps: int):
+    """A model built as build_model does, then given the checkpoint's tensors (no unpickling)."""
+    model = build_model(algo, venv, seed, hp)
+    model.set_parameters(str(folder / MODEL_CHECKPOINT), exact_match=True, device="cpu")
+    model.num_timesteps = num_timesteps
+    return model
+
+
+def load_policy(folder: Path, meta: dict[str, Any], observation_space, action_space):
+    """The policy network from an agent folder's safetensors file, for deterministic actions."""
+    from safetensors.torch import load_file
+    from stable_baselines3.dqn.policies import DQNPolicy
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    from trainers.config import ConfigError
+
+    classes = {"ppo": ActorCriticPolicy, "dqn": DQNPolicy}
+    kwargs = dict(meta.get("learner_hparams", {}).get("policy_kwargs", {}))
+    policy = classes[meta["algo"]](observation_space, action_space, lambda _: 0.0, **kwargs)
+    path = folder / meta["model_file"]
+    try:
+        policy.load_state_dict(load_file(str(path)))
+    except (OSError, RuntimeError, ValueError) as err:
+        raise ConfigError(f"{path}: not this agent's policy weights ({str(err).splitlines()[0]})") from None
+    policy.set_training_mode(False)
+    return policy

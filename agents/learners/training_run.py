@@ -1,0 +1,285 @@
+"""One training run of a controller, from an empty (or checkpointed) agent folder to a saved agent.
+
+The learner (PPO, DQN or tabular Q) drives a VecEnv of fine-tuning environments. One monitor sees
+every environment step: progress bar with time left, the training curve, MLflow metrics, dropped
+episodes, checkpoints and periodic held-out validation. A crash or Ctrl-C checkpoints first, so
+``--resume`` loses at most the decision in flight.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from agents.learners.agent_folder import save_env_config, write_agent_json
+from agents.learners.dropped_episodes import mark_dropped
+from agents.learners.sb3_setup import (OBS_STATS_FILE, ObsNormalization, build_model, learner_hparams, resume_model,
+                                       save_checkpoint, save_policy)
+from agents.reporting import mlflow_tracking
+from envs.actions import ActionMap
+from envs.episode import PolicyPlan, run_episode
+from envs.features import FEATURE_NAMES
+from trainers.atomic_files import write_json_atomic, write_text_atomic
+from trainers.config import InstanceSetConfig
+
+STATE_FILE = "state.json"
+CURVE_FIELDS = ["timesteps", "instance", "return", "improvement", "diverged", "final_lr"]
+
+
+@dataclass
+class TrainingOptions:
+    """Everything a training run needs besides the instance set; validated by the command."""
+
+    algo: str  # ppo | dqn | qlearning
+    total_steps: int  # decisions to learn from
+    seed: int = 0
+    n_envs: int = 1
+    backend: str = "inprocess"  # inprocess | subproc | ray
+    ray_address: Optional[str] = None
+    max_restarts: int = 3  # per Ray worker, before the run stops
+    tracking_uri: Optional[str] = None
+    validate_every: int = 0  # decisions between held-out validations (0: never)
+    checkpoint_every: int = 60
+    resume: bool = False
+    command: str = ""
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingMonitor:
+    """The one place that sees every environment step."""
+
+    def __init__(self, total: int, start: int, checkpoint: Callable[[], None], checkpoint_every: int,
+                 validate: Optional[Callable[[], float]], validate_every: int, curve: list[dict],
+                 validation: list, dropped: list) -> None:
+        from tqdm.auto import tqdm
+
+        self.total, self.curve = total, curve
+        self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
+        self.validate, self.validate_every = validate, validate_every
+        self.bar = tqdm(total=total, initial=start, desc="learning the controller", unit="decision", smoothing=0.05)
+        self.last = start
+        self.validation: list = validation
+        self.dropped: list[dict] = dropped
+
+    def on_step(self, num_timesteps: int, infos: list[dict]) -> bool:
+        import mlflow
+
+        self.bar.update(num_timesteps - self.last)
+        for info in infos:
+            if "dropped" in info:  # a Ray worker died mid-episode: the record says so
+                self.dropped.append({"timesteps": num_timesteps, "reason": info["dropped"]})
+                mlflow.log_metric("dropped_episodes", len(self.dropped), step=num_timesteps)
+                mlflow.set_tag("dropped_episode_reasons", "; ".join(d["reason"] for d in self.dropped)[-4000:])
+                self.bar.write(f"warning: {info['dropped']}")
+                continue
+            log = info.get("episode_log")
+            if log is None:
+                continue
+            ret = float(sum(log["rewards"]))
+            final = log["eval_curve"][-1][1]
+            improvement = (log["initial_eval_loss"] - final) / log["initial_eval_loss"] if math.isfinite(final) else -1.0
+            row = {"timesteps": num_timesteps, "instance": log["instance"], "return": ret,
+                   "improvement": improvement, "diverged": log["diverged"], "final_lr": log["schedule"][-1]["lr"]}
+            self.curve.append(row)
+            mlflow.log_metrics({"episode_return": ret, "episode_improvement": improvement,
+                                f"improvement/{log['instance']}": improvement}, step=num_timesteps)
+            recent = self.curve[-20:]
+            self.bar.set_postfix(ret=f"{np.mean([r['return'] for r in recent]):+.3f}")
+        crossed = lambda every: every > 0 and num_timesteps // every > self.last // every  # noqa: E731
+        if crossed(self.checkpoint_every):
+            self.checkpoint()
+        if self.validate is not None and crossed(self.validate_every):
+            v = self.validate()
+            self.validation.append((num_timesteps, v))
+            mlflow.log_metric("heldout_validation_return", v, step=num_timesteps)
+        self.last = num_timesteps
+        return True
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def sb3_callback(monitor: TrainingMonitor):
+    """SB3's hook into the monitor; it also tells the learner's buffer about dropped episodes
+    (before SB3 adds the step to it)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class _Callback(BaseCallback):
+        def _on_step(self) -> bool:
+            infos = self.locals["infos"]
+            mark_dropped(self.model, infos)
+            return monitor.on_step(self.num_timesteps, infos)
+
+    return _Callback()
+
+
+def mlflow_sb3_logger(folder: Path):
+    """SB3's logger with an extra output that sends every learner metric to MLflow."""
+    import mlflow
+    from stable_baselines3.common.logger import CSVOutputFormat, KVWriter, Logger
+
+    class MLflowOutputFormat(KVWriter):
+        def write(self, key_values: dict, key_excluded: dict, step: int = 0) -> None:
+            metrics = {k.replace("/", "_"): float(v) for k, v in key_values.items()
+                       if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
+            if metrics:
+                mlflow.log_metrics(metrics, step=step)
+
+    return Logger(str(folder), [CSVOutputFormat(str(folder / "learner_progress.csv")), MLflowOutputFormat()])
+
+
+class HeldoutValidator:
+    """Deterministic policy on each held-out instance (validation return, one seed): how the
+    controller generalises while it learns. Borrows an in-process engine when there is one,
+    snapshotting it so the training episode in flight resumes untouched."""
+
+    def __init__(self, cfg: InstanceSetConfig, act: Callable[[np.ndarray], Any], session=None) -> None:
+        from envs.finetune_env import FineTuneEnv
+
+        self.env = FineTuneEnv(cfg, split="heldout", session=session)
+        self.plan, self.shared = PolicyPlan(act), session is not None
+
+    def __call__(self) -> float:
+        snap = self.env.session.snapshot() if self.shared else None
+        returns = [sum(run_episode(self.env, self.plan, inst.name, 10_000)["rewards"]) for inst in self.env.instances]
+        if snap is not None:
+            self.env.session.restore(snap)
+        return float(np.mean(returns))
+
+
+def _write_curve(path: Path, curve: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CURVE_FIELDS)
+    w.writeheader()
+    w.writerows(curve)
+    write_text_atomic(path, buf.getvalue())
+
+
+@dataclass
+class TrainingResult:
+    meta: dict[str, Any]  # what agent.json holds
+    session: Any = None  # the in-process engine, if any, for the final held-out evaluation to reuse
+
+
+def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) -> TrainingResult:
+    """Learn a controller into ``folder``. The final held-out evaluation is the caller's
+    (``agents.evaluation.heldout``)."""
+    import json
+
+    import mlflow
+    from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
+
+    from agents.parallel.vec_envs import make_vec_env
+
+    ckpt = folder / "checkpoint"
+    state = json.loads((ckpt / STATE_FILE).read_text()) if opts.resume else {}
+    curve: list[dict] = state.get("curve", [])
+    validation: list = [tuple(v) for v in state.get("validation", [])]
+    dropped: list[dict] = state.get("dropped", [])
+    folder.mkdir(parents=True, exist_ok=True)
+    mlflow_tracking.setup(opts.tracking_uri, "agent-training")
+    run = mlflow.start_run(run_id=state.get("mlflow_run_id"), run_name=None if state else folder.name)
+    t_start = time.time()
+    # a resumed run keeps the learner it started with (PPO's rollout length, DQN's schedule)
+    hp = state.get("learner_hparams") or learner_hparams(opts.algo, opts.n_envs, opts.total_steps)
+    if not state:
+        mlflow.log_params({"algo": opts.algo, "instance_set": cfg.name, "total_steps": opts.total_steps,
+                           "n_envs": opts.n_envs, "seed": opts.seed, "backend": opts.backend})
+        mlflow.log_params(mlflow_tracking.flat_params("learner", hp))
+        mlflow.log_params(mlflow_tracking.flat_params("env", cfg.model_dump(mode="json", exclude={"train", "heldout"})))
+        mlflow.log_param("train_instances", ",".join(i.name for i in cfg.train))
+        mlflow.log_param("heldout_instances", ",".join(i.name for i in cfg.heldout))
+    save_env_config(folder, cfg)
+
+    seed = opts.seed + len(curve)
+    raw = make_vec_env(cfg, opts.n_envs, opts.backend, opts.ray_address, seed=seed, max_restarts=opts.max_restarts)
+    venv = VecMonitor(raw)
+    venv.seed(seed)
+    in_process_session = raw.envs[0].session if hasattr(raw, "envs") else None
+
+    model: Any
+    if opts.algo == "qlearning":
+        from agents.learners.qlearning import QLearningAgent, QLearningConfig
+
+        model = (QLearningAgent.load(ckpt / "qtable.json") if opts.resume
+                 else QLearningAgent(venv.action_space.n, QLearningConfig(), seed=opts.seed))
+        act = lambda obs: model.predict(obs, deterministic=True)  # noqa: E731
+
+        def save_model(dest: Path, final: bool) -> dict:
+            model.save(dest / "qtable.json")
+            return {"model_file": "qtable.json", "obs_normalization": None}
+    else:
+        venv = VecNormalize(venv, norm_obs=True, norm_reward=False, clip_obs=10.0, gamma=hp["gamma"])
+        if opts.resume:
+            ObsNormalization.load(ckpt / OBS_STATS_FILE).apply_to(venv)
+            model = resume_model(opts.algo, venv, opts.seed, hp, ckpt, int(state["num_timesteps"]))
+        else:
+            model = build_model(opts.algo, venv, opts.seed, hp)
+        model.set_logger(mlflow_sb3_logger(folder))
+
+        def act(obs: np.ndarray):
+            a, _ = model.predict(venv.normalize_obs(np.asarray(obs, dtype=np.float32)[None]), deterministic=True)
+            return a[0]
+
+        def save_model(dest: Path, final: bool) -> dict:
+            if not final:
+                save_checkpoint(dest, model, venv)
+                return {}
+            return save_policy(dest, model, venv)
+
+    def checkpoint() -> None:
+        ckpt.mkdir(exist_ok=True)
+        save_model(ckpt, final=False)
+        write_json_atomic(ckpt / STATE_FILE, {
+            "num_timesteps": int(model.num_timesteps), "curve": curve, "validation": validation,
+            "dropped": dropped, "mlflow_run_id": run.info.run_id, "algo": opts.algo, "learner_hparams": hp},
+            indent=None)
+
+    validator = (HeldoutValidator(cfg, act, in_process_session)
+                 if opts.validate_every and cfg.heldout else None)
+    start = int(state.get("num_timesteps", 0))
+    monitor = TrainingMonitor(opts.total_steps, start, checkpoint, opts.checkpoint_every, validator,
+                              opts.validate_every, curve, validation, dropped)
+    try:
+        if opts.algo == "qlearning":
+            model.learn(venv, opts.total_steps - start, on_step=lambda n, r, infos: monitor.on_step(n, infos))
+        else:
+            model.learn(total_timesteps=opts.total_steps - start, callback=sb3_callback(monitor),
+                        reset_num_timesteps=not opts.resume)
+    except BaseException:
+        monitor.close()
+        checkpoint()  # a crash or Ctrl-C keeps everything learned so far: rerun with --resume
+        mlflow.set_tag("status", "interrupted: resume with --resume")
+        mlflow.end_run(status="KILLED")
+        venv.close()
+        raise
+    monitor.close()
+    checkpoint()
+    files = save_model(folder, final=True)
+    _write_curve(folder / "training_curve.csv", curve)
+    from agents.reporting.plots import learning_curve
+
+    learning_curve([r["timesteps"] for r in curve], [r["return"] for r in curve], folder / "learning_curve.png",
+                   f"{opts.algo.upper()} on {cfg.name}", validation)
+    meta = {
+        "name": folder.name, "algo": opts.algo, **files,
+        "action_map": ActionMap(cfg.action, cfg.bounds).describe(),
+        "observation": list(FEATURE_NAMES),
+        "env_config": "env_config.yaml", "instance_set": cfg.name,
+        "training_instances": [i.name for i in cfg.train], "heldout_instances": [i.name for i in cfg.heldout],
+        "total_timesteps": int(model.num_timesteps), "seed": opts.seed, "n_envs": opts.n_envs,
+        "backend": opts.backend, "learner_hparams": hp, "training_curve": "training_curve.csv",
+        "learning_curve": "learning_curve.png", "heldout_validation": validation, "dropped_episodes": dropped,
+        "training_seconds": round(time.time() - t_start, 1), "mlflow_run_id": run.info.run_id,
+        "command": opts.command, **opts.extra_meta,
+    }
+    write_agent_json(folder, meta)
+    venv.close()
+    mlflow.log_artifact(str(folder / "learning_curve.png"), artifact_path="plots")
+    return TrainingResult(meta, in_process_session)

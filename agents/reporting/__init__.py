@@ -1,0 +1,1 @@
+"""Turning episode results into statistics, tables (md/json/csv), PNG plots and MLflow records."""

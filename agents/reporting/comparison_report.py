@@ -1,0 +1,145 @@
+"""The comparison at matched compute, summarised: per method and budget, mean test loss and the
+paired difference against the policy; the smallest Optuna budget that matches the policy;
+summary.md / .csv / .json and the plots against compute."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from agents.reporting.plots import save_figure, trajectories
+from agents.reporting.statistics import mean_ci95
+from trainers.atomic_files import write_json_atomic, write_text_atomic
+
+
+def summarise_comparison(per_run: list[dict], budgets: list[int]) -> dict:
+    """Per method and budget: mean test loss with a 95% interval over instance x seed runs, and the
+    smallest Optuna budget that matches the policy's single run (computed, never assumed)."""
+    methods: dict[str, dict] = {}
+    for m, by_budget in per_run[0]["results"].items():
+        for b in sorted(by_budget):
+            rows = [r["results"][m][b] for r in per_run]
+            losses = [x["test_loss"] for x in rows]
+            mean, ci = mean_ci95(losses)
+            per_inst: dict[str, list[float]] = {}
+            for r, x in zip(per_run, rows):
+                per_inst.setdefault(r["instance"], []).append(x["test_loss"])
+            # same instance and seed on both sides: the instances' spread cancels out
+            diffs = [r["results"]["policy"][1]["test_loss"] - x["test_loss"] for r, x in zip(per_run, rows)]
+            d_mean, d_ci = mean_ci95(diffs)
+            methods.setdefault(m, {})[str(b)] = {
+                "compute_steps": sum(x["compute_steps"] for x in rows) / len(rows),
+                "test_loss_mean": mean, "test_loss_ci95": ci, "n_runs": len(rows),
+                "policy_minus_this_mean": d_mean, "policy_minus_this_ci95": d_ci,
+                "per_instance": {k: sum(v) / len(v) for k, v in per_inst.items()},
+            }
+    policy_mean = methods["policy"]["1"]["test_loss_mean"]
+    match = None
+    for b in sorted(budgets):
+        if methods["optuna_tpe"][str(b)]["test_loss_mean"] <= policy_mean:
+            match = b
+            break
+    runs = [{"instance": r["instance"], "seed": r["seed"], "method": m, "budget": b,
+             "compute_steps": x["compute_steps"], "test_loss": x["test_loss"]}
+            for r in per_run for m, by_budget in r["results"].items() for b, x in sorted(by_budget.items())]
+    return {"methods": methods, "optuna_budget_to_match_policy": match, "runs": runs}
+
+
+def _save_compute_plot(fig, ax, ylabel: str, title: str, path: Path) -> Path:
+    """The shared frame of the plots against compute: log steps on x, a legend."""
+    ax.set_xscale("log")
+    ax.set_xlabel("training steps spent per instance (log)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, budgets: list[int]) -> list[Path]:
+    
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "summary.json", summary)
+    table = io.StringIO()
+    w = csv.writer(table)
+    w.writerow(["method", "budget_runs", "compute_steps", "test_loss_mean", "test_loss_ci95", "n_runs"])
+    for m, by_b in summary["methods"].items():
+        for b, s in by_b.items():
+            w.writerow([m, b, f"{s['compute_steps']:.0f}", f"{s['test_loss_mean']:.5f}", f"{s['test_loss_ci95']:.5f}", s["n_runs"]])
+    write_text_atomic(out / "summary.csv", table.getvalue())
+    lines = [f"# Comparison at matched compute", "", f"Command: `{command}`", "",
+             "| method | budget (runs) | training steps | test loss (mean ± 95% CI) | policy − this, paired (mean ± 95% CI) | runs |",
+             "|---|---|---|---|---|---|"]
+    for m, by_b in summary["methods"].items():
+        for b, s in by_b.items():
+            paired = "" if m == "policy" else f"{s['policy_minus_this_mean']:+.4f} ± {s['policy_minus_this_ci95']:.4f}"
+            lines.append(f"| {m} | {b} | {s['compute_steps']:.0f} | {s['test_loss_mean']:.4f} ± {s['test_loss_ci95']:.4f} "
+                         f"| {paired} | {s['n_runs']} |")
+    lines += ["", f"optuna_budget_to_match_policy: {summary['optuna_budget_to_match_policy']} "
+                  "(smallest Optuna budget whose mean test loss is at least as good as the policy's single run; "
+                  "null = none of the budgets tried)",
+              "", "The paired column is the policy's test loss minus this method's on the same instance and seed: "
+                  "negative means the policy's single run was better."]
+    write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
+
+    import matplotlib.pyplot as plt
+
+    plots = []
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for m, by_b in summary["methods"].items():
+        xs = [s["compute_steps"] for s in by_b.values()]
+        ys = [s["test_loss_mean"] for s in by_b.values()]
+        es = [0 if math.isnan(s["test_loss_ci95"]) else s["test_loss_ci95"] for s in by_b.values()]
+        ax.errorbar(xs, ys, yerr=es, marker="o" if len(xs) > 1 else "*", ms=6 if len(xs) > 1 else 12, capsize=3, label=m)
+    plots.append(_save_compute_plot(fig, ax, "test loss of the selected run",
+                                    "test loss against compute (held-out instances)", out / "loss_vs_compute.png"))
+
+    # The instances' spread swamps the plot above; paired on instance and seed, it cancels out.
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    policy_steps = summary["methods"]["policy"]["1"]["compute_steps"]
+    ax.axhline(0.0, color="C0", lw=1)
+    ax.plot([policy_steps], [0.0], "*", ms=14, color="C0", label="policy (one run)")
+    for j, (m, by_b) in enumerate(summary["methods"].items()):
+        if m == "policy":
+            continue
+        xs = [s["compute_steps"] for s in by_b.values()]
+        ys = [-s["policy_minus_this_mean"] for s in by_b.values()]
+        es = [0 if math.isnan(s["policy_minus_this_ci95"]) else s["policy_minus_this_ci95"] for s in by_b.values()]
+        ax.errorbar(xs, ys, yerr=es, marker="o", ms=5, capsize=3, color=f"C{j}", label=m)
+    plots.append(_save_compute_plot(fig, ax, "test loss minus the policy's (paired)",
+                                    "above 0: the policy's single run was better (95% CI)", out / "paired_vs_compute.png"))
+
+    insts = sorted({r["instance"] for r in per_run})
+    bmax = str(max(budgets))
+    shown = [("policy", "1"), ("default_recipe", "1"), ("hand_schedule", "1"), ("random_search", bmax), ("optuna_tpe", bmax)]
+    if "pbt" in summary["methods"]:
+        shown.append(("pbt", max(summary["methods"]["pbt"], key=int)))
+    fig, ax = plt.subplots(figsize=(7.2, 4))
+    width = 0.8 / len(shown)
+    for j, (m, b) in enumerate(shown):
+        vals = [summary["methods"][m][b]["per_instance"][i] for i in insts]
+        unit = "members" if m == "pbt" else ("runs" if b != "1" else "run")
+        ax.bar([k + j * width for k in range(len(insts))], vals, width, label=f"{m} ({b} {unit})")
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(insts))], insts, fontsize=8)
+    lo = min(summary["methods"][m][b]["per_instance"][i] for m, b in shown for i in insts)
+    ax.set_ylim(bottom=lo * 0.95)
+    ax.set_ylabel("mean test loss")
+    ax.legend(fontsize=7)
+    plots.append(save_figure(fig, out / "per_instance.png"))
+
+    first = per_run[0]
+    opt = first["results"]["optuna_tpe"][max(budgets)]
+    runs = {"policy": first["results"]["policy"][1]["log"]}
+    if opt.get("schedule_lr"):
+        runs[f"best Optuna trial (of {max(budgets)})"] = {
+            "schedule": [{"lr": v} for v in opt["schedule_lr"]], "eval_curve": opt["eval_curve"]}
+    pbt = first["results"].get("pbt")
+    if pbt:
+        p_max = max(pbt)
+        if pbt[p_max].get("schedule_lr"):
+            runs[f"best PBT member (of {p_max})"] = {
+                "schedule": [{"lr": v} for v in pbt[p_max]["schedule_lr"]], "eval_curve": pbt[p_max]["eval_curve"]}
+    plots.append(trajectories(runs, out / "trajectories.png", f"{first['instance']} (seed {first['seed']})"))
+    return plots

@@ -1,0 +1,120 @@
+"""The one episode loop. Every way of running a fine-tuning episode goes through it: the learned
+policy, a static recipe, the drawn start held constant, a replayed schedule, an Optuna or Ray Tune
+trial, a PBT member, and held-out validation during training. So differences in their results
+come from the hyperparameters alone, never from how the loop was written.
+
+    for d in decisions(env, plan, instance, seed): ...    # one item per decision interval
+    log = run_episode(env, plan, instance, seed)           # the finished episode's log
+
+A plan says which hyperparameters each training step of the next decision interval uses:
+
+    PolicyPlan(act)        a controller, obs -> action, its deltas applied exactly as env.step does
+    SchedulePlan(steps)    per-step hyperparameters fixed in advance (recipes, replays, trials)
+    HoldPlan(h)            one set held for the whole episode; HoldPlan() holds the drawn start
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from envs.finetune_env import FineTuneEnv
+from trainers.config import RecipeConfig
+from trainers.schedules import recipe_schedule
+from trainers.session import Hparams
+
+
+class Plan:
+    """Chooses the hyperparameters of each decision interval. ``initial`` (None: the environment
+    draws the start from the instance's ranges) is applied at reset."""
+
+    initial: Optional[Hparams] = None
+
+    def start(self, env: FineTuneEnv) -> None:
+        """Called after every reset: a plan may be reused across episodes."""
+
+    def interval(self, env: FineTuneEnv, obs: np.ndarray) -> Sequence[Hparams]:
+        raise NotImplementedError
+
+
+class PolicyPlan(Plan):
+    def __init__(self, act: Callable[[np.ndarray], Any]) -> None:
+        self.act = act
+
+    def interval(self, env: FineTuneEnv, obs: np.ndarray) -> Sequence[Hparams]:
+        return env.interval_for_action(self.act(obs))
+
+
+class SchedulePlan(Plan):
+    def __init__(self, steps: Sequence[Hparams | dict]) -> None:
+        self.steps = [s if isinstance(s, Hparams) else Hparams(**s) for s in steps]
+        if not self.steps:
+            raise ValueError("a schedule needs at least one step")
+        self.initial = self.steps[0]
+
+    def start(self, env: FineTuneEnv) -> None:
+        if len(self.steps) < env.total_steps:
+            raise ValueError(f"schedule has {len(self.steps)} steps; instance {env.instance.name!r} "
+                             f"needs {env.total_steps}")
+
+    def interval(self, env: FineTuneEnv, obs: np.ndarray) -> Sequence[Hparams]:
+        return self.steps[env.steps_done : env.steps_done + env.interval_steps()]
+
+
+class HoldPlan(Plan):
+    def __init__(self, hparams: Optional[Hparams] = None) -> None:
+        self.initial = hparams
+        self._held: Optional[Hparams] = None
+
+    def start(self, env: FineTuneEnv) -> None:
+        self._held = env.session.hparams()  # the given set (clipped to bounds) or the drawn start
+
+    def interval(self, env: FineTuneEnv, obs: np.ndarray) -> Sequence[Hparams]:
+        assert self._held is not None
+        return [self._held] * env.interval_steps()
+
+
+def recipe_plan(env: FineTuneEnv, recipe: RecipeConfig, instance: str) -> SchedulePlan:
+    """A static recipe on one instance: warmup and decay laid out over the instance's budget."""
+    total = env.cfg.steps_for(env.cfg.instance(instance))
+    return SchedulePlan(recipe_schedule(recipe, total, min_lr=env.cfg.bounds.lr[0]))
+
+
+@dataclass
+class Decision:
+    """What one decision interval produced."""
+
+    obs: np.ndarray
+    reward: float
+    info: dict[str, Any]
+    done: bool
+
+
+def decisions(env: FineTuneEnv, plan: Plan, instance: str, seed: Optional[int],
+              resume: Optional[dict[str, Any]] = None) -> Iterator[Decision]:
+    """Reset to the instance, then train one decision interval per item. ``resume`` continues an
+    episode saved by ``env.episode_state()`` (PBT's exploit); plans that read the observation
+    should not resume. Stop iterating to stop the episode early (a pruned trial)."""
+    options: dict[str, Any] = {"instance": instance}
+    if plan.initial is not None:
+        options["initial_hparams"] = plan.initial
+    obs, _ = env.reset(seed=seed, options=options)
+    if resume is not None:
+        env.load_episode_state(resume)
+    plan.start(env)
+    while env.steps_done < env.total_steps:
+        obs, reward, term, trunc, info = env.step_with_schedule(plan.interval(env, obs))
+        done = term or trunc
+        yield Decision(obs, reward, info, done)
+        if done:
+            return
+
+
+def run_episode(env: FineTuneEnv, plan: Plan, instance: str, seed: Optional[int]) -> dict[str, Any]:
+    """A whole episode; returns its log (schedule, losses, rewards, eval curve, test loss if asked)."""
+    last: Optional[Decision] = None
+    for last in decisions(env, plan, instance, seed):
+        pass
+    assert last is not None and "episode_log" in last.info
+    return last.info["episode_log"]

@@ -1,0 +1,123 @@
+"""Every command, given bad input as a new user might type it: one line starting `error:` that names
+the file, field or value, exit status 2, no traceback, and nothing deleted. (The same checks run as
+subprocesses in ../shared/checks/bad-inputs.sh.)"""
+import importlib
+import json
+
+import pytest
+import yaml
+
+from agents import train_agent
+
+
+def _run(capsys, module: str, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(module).main(argv)
+    captured = capsys.readouterr()
+    err = captured.err + captured.out
+    assert info.value.code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, fast_cfg_dict):
+    t = tmp_path_factory.mktemp("bad")
+    (t / "victim").mkdir()
+    (t / "victim" / "important.txt").write_text("keep")
+    (t / "out" / "not-an-agent").mkdir(parents=True)
+    (t / "out" / "not-an-agent" / "notes.txt").write_text("keep")
+    (t / "nonutf8.jsonl").write_bytes(b'{"text": "fine"}\n\xff\xfe{"text": "x"}\n')
+    (t / "badjson.jsonl").write_text("".join('{"text": "fine line"}\n' for _ in range(20)) + '{"text": "broken\n')
+    (t / "bad.yaml").write_text("name: x\ntrain: [{name: a, dataset: {kind: bbc_lm}}]\n")
+    (t / "noheldout.yaml").write_text("name: x\ntrain: [{name: a, dataset: {kind: bbc_lm, topic: tech}}]\n")
+    (t / "badreplay.json").write_text('{"not": "a schedule"}')
+    (t / "notjson.json").write_text("{nope")
+    d = dict(fast_cfg_dict, train=fast_cfg_dict["train"][:1], heldout=fast_cfg_dict["heldout"][:1])
+    (t / "fast.yaml").write_text(yaml.safe_dump(d))
+    return t
+
+
+@pytest.fixture(scope="module")
+def agent(files):
+    return train_agent.train(train_agent.parse_args(
+        ["--algo", "qlearning", "--config", str(files / "fast.yaml"), "--total-steps", "2", "--out",
+         str(files / "agents"), "--tracking-uri", f"sqlite:///{files / 'mlflow.db'}", "--no-heldout",
+         "--validate-every", "0"]))
+
+
+def test_train_agent_refuses_names_that_leave_out_and_deletes_nothing(capsys, files):
+    line = _run(capsys, "agents.train_agent", ["--out", str(files / "out"), "--name", "../victim", "--total-steps", "1"])
+    assert "../victim" in line and "plain folder name" in line
+    assert (files / "victim" / "important.txt").read_text() == "keep"
+    line = _run(capsys, "agents.train_agent", ["--config", str(files / "fast.yaml"), "--out", str(files / "out"),
+                                               "--name", "not-an-agent", "--total-steps", "1", "--no-heldout"])
+    assert "not-an-agent" in line and "not an agent folder" in line
+    assert (files / "out" / "not-an-agent" / "notes.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["--n-envs", "0"], "--n-envs"),
+    (["--total-steps", "-5"], "--total-steps"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every"),
+    (["--config", "{files}/bad.yaml"], "dataset"),
+    (["--config", "{files}/missing.yaml"], "missing.yaml"),
+    (["--config", "{files}/noheldout.yaml", "--total-steps", "1"], "held-out"),
+    (["--resume", "--name", "nothing-here"], "nothing to resume"),
+])
+def test_train_agent_bad_arguments(capsys, files, argv, names):
+    argv = [a.format(files=files) for a in argv] + ["--out", str(files / "out")]
+    assert names in _run(capsys, "agents.train_agent", argv)
+    assert sorted(p.name for p in (files / "out").iterdir()) == ["not-an-agent"]  # nothing written
+
+
+@pytest.mark.parametrize("module,argv,names", [
+    ("agents.optuna_baseline", ["--config", "{files}/bad.yaml"], "bad.yaml"),
+    ("agents.optuna_baseline", ["--config", "{files}/noheldout.yaml", "--trials", "1"], "--instance"),
+    ("agents.optuna_baseline", ["--trials", "0"], "--trials"),
+    ("agents.pbt_baseline", ["--config", "{files}/bad.yaml"], "bad.yaml"),
+    ("agents.pbt_baseline", ["--population", "0"], "--population"),
+    ("agents.compare", ["--agent", "{files}/nope"], "nope"),
+    ("agents.compare", ["--agent", "{files}/nope", "--seeds", "0"], "--seeds"),
+    ("agents.compare", ["--agent", "{files}/nope", "--budgets", "0"], "--budgets"),
+    ("agents.evaluate", ["--agent", "{files}/nope"], "nope"),
+    ("agents.tune", ["--replay", "{files}/nope.json"], "nope.json"),
+    ("agents.tune", ["--replay", "{files}/badreplay.json"], "'instance'"),
+    ("agents.tune", ["--replay", "{files}/notjson.json"], "not valid JSON"),
+    ("agents.bench_parallel", ["--n-envs", "0"], "--n-envs"),
+    ("trainers.bench", ["--config", "{files}/bad.yaml"], "bad.yaml"),
+    ("envs.bench", ["--rounds", "0"], "--rounds"),
+])
+def test_other_commands_bad_arguments(capsys, files, module, argv, names):
+    assert names in _run(capsys, module, [a.format(files=files) for a in argv])
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["--data", "{files}/nonutf8.jsonl"], "nonutf8.jsonl:2: not UTF-8"),
+    (["--data", "{files}/badjson.jsonl"], "badjson.jsonl:21: not valid JSON"),
+    (["--data", "{files}/badjson.jsonl", "--model", "{files}"], "not a Hugging Face model folder"),
+    (["--instance", "no-such-instance"], "no-such-instance"),
+])
+def test_tune_bad_data_and_model(capsys, files, agent, argv, names):
+    argv = ["--agent", str(agent), "--no-save-model", "--out", str(files / "tuned")] + [
+        a.format(files=files) for a in argv]
+    assert names in _run(capsys, "agents.tune", argv)
+    assert not (files / "tuned").exists()
+
+
+def test_compare_with_an_agent_and_a_config_without_heldout_instances(capsys, files, agent, tmp_path):
+    meta = json.loads((agent / "agent.json").read_text())
+    cfg = yaml.safe_load((agent / "env_config.yaml").read_text())
+    cfg["heldout"] = []
+    bare = tmp_path / "bare-agent"
+    bare.mkdir()
+    for f in agent.iterdir():
+        if f.is_file():
+            (bare / f.name).write_bytes(f.read_bytes())
+    (bare / "env_config.yaml").write_text(yaml.safe_dump(cfg))
+    assert meta["algo"] == "qlearning"
+    assert "held-out" in _run(capsys, "agents.compare", ["--agent", str(bare), "--out", str(tmp_path / "c")])
+    assert "held-out" in _run(capsys, "agents.evaluate", ["--agent", str(bare)])
+    assert not (tmp_path / "c").exists()

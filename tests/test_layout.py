@@ -1,0 +1,97 @@
+"""The house rules, checked on the source: lower layers never import higher ones (trainers < envs
+< agents; inside agents, reporting and parallel import nothing above them), no import cycles
+between modules, and agents/ holds only command modules at its top level."""
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("trainers", "envs", "agents")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in (REPO / pkg).rglob("*.py"):
+            rel = path.relative_to(REPO).with_suffix("")
+            parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+            out[".".join(parts)] = path
+    return out
+
+
+def _imports(path: Path, module: str, known: set[str]) -> set[str]:
+    """Project modules a module imports, at any depth of the file (function-level imports count)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for n in names:
+            while n and n not in known:
+                n = n.rpartition(".")[0]
+            if n and n != module:
+                found.add(n)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    return {m: _imports(p, m, set(mods)) for m, p in mods.items()}
+
+
+def test_lower_layers_never_import_higher_ones():
+    rank = {"trainers": 0, "envs": 1, "agents": 2}
+    bad = [(m, d) for m, deps in _graph().items() for d in deps if rank[d.split(".")[0]] > rank[m.split(".")[0]]]
+    assert not bad, bad
+
+
+def test_reporting_and_parallel_import_nothing_above_them():
+    bad = []
+    for m, deps in _graph().items():
+        for low in ("agents.reporting", "agents.parallel"):
+            if m.startswith(low):
+                bad += [(m, d) for d in deps if d.startswith("agents") and not d.startswith(low)]
+    assert not bad, bad
+
+
+def test_no_import_cycles():
+    full = _graph()
+    graph = {m: deps & full.keys() for m, deps in full.items()}
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            # a package importing its own submodules is not a cycle of two modules
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
+def test_agents_top_level_holds_only_commands():
+    for path in (REPO / "agents").glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert "main" in funcs, f"{path.name} sits at agents/ top level but is not a command (no main)"

@@ -1,0 +1,38 @@
+"""Where a measurement came from: the machine, its load and the commit, stored beside every number."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+
+from trainers.config import REPO_ROOT
+
+
+def git_commit() -> str | None:
+    """The checkout's short commit hash, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=30)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info() -> dict:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": git_commit(),
+        # the machine is shared: its load when the figures were taken says how far to trust them
+        "loadavg_1_5_15min": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
