@@ -52,6 +52,7 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     from trainers.provenance import utc_now
 
     command = "python -m agents.compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    mlflow_tracking.check_tracking_uri(None if getattr(args, 'no_mlflow', False) else args.tracking_uri)
     controller = Controller(args.agent)
     cfg = controller.env_config
     names = args.instances or [i.name for i in cfg.heldout]

@@ -36,6 +36,7 @@ def evaluate(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
     from agents.reporting import mlflow_tracking
     from agents.reporting.heldout_report import heldout_markdown, write_heldout_report
 
+    mlflow_tracking.check_tracking_uri(None if getattr(args, 'no_mlflow', False) else args.tracking_uri)
     controller = Controller(args.agent)
     if not controller.env_config.heldout:
         raise ConfigError(f"{Path(args.agent) / 'env_config.yaml'}: the agent's instance set has no held-out instances")

@@ -25,7 +25,8 @@ from typing import Optional
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from trainers.cli import CommandParser, nonnegative_int, plain_name, positive_int, run_command  # noqa: E402
-from trainers.config import REPO_ROOT, ConfigError, InstanceSetConfig, load_config  # noqa: E402
+from trainers.config import (REPO_ROOT, ConfigError, InstanceSetConfig, load_config,  # noqa: E402
+                             read_structured_file)
 
 
 def build_parser() -> CommandParser:
@@ -63,7 +64,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def _check_folder(folder: Path, resume: bool) -> None:
+def _check_folder(folder: Path, resume: bool, algo: str) -> None:
     """Refuse anything that would touch a folder that is not this command's to touch."""
     from agents.learners.agent_folder import is_agent_folder
     from agents.learners.training_run import STATE_FILE
@@ -72,6 +73,11 @@ def _check_folder(folder: Path, resume: bool) -> None:
     if resume:
         if not state.is_file():
             raise ConfigError(f"--resume: {state} not found; nothing to resume")
+        saved = read_structured_file(state)
+        if not isinstance(saved, dict) or saved.get("algo") != algo or not isinstance(saved.get("files"), dict):
+            got = saved.get("algo") if isinstance(saved, dict) else None
+            raise ConfigError(f"--resume: {state} is a checkpoint of --algo {got}, not {algo}"
+                              if got else f"--resume: {state} is not a checkpoint this version can continue")
         return
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise ConfigError(f"{folder}: exists and is not a folder; choose another --name")
@@ -83,9 +89,17 @@ def _check_folder(folder: Path, resume: bool) -> None:
                           "choose another --name or --out")
 
 
+def _learned_steps(state: Path) -> int:
+    try:
+        return int(read_structured_file(state)["num_timesteps"])
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return 0
+
+
 def prepare(args: argparse.Namespace) -> tuple[InstanceSetConfig, Path]:
     """Every check, before anything is written or deleted."""
     from agents.learners.sb3_setup import action_mode_for
+    from agents.reporting.mlflow_tracking import check_tracking_uri
 
     cfg = load_config(args.config, {"action": {"mode": action_mode_for(args.algo)}})
     if args.subproc and (args.ray or args.ray_address):
@@ -94,24 +108,34 @@ def prepare(args: argparse.Namespace) -> tuple[InstanceSetConfig, Path]:
         raise ConfigError(f"instance set {cfg.name!r} has no held-out instances: add some under 'heldout', "
                           "or pass --no-heldout")
     name = args.name or f"{args.algo}-{cfg.name}-seed{args.seed}"
-    plain_name(name)  # a name built from a config's name must be plain too
+    try:
+        plain_name(name)  # a name built from a config's name must be plain too
+    except argparse.ArgumentTypeError as err:
+        raise ConfigError(f"agent folder name {name!r} (from the config's name): {err}") from None
+    check_tracking_uri(args.tracking_uri)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
     folder = out / name
-    _check_folder(folder, args.resume)
+    _check_folder(folder, args.resume, args.algo)
     return cfg, folder
 
 
 def train(args: argparse.Namespace) -> Path:
     from agents.learners.sb3_setup import DEFAULT_DECISIONS
-    from agents.learners.training_run import TrainingOptions, run_training
+    from agents.learners.training_run import STATE_FILE, TrainingOptions, run_training
 
     cfg, folder = prepare(args)
     total = args.total_steps or DEFAULT_DECISIONS[args.algo]
-    if not args.resume and folder.exists():
-        print(f"replacing the earlier agent in {folder} (--name keeps both, --resume continues it)", file=sys.stderr)
-        shutil.rmtree(folder)
+    previous = None
+    if not args.resume and folder.exists() and any(folder.iterdir()):
+        # kept aside until the new agent is saved: a run that fails leaves the earlier agent there
+        previous = folder.with_name(f".{folder.name}.previous")
+        if previous.exists():
+            shutil.rmtree(previous)
+        folder.rename(previous)
+        print(f"replacing the earlier agent in {folder} (--name keeps both, --resume continues it); until this "
+              f"run has saved its agent the earlier one waits in {previous}", file=sys.stderr)
     opts = TrainingOptions(
         algo=args.algo, total_steps=total, seed=args.seed, n_envs=args.n_envs,
         backend="ray" if (args.ray or args.ray_address) else ("subproc" if args.subproc else "inprocess"),
@@ -119,7 +143,16 @@ def train(args: argparse.Namespace) -> Path:
         validate_every=args.validate_every if args.validate_every is not None else max(total // 4, 1),
         checkpoint_every=args.checkpoint_every, resume=args.resume,
         command="python -m agents.train_agent " + " ".join(sys.argv[1:]))
-    result = run_training(cfg, opts, folder)
+    try:
+        result = run_training(cfg, opts, folder)
+    except BaseException:
+        if previous is not None and _learned_steps(folder / "checkpoint" / STATE_FILE) == 0:
+            shutil.rmtree(folder, ignore_errors=True)  # the new run learned nothing worth keeping
+            previous.rename(folder)
+            print(f"the earlier agent is back in {folder}", file=sys.stderr)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous)
     import mlflow
 
     from agents.reporting import mlflow_tracking

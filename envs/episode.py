@@ -68,7 +68,9 @@ class HoldPlan(Plan):
         self._held: Optional[Hparams] = None
 
     def start(self, env: FineTuneEnv) -> None:
-        self._held = env.session.hparams()  # the given set (clipped to bounds) or the drawn start
+        # the given set (clipped to bounds), even when a resumed episode brought other values back
+        # with its optimizer state; else the drawn start
+        self._held = env.actions.clip(self.initial) if self.initial is not None else env.session.hparams()
 
     def interval(self, env: FineTuneEnv, obs: np.ndarray) -> Sequence[Hparams]:
         assert self._held is not None

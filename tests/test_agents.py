@@ -76,11 +76,17 @@ def test_qlearning_update_is_the_textbook_rule():
     assert agent.values(agent.state(s))[0] == pytest.approx(0.5 * -1.0)
 
 
+def _checkpoint(folder):
+    state = json.loads((folder / "checkpoint" / "state.json").read_text())
+    return state, {k: folder / "checkpoint" / v for k, v in state["files"].items()}
+
+
 @pytest.mark.parametrize("algo", ["qlearning", "ppo"])
 def test_resume_continues_from_checkpoint(algo, fast_yaml, tmp_path, tracking_uri):
     folder = _train(algo, fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])
-    state = json.loads((folder / "checkpoint" / "state.json").read_text())
-    assert state["num_timesteps"] == 8
+    state, files = _checkpoint(folder)
+    assert state["num_timesteps"] == 8 and all(f.is_file() for f in files.values())
+    assert sorted(p.name for p in (folder / "checkpoint").iterdir()) == sorted(["state.json", *state["files"].values()])
     args = train_agent.parse_args(["--algo", algo, "--config", str(fast_yaml), "--total-steps", "12",
                                    "--out", str(tmp_path), "--tracking-uri", tracking_uri, "--resume",
                                    "--no-heldout", "--validate-every", "0"])
@@ -93,22 +99,51 @@ def test_resume_continues_from_checkpoint(algo, fast_yaml, tmp_path, tracking_ur
     assert len((folder / "training_curve.csv").read_text().splitlines()) - 1 == expected // 2
 
 
+def test_ppo_resume_starts_from_the_checkpointed_weights_and_statistics(fast_yaml, tmp_path, tracking_uri):
+    """Resuming with nothing left to learn must give back exactly what was checkpointed."""
+    from safetensors.torch import load_file
+
+    folder = _train("ppo", fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])
+    first = load_file(str(folder / "policy.safetensors"))
+    first_stats = json.loads((folder / "obs_normalization.json").read_text())
+    args = train_agent.parse_args(["--algo", "ppo", "--config", str(fast_yaml), "--total-steps", "8",
+                                   "--out", str(tmp_path), "--tracking-uri", tracking_uri, "--resume",
+                                   "--no-heldout", "--validate-every", "0"])
+    folder = train_agent.train(args)
+    again = load_file(str(folder / "policy.safetensors"))
+    assert first.keys() == again.keys() and all(bool((first[k] == again[k]).all()) for k in first)
+    stats = json.loads((folder / "obs_normalization.json").read_text())
+    # SB3's learn() resets the envs, and VecNormalize counts that one observation: the checkpointed
+    # statistics plus one (a VecNormalize that had not loaded them would count about 1)
+    assert first_stats["count"] > 5 and stats["count"] == pytest.approx(first_stats["count"] + 1)
+
+
 def test_saved_policy_acts_as_the_trained_sb3_model(fast_yaml, tmp_path, tracking_uri):
-    """The folder's safetensors weights and JSON statistics give the trained model's actions."""
+    """The folder's safetensors weights and JSON statistics give the trained model's actions, with
+    SB3's own VecNormalize doing the normalisation on the reference side."""
+    import gymnasium as gym
     from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     from agents.learners.sb3_setup import ObsNormalization
 
     folder = _train("ppo", fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])
-    sb3 = PPO.load(folder / "checkpoint" / "model.zip", device="cpu")  # this test's own file
-    stats = ObsNormalization.load(folder / "checkpoint" / "obs_normalization.json")
+    _, files = _checkpoint(folder)
+    sb3 = PPO.load(files["model"], device="cpu")  # this test's own file
+    space = gym.spaces.Box(-10, 10, (14,), np.float32)
+
+    class Shape(gym.Env):
+        observation_space, action_space = space, sb3.action_space
+
+    reference = VecNormalize(DummyVecEnv([Shape]), norm_obs=True, norm_reward=False, clip_obs=10.0)
+    ObsNormalization.load(files["obs_normalization"]).apply_to(reference)
+    reference.training = False
     controller = Controller(folder)
     rng = np.random.default_rng(0)
     for _ in range(5):
         obs = rng.normal(0, 1, 14).astype(np.float32)
-        expected, _ = sb3.predict(stats.normalize(obs[None]), deterministic=True)
+        expected, _ = sb3.predict(reference.normalize_obs(obs[None]), deterministic=True)
         np.testing.assert_allclose(controller.act(obs), expected[0], rtol=1e-6)
-    assert np.abs(stats.normalize(np.zeros((1, 14), np.float32))).max() > 0  # statistics were learned, not defaults
 
 
 def test_deploy_then_replay_reproduces_losses(fast_yaml, tmp_path, tracking_uri):

@@ -73,6 +73,21 @@ def test_train_agent_bad_arguments(capsys, files, argv, names):
     assert sorted(p.name for p in (files / "out").iterdir()) == ["not-an-agent"]  # nothing written
 
 
+def test_train_agent_checks_what_it_would_touch_late(capsys, files, agent):
+    line = _run(capsys, "agents.train_agent", ["--config", str(files / "fast.yaml"), "--out", str(files / "out"),
+                                               "--tracking-uri", "nonsense-store", "--total-steps", "1"])
+    assert "nonsense-store" in line
+    line = _run(capsys, "agents.train_agent", ["--config", str(files / "fast.yaml"), "--out", str(agent.parent),
+                                               "--name", agent.name, "--algo", "ppo", "--resume"])
+    assert "--algo qlearning, not ppo" in line
+    evil = files / "evil.yaml"
+    evil.write_text((files / "fast.yaml").read_text().replace("name: tiny", "name: ../evil", 1))
+    line = _run(capsys, "agents.train_agent", ["--config", str(evil), "--out", str(files / "out"), "--total-steps", "1"])
+    assert "'qlearning-../evil-seed0'" in line or "../evil" in line
+    assert sorted(p.name for p in (files / "out").iterdir()) == ["not-an-agent"]
+    assert (agent / "agent.json").is_file()  # the agent it refused to resume is untouched
+
+
 @pytest.mark.parametrize("module,argv,names", [
     ("agents.optuna_baseline", ["--config", "{files}/bad.yaml"], "bad.yaml"),
     ("agents.optuna_baseline", ["--config", "{files}/noheldout.yaml", "--trials", "1"], "--instance"),
@@ -121,3 +136,22 @@ def test_compare_with_an_agent_and_a_config_without_heldout_instances(capsys, fi
     assert "held-out" in _run(capsys, "agents.compare", ["--agent", str(bare), "--out", str(tmp_path / "c")])
     assert "held-out" in _run(capsys, "agents.evaluate", ["--agent", str(bare)])
     assert not (tmp_path / "c").exists()
+
+
+def test_a_replaced_agent_survives_a_run_that_fails(capsys, files, fast_cfg_dict, tmp_path):
+    out = tmp_path / "agents"
+    argv = ["--algo", "qlearning", "--config", str(files / "fast.yaml"), "--total-steps", "2", "--out", str(out),
+            "--name", "a", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--no-heldout", "--validate-every", "0"]
+    train_agent.main(argv)
+    (out / "a" / "marker.txt").write_text("the earlier agent")
+    d = dict(fast_cfg_dict, train=[{"name": "mine", "dataset": {"kind": "jsonl", "path": str(files / "nonutf8.jsonl")}}],
+             heldout=[])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(d))
+    line = _run(capsys, "agents.train_agent", [a if a != str(files / "fast.yaml") else str(broken) for a in argv])
+    assert "nonutf8.jsonl:2: not UTF-8" in line
+    assert (out / "a" / "marker.txt").read_text() == "the earlier agent"  # put back, not deleted
+    assert sorted(p.name for p in out.iterdir()) == ["a"]
+    train_agent.main(argv)  # a run that succeeds replaces it
+    assert not (out / "a" / "marker.txt").exists() and (out / "a" / "agent.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["a"]

@@ -1,4 +1,5 @@
 """The learners' buffers leave an interrupted episode out, and only it (no Ray needed here)."""
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -47,3 +48,45 @@ def test_drop_right_after_an_episode_ended_leaves_only_the_step_out():
         buf.add(np.full((1, 3), step, np.float32), np.zeros((1, 1)), np.ones(1), np.array([step in (0, 2)]),
                 torch.zeros(1), torch.zeros(1))
     assert buf.valid[:, 0].tolist() == [True, True, False, True]
+
+
+class _Box(gym.Env):
+    observation_space = OBS
+    action_space = spaces.Box(-1, 1, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(3, np.float32), 1.0, False, False, {}
+
+
+def test_ppo_skips_an_update_whose_whole_rollout_was_left_out():
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from agents.learners.sb3_setup import build_model
+
+    model = build_model("ppo", DummyVecEnv([_Box]), 0, {"n_steps": 4, "batch_size": 4, "n_epochs": 1})
+    model.learn(4)  # one real rollout and update
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    model.rollout_buffer.valid[:] = False  # as if every worker had failed during it
+    model.train()
+    assert all(bool((before[k] == v).all()) for k, v in model.policy.state_dict().items())
+
+
+def test_qlearning_does_not_learn_from_a_dropped_step():
+    from agents.learners.qlearning import QLearningAgent
+
+    class Stub:  # a VecEnv whose only worker dies on its first step
+        def reset(self):
+            return np.zeros((1, 14), np.float32)
+
+        def step(self, actions):
+            return np.zeros((1, 14), np.float32), np.array([5.0]), np.array([True]), [{"dropped": "env 0: died"}]
+
+    agent = QLearningAgent(3, seed=0)
+    infos = []
+    agent.learn(Stub(), 3, on_step=lambda n, r, i: infos.extend(i))
+    assert all(float(v.sum()) == 0.0 for v in agent.q.values())  # the invented reward 5 never got in
+    assert all(i["left_out_transitions"] == 1 for i in infos)

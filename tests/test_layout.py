@@ -46,13 +46,21 @@ def test_lower_layers_never_import_higher_ones():
     assert not bad, bad
 
 
-def test_reporting_and_parallel_import_nothing_above_them():
-    bad = []
-    for m, deps in _graph().items():
-        for low in ("agents.reporting", "agents.parallel"):
-            if m.startswith(low):
-                bad += [(m, d) for d in deps if d.startswith("agents") and not d.startswith(low)]
+def _agents_rank(module: str) -> int:
+    """Inside agents/: reporting and parallel < learners and baselines < evaluation < the commands."""
+    ranks = {"reporting": 0, "parallel": 0, "learners": 1, "baselines": 1, "evaluation": 2}
+    parts = module.split(".")
+    return ranks.get(parts[1], 3) if len(parts) > 1 else 3
+
+
+def test_inside_agents_imports_go_down_only():
+    bad = [(m, d) for m, deps in _graph().items() if m.startswith("agents.")
+           for d in deps if d.startswith("agents.") and _agents_rank(d) > _agents_rank(m)]
     assert not bad, bad
+    same_rank = [(m, d) for m, deps in _graph().items() if m.startswith("agents.") and _agents_rank(m) < 3
+                 for d in deps if d.startswith("agents.") and _agents_rank(d) == _agents_rank(m)
+                 and d.split(".")[1] != m.split(".")[1]]
+    assert not same_rank, same_rank  # learners and baselines do not lean on each other
 
 
 def test_no_import_cycles():

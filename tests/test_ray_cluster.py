@@ -97,7 +97,9 @@ def test_train_agent_on_a_two_node_loopback_cluster_survives_a_killed_worker(loo
     assert proc.returncode == 0, output[-3000:]
     meta = json.loads((out / "cluster" / "agent.json").read_text())
     assert meta["total_timesteps"] == 40 and meta["backend"] == "ray"
-    assert len(meta["dropped_episodes"]) == 1 and "worker died" in meta["dropped_episodes"][0]["reason"]
+    (dropped,) = meta["dropped_episodes"]
+    assert "worker died" in dropped["reason"]
+    assert dropped["left_out_transitions"] >= 1  # the training run told PPO's buffer to leave them out
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient(uri).get_run(meta["mlflow_run_id"])

@@ -56,16 +56,6 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
 def plain_name(text: str) -> str:
     """A folder name that stays inside its parent: no separators, no '..', nothing hidden."""
     bad = ("/", "\\", "\0")

@@ -10,13 +10,16 @@ is still in the buffer, the step that reports the drop included:
 - ``DropAwareReplayBuffer`` (DQN): the rows are never sampled.
 
 ``mark_dropped`` is called by the training callback, which sees the step's infos before SB3 adds
-the step to its buffer. Tabular Q-learning skips the step itself (``QLearningAgent.learn``).
+the step to its buffer; it writes ``info["left_out_transitions"]``, which the training run records.
+``DropAwarePPO`` skips an update whose rollout was left out entirely. Tabular Q-learning skips the
+step itself (``QLearningAgent.learn``).
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
 import numpy as np
+from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import ReplayBuffer, RolloutBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
@@ -29,15 +32,18 @@ class _EpisodeRows:
         self._episode_rows: list[list[int]] = [[] for _ in range(n_envs)]
         self._drop_next: set[int] = set()
 
-    def drop_episode(self, env: int, starts_now: bool = False) -> None:
+    def drop_episode(self, env: int, starts_now: bool = False) -> int:
         """Leave out env's current episode: the rows already added (none if it ``starts_now``, i.e.
-        the previous step ended an episode), and the step about to be added."""
+        the previous step ended an episode), and the step about to be added. Returns how many
+        transitions that leaves out."""
         if starts_now:
             self._episode_rows[env] = []
-        for row in self._episode_rows[env]:
+        rows = self._episode_rows[env]
+        for row in rows:
             self.valid[row, env] = False
         self._episode_rows[env] = []
         self._drop_next.add(env)
+        return len(rows) + 1
 
     def _track(self, pos: int, starts: Optional[np.ndarray] = None) -> None:
         for env in range(self.valid.shape[1]):
@@ -47,10 +53,6 @@ class _EpisodeRows:
         for env in self._drop_next:
             self.valid[pos, env] = False
         self._drop_next = set()
-
-    @property
-    def n_dropped_rows(self) -> int:
-        return int((~self.valid).sum())
 
 
 class DropAwareRolloutBuffer(_EpisodeRows, RolloutBuffer):
@@ -109,10 +111,21 @@ class DropAwareReplayBuffer(_EpisodeRows, ReplayBuffer):
         return ReplayBufferSamples(*tuple(map(self.to_torch, data)))
 
 
+class DropAwarePPO(PPO):
+    """PPO that skips its update when every transition of a rollout was left out (all workers
+    failed within one rollout): there is nothing true to learn from."""
+
+    def train(self) -> None:
+        if isinstance(self.rollout_buffer, _EpisodeRows) and not self.rollout_buffer.valid.any():
+            self.logger.record("train/skipped_empty_rollouts", 1)
+            return
+        super().train()
+
+
 def mark_dropped(model: Any, infos: list[dict]) -> int:
     """Tell the learner's buffer which envs' episodes were interrupted at this step; strip the
-    episode statistics VecMonitor attached to them (they are not an episode's return). Returns the
-    number of envs dropped."""
+    episode statistics VecMonitor attached to them (they are not an episode's return), and record
+    in the info how many transitions were left out. Returns the number of envs dropped."""
     buffer = getattr(model, "rollout_buffer", None)
     if not isinstance(buffer, _EpisodeRows):
         buffer = getattr(model, "replay_buffer", None)
@@ -125,6 +138,7 @@ def mark_dropped(model: Any, infos: list[dict]) -> int:
                 raise TypeError(f"{type(model).__name__}'s buffer cannot leave out a dropped episode; "
                                 "build the learner with agents.learners.sb3_setup.build_model")
             info.pop("episode", None)
-            buffer.drop_episode(env, starts_now=isinstance(buffer, RolloutBuffer) and bool(starts[env]))
+            info["left_out_transitions"] = buffer.drop_episode(
+                env, starts_now=isinstance(buffer, RolloutBuffer) and bool(starts[env]))
             n += 1
     return n

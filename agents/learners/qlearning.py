@@ -93,6 +93,7 @@ class QLearningAgent:
             for i in range(len(actions)):
                 if "dropped" in infos[i]:  # the worker died mid-step: no reward, no next state to learn from
                     infos[i].pop("episode", None)
+                    infos[i]["left_out_transitions"] = 1
                     continue
                 nxt = infos[i].get("terminal_observation", next_obs[i]) if dones[i] else next_obs[i]
                 self.update(obs[i], int(actions[i]), float(rewards[i]), nxt, bool(dones[i]))

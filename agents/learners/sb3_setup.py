@@ -4,7 +4,7 @@ seconds, with buffers that leave dropped episodes out, and saved without pickles
 What an agent folder holds for an SB3 learner (read back by ``agent_folder.Controller``):
   policy.safetensors      the policy network's weights (no pickle: safetensors is plain tensors)
   obs_normalization.json  VecNormalize's running mean / variance of the observation, as JSON
-The checkpoint for ``--resume`` adds SB3's model.zip (weights and optimizer state); it is read
+The checkpoint for ``--resume`` adds SB3's model zip (weights and optimizer state); it is read
 back with ``set_parameters``, which loads only its tensors (``torch.load(weights_only=True)``),
 never its pickled ``data`` entry.
 """
@@ -23,7 +23,6 @@ from trainers.atomic_files import write_bytes_atomic, write_json_atomic
 
 POLICY_FILE = "policy.safetensors"
 OBS_STATS_FILE = "obs_normalization.json"
-MODEL_CHECKPOINT = "model.zip"
 DEFAULT_DECISIONS = {"ppo": 480, "dqn": 480, "qlearning": 480}
 
 
@@ -50,9 +49,11 @@ def learner_hparams(algo: str, n_envs: int, total: int) -> dict[str, Any]:
 
 
 def _algo_class(algo: str):
-    from stable_baselines3 import DQN, PPO
+    from stable_baselines3 import DQN
 
-    return {"ppo": PPO, "dqn": DQN}[algo]
+    from agents.learners.dropped_episodes import DropAwarePPO
+
+    return {"ppo": DropAwarePPO, "dqn": DQN}[algo]
 
 
 def build_model(algo: str, venv, seed: int, hp: dict[str, Any]):
@@ -114,18 +115,22 @@ def save_policy(folder: Path, model, vec_normalize) -> dict[str, Any]:
             "policy_class": type(model.policy).__name__}
 
 
-def save_checkpoint(folder: Path, model, vec_normalize) -> None:
-    """Everything --resume needs: SB3's zip (weights + optimizer) and the observation statistics."""
+def save_checkpoint(folder: Path, model, vec_normalize, tag: str) -> dict[str, str]:
+    """Everything --resume needs: SB3's zip (weights + optimizer) and the observation statistics,
+    under names tagged with the step, so the previous checkpoint stays whole until the caller's
+    state file points at this one."""
     buf = io.BytesIO()
     model.save(buf)
-    write_bytes_atomic(folder / MODEL_CHECKPOINT, buf.getvalue())
-    ObsNormalization.of(vec_normalize).save(folder / OBS_STATS_FILE)
+    files = {"model": f"model-{tag}.zip", "obs_normalization": f"obs_normalization-{tag}.json"}
+    write_bytes_atomic(folder / files["model"], buf.getvalue())
+    ObsNormalization.of(vec_normalize).save(folder / files["obs_normalization"])
+    return files
 
 
-def resume_model(algo: str, venv, seed: int, hp: dict[str, Any], folder: Path, num_timesteps: int):
+def resume_model(algo: str, venv, seed: int, hp: dict[str, Any], zip_path: Path, num_timesteps: int):
     """A model built as build_model does, then given the checkpoint's tensors (no unpickling)."""
     model = build_model(algo, venv, seed, hp)
-    model.set_parameters(str(folder / MODEL_CHECKPOINT), exact_match=True, device="cpu")
+    model.set_parameters(str(zip_path), exact_match=True, device="cpu")
     model.num_timesteps = num_timesteps
     return model
 
@@ -139,12 +144,18 @@ def load_policy(folder: Path, meta: dict[str, Any], observation_space, action_sp
     from trainers.config import ConfigError
 
     classes = {"ppo": ActorCriticPolicy, "dqn": DQNPolicy}
-    kwargs = dict(meta.get("learner_hparams", {}).get("policy_kwargs", {}))
-    policy = classes[meta["algo"]](observation_space, action_space, lambda _: 0.0, **kwargs)
+    kwargs = meta.get("learner_hparams", {}).get("policy_kwargs", {})
+    try:
+        policy = classes[meta["algo"]](observation_space, action_space, lambda _: 0.0, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{folder / 'agent.json'}: learner_hparams.policy_kwargs {kwargs!r} do not build a "
+                          f"{meta['algo']} policy ({err})") from None
     path = folder / meta["model_file"]
     try:
-        policy.load_state_dict(load_file(str(path)))
-    except (OSError, RuntimeError, ValueError) as err:
-        raise ConfigError(f"{path}: not this agent's policy weights ({str(err).splitlines()[0]})") from None
+        weights = load_file(str(path))
+        policy.load_state_dict(weights)
+    except Exception as err:  # safetensors raises its own SafetensorError (a bare Exception subclass)
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{path}: not this agent's policy weights ({first})") from None
     policy.set_training_mode(False)
     return policy

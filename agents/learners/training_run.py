@@ -19,8 +19,8 @@ import numpy as np
 
 from agents.learners.agent_folder import save_env_config, write_agent_json
 from agents.learners.dropped_episodes import mark_dropped
-from agents.learners.sb3_setup import (OBS_STATS_FILE, ObsNormalization, build_model, learner_hparams, resume_model,
-                                       save_checkpoint, save_policy)
+from agents.learners.sb3_setup import (ObsNormalization, build_model, learner_hparams, resume_model, save_checkpoint,
+                                       save_policy)
 from agents.reporting import mlflow_tracking
 from envs.actions import ActionMap
 from envs.episode import PolicyPlan, run_episode
@@ -73,7 +73,8 @@ class TrainingMonitor:
         self.bar.update(num_timesteps - self.last)
         for info in infos:
             if "dropped" in info:  # a Ray worker died mid-episode: the record says so
-                self.dropped.append({"timesteps": num_timesteps, "reason": info["dropped"]})
+                self.dropped.append({"timesteps": num_timesteps, "reason": info["dropped"],
+                                     "left_out_transitions": info.get("left_out_transitions")})
                 mlflow.log_metric("dropped_episodes", len(self.dropped), step=num_timesteps)
                 mlflow.set_tag("dropped_episode_reasons", "; ".join(d["reason"] for d in self.dropped)[-4000:])
                 self.bar.write(f"warning: {info['dropped']}")
@@ -184,11 +185,16 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
     dropped: list[dict] = state.get("dropped", [])
     folder.mkdir(parents=True, exist_ok=True)
     mlflow_tracking.setup(opts.tracking_uri, "agent-training")
-    run = mlflow.start_run(run_id=state.get("mlflow_run_id"), run_name=None if state else folder.name)
+    run_id = state.get("mlflow_run_id")
+    if run_id and not mlflow_tracking.run_exists(run_id):
+        run_id = None  # resumed against another store (a fresh clone, another machine): a new run
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else folder.name)
+    if state and run_id is None:
+        mlflow.set_tag("resumed_from_run", state.get("mlflow_run_id"))
     t_start = time.time()
     # a resumed run keeps the learner it started with (PPO's rollout length, DQN's schedule)
     hp = state.get("learner_hparams") or learner_hparams(opts.algo, opts.n_envs, opts.total_steps)
-    if not state:
+    if run_id is None:
         mlflow.log_params({"algo": opts.algo, "instance_set": cfg.name, "total_steps": opts.total_steps,
                            "n_envs": opts.n_envs, "seed": opts.seed, "backend": opts.backend})
         mlflow.log_params(mlflow_tracking.flat_params("learner", hp))
@@ -197,28 +203,29 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
         mlflow.log_param("heldout_instances", ",".join(i.name for i in cfg.heldout))
     save_env_config(folder, cfg)
 
-    seed = opts.seed + len(curve)
+    seed = opts.seed + len(curve)  # a resumed run does not replay the episodes it already learned from
     raw = make_vec_env(cfg, opts.n_envs, opts.backend, opts.ray_address, seed=seed, max_restarts=opts.max_restarts)
     venv = VecMonitor(raw)
-    venv.seed(seed)
     in_process_session = raw.envs[0].session if hasattr(raw, "envs") else None
 
     model: Any
     if opts.algo == "qlearning":
         from agents.learners.qlearning import QLearningAgent, QLearningConfig
 
-        model = (QLearningAgent.load(ckpt / "qtable.json") if opts.resume
+        model = (QLearningAgent.load(ckpt / state["files"]["qtable"]) if opts.resume
                  else QLearningAgent(venv.action_space.n, QLearningConfig(), seed=opts.seed))
         act = lambda obs: model.predict(obs, deterministic=True)  # noqa: E731
 
-        def save_model(dest: Path, final: bool) -> dict:
-            model.save(dest / "qtable.json")
-            return {"model_file": "qtable.json", "obs_normalization": None}
+        def save_model(dest: Path, tag: Optional[str]) -> dict:
+            name = "qtable.json" if tag is None else f"qtable-{tag}.json"
+            model.save(dest / name)
+            return {"model_file": name, "obs_normalization": None} if tag is None else {"qtable": name}
     else:
         venv = VecNormalize(venv, norm_obs=True, norm_reward=False, clip_obs=10.0, gamma=hp["gamma"])
         if opts.resume:
-            ObsNormalization.load(ckpt / OBS_STATS_FILE).apply_to(venv)
-            model = resume_model(opts.algo, venv, opts.seed, hp, ckpt, int(state["num_timesteps"]))
+            ObsNormalization.load(ckpt / state["files"]["obs_normalization"]).apply_to(venv)
+            model = resume_model(opts.algo, venv, opts.seed, hp, ckpt / state["files"]["model"],
+                                 int(state["num_timesteps"]))
         else:
             model = build_model(opts.algo, venv, opts.seed, hp)
         model.set_logger(mlflow_sb3_logger(folder))
@@ -227,19 +234,23 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
             a, _ = model.predict(venv.normalize_obs(np.asarray(obs, dtype=np.float32)[None]), deterministic=True)
             return a[0]
 
-        def save_model(dest: Path, final: bool) -> dict:
-            if not final:
-                save_checkpoint(dest, model, venv)
-                return {}
-            return save_policy(dest, model, venv)
+        def save_model(dest: Path, tag: Optional[str]) -> dict:
+            return save_policy(dest, model, venv) if tag is None else save_checkpoint(dest, model, venv, tag)
+    venv.seed(seed)  # after the learner is built: SB3 seeds its env with the learner's seed on construction
 
     def checkpoint() -> None:
+        """The files first, under step-tagged names; then state.json, which points at them, in one
+        atomic write; then the files it no longer points at. A crash at any moment leaves a whole
+        checkpoint."""
         ckpt.mkdir(exist_ok=True)
-        save_model(ckpt, final=False)
+        files = save_model(ckpt, tag=f"{int(model.num_timesteps):08d}")
         write_json_atomic(ckpt / STATE_FILE, {
-            "num_timesteps": int(model.num_timesteps), "curve": curve, "validation": validation,
+            "num_timesteps": int(model.num_timesteps), "files": files, "curve": curve, "validation": validation,
             "dropped": dropped, "mlflow_run_id": run.info.run_id, "algo": opts.algo, "learner_hparams": hp},
             indent=None)
+        for f in ckpt.iterdir():
+            if f.name != STATE_FILE and f.name not in files.values():
+                f.unlink(missing_ok=True)
 
     validator = (HeldoutValidator(cfg, act, in_process_session)
                  if opts.validate_every and cfg.heldout else None)
@@ -261,7 +272,7 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
         raise
     monitor.close()
     checkpoint()
-    files = save_model(folder, final=True)
+    files = save_model(folder, tag=None)
     _write_curve(folder / "training_curve.csv", curve)
     from agents.reporting.plots import learning_curve
 

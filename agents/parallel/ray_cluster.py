@@ -65,7 +65,13 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> b
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": _worker_env_vars()})
+        from trainers.config import ConfigError
+
+        try:
+            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": _worker_env_vars()})
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"--ray-address {address}: cannot join that Ray cluster ({first})") from None
         return True  # connected by this call: disconnect when done (the cluster itself stays up)
     env = loopback_environment()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

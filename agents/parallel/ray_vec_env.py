@@ -34,8 +34,7 @@ class EnvWorker:
     """Lives in a Ray actor: one FineTuneEnv, auto-reset like SB3's VecEnvs."""
 
     def __init__(self, cfg_dict: dict, rank: int) -> None:
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu")
-        from agents.parallel.env_factory import make_env
+        from agents.parallel.env_factory import make_env  # the session picks its device and accelerator
 
         self.env = make_env(cfg_dict, rank)
         self.last_reset_seed: Optional[int] = None
@@ -99,7 +98,8 @@ class RayVecEnv(VecEnv):
         for i, res in enumerate(self._gather(refs, self.start_timeout_s)):
             if isinstance(res, BaseException):
                 self._failed(i, res)
-                res = self._restart_and_reset(i, self._seeds[i])
+                seed = self._seeds[i] if self._seeds[i] is not None else self._restart_seed(i)
+                res = self._restart_and_reset(i, seed)
             out.append(np.asarray(res))
         self._seeds = [None] * self.num_envs
         return np.stack(out)

@@ -22,6 +22,24 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
 
 
+URI_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_tracking_uri(tracking_uri: Optional[str]) -> None:
+    """Refuse a store MLflow cannot open, before a command writes anything."""
+    from trainers.config import ConfigError
+
+    uri = tracking_uri or default_tracking_uri()
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
+    if scheme not in URI_SCHEMES:
+        raise ConfigError(f"MLflow tracking URI {uri!r}: expected one of {', '.join(s + ':' for s in URI_SCHEMES)} "
+                          "(for example sqlite:///results/mlflow.db or http://127.0.0.1:5000)")
+    if scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"MLflow tracking URI {uri!r}: {folder} is not a folder")
+
+
 def setup(tracking_uri: Optional[str], experiment: str) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id."""
     import mlflow
@@ -39,6 +57,18 @@ def setup(tracking_uri: Optional[str], experiment: str) -> str:
     exp_id = mlflow.create_experiment(experiment, **kwargs)
     mlflow.set_experiment(experiment)
     return exp_id
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether the current store holds this run (a checkpoint may come from another machine)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.tracking.MlflowClient().get_run(run_id)
+        return True
+    except MlflowException:
+        return False
 
 
 def ui_command(tracking_uri: Optional[str] = None) -> str:
