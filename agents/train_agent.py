@@ -163,7 +163,7 @@ def train(args: argparse.Namespace) -> Path:
         from agents.reporting.heldout_report import heldout_markdown, write_heldout_report
         from envs.finetune_env import FineTuneEnv
 
-        env = FineTuneEnv(cfg, split="heldout", evaluate_test=True, session=result.session)
+        env = FineTuneEnv(cfg, split="heldout", evaluate_test=True, session=result.sessions)
         runs = evaluate_heldout(Controller(folder), list(range(args.eval_seeds)), env=env, cfg=cfg)
         summary = write_heldout_report(folder, runs, result.meta["command"])
         print("\n" + heldout_markdown(summary, f"Held-out evaluation of {folder.name}", result.meta["command"]))

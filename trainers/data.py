@@ -19,6 +19,7 @@ import torch
 from trainers.config import ConfigError, DatasetSpec
 
 BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
+TOPIC_QUESTION = "Is this news about business, entertainment, politics, sport or tech?"
 IGNORE = -100
 MAX_PAIR_EXAMPLES = 20_000  # chitchat has ~250k reply pairs; more than an episode can use
 
@@ -148,8 +149,51 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
     return records
 
 
+def first_sentence(body: str) -> str:
+    """An article's first sentence (BBC bodies are one line of sentences)."""
+    end = body.find(". ")
+    return body[: end + 1] if end > 0 else body
+
+
+MATH_PROBLEMS = 2000  # generated per math instance (about 1,500 per second)
+
+
+def math_records(module: str, n: int, seed: int) -> list[dict[str, str]]:
+    """Problems from a mathematics-dataset module at its easy setting (the first third of its
+    entropy range; the default range is far too hard for small models)."""
+    import importlib
+    import sys
+
+    import numpy as np
+
+    # mathematics-dataset imports a sympy function that moved; point the old name at it
+    import sympy.solvers.diophantine  # noqa: F401
+
+    moved = importlib.import_module("sympy.solvers.diophantine.diophantine")
+    sys.modules["sympy.solvers.diophantine"].base_solution_linear = moved.base_solution_linear
+    from mathematics_dataset.modules import modules
+
+    def easy(range_):
+        return (range_[0], range_[0] + (range_[1] - range_[0]) / 3)
+
+    area, name = module.split(".")
+    available = modules.train(easy)
+    if area not in available or name not in available[area]:
+        known = sorted(f"{a}.{m}" for a, ms in available.items() for m in ms if isinstance(ms, dict))
+        raise ConfigError(f"dataset.module {module!r} is not a mathematics-dataset module; e.g. {known[:8]}")
+    py_state, np_state = random.getstate(), np.random.get_state()  # it draws from the global RNGs
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        problems = [available[area][name]() for _ in range(n)]
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return [{"prompt": str(p.question), "completion": f" {p.answer}"} for p in problems]
+
+
 def raw_records(spec: DatasetSpec) -> list[dict[str, str]]:
-    """The records a dataset spec names, before splitting."""
+    """The records a dataset spec names, before splitting (and before any prompt template)."""
     if spec.kind == "bbc_lm":
         if spec.topic not in BBC_TOPICS:
             raise ConfigError(f"dataset.topic {spec.topic!r} is not a BBC topic; choose one of {list(BBC_TOPICS)}")
@@ -157,9 +201,15 @@ def raw_records(spec: DatasetSpec) -> list[dict[str, str]]:
     if spec.kind == "bbc_topic":
         recs = []
         for topic, items in bbc_articles().items():
-            for h, _ in items:
-                recs.append({"prompt": f"Headline: {h}\nTopic:", "completion": f" {topic}"})
+            for h, body in items:
+                text = h if spec.source == "headline" else first_sentence(body)
+                recs.append({"prompt": f"{TOPIC_QUESTION}\n{text}\nTopic:", "completion": f" {topic}"})
         return recs
+    if spec.kind == "bbc_headline":
+        return [{"prompt": f"News: {first_sentence(body)}\nHeadline:", "completion": f" {h}"}
+                for items in bbc_articles().values() for h, body in items]
+    if spec.kind == "math":
+        return math_records(spec.module or "", MATH_PROBLEMS, seed=1000 + spec.seed)
     if spec.kind == "chitchat":
         recs = []
         for conv in chitchat_conversations():
@@ -193,12 +243,23 @@ class TokenizedSplit:
     input_ids: torch.Tensor  # [N, L] long
     attention_mask: torch.Tensor  # [N, L] long
     labels: torch.Tensor  # [N, L] long
+    # the frozen layers' output for these examples, when only a model's tail trains
+    # (trainers.frozen_prefix): [N, L, hidden] float
+    prefix_states: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def select(self, idx) -> "TokenizedSplit":
+        """The examples at idx (a slice or an index tensor), every field alike."""
+        states = self.prefix_states[idx] if self.prefix_states is not None else None
+        return TokenizedSplit(self.input_ids[idx], self.attention_mask[idx], self.labels[idx], states)
+
     def take(self, n: int) -> "TokenizedSplit":
-        return TokenizedSplit(self.input_ids[:n], self.attention_mask[:n], self.labels[:n])
+        return self.select(slice(0, n))
+
+    def with_prefix_states(self, states: torch.Tensor) -> "TokenizedSplit":
+        return TokenizedSplit(self.input_ids, self.attention_mask, self.labels, states)
 
 
 @dataclass(frozen=True)
@@ -261,7 +322,7 @@ def tokenize(records: list[dict[str, str]], tokenizer, seq_len: int) -> Tokenize
 def _shuffled(split: TokenizedSplit, seed: int) -> TokenizedSplit:
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(split), generator=g)
-    return TokenizedSplit(split.input_ids[perm], split.attention_mask[perm], split.labels[perm])
+    return split.select(perm)
 
 
 def build_task_data(
@@ -274,6 +335,10 @@ def build_task_data(
 ) -> TaskData:
     """Records -> splits -> fixed-length tensors; validation and test capped to fixed sizes."""
     records = raw_records(spec)
+    if spec.prompt_template and "prompt" in records[0]:
+        # a template ends with the assistant's turn: the answer starts right after it, with no space
+        records = [{"prompt": spec.prompt_template.format(prompt=r["prompt"].strip()),
+                    "completion": r["completion"].strip()} for r in records]
     train, val, test = split_records(records, seed=spec.seed)
     if spec.max_train_examples is not None:
         train = train[: spec.max_train_examples]
@@ -282,7 +347,7 @@ def build_task_data(
     t_train = tokenize(train, tokenizer, seq_len)
     t_val = _shuffled(tokenize(val, tokenizer, seq_len), spec.seed).take(eval_examples)
     t_test = _shuffled(tokenize(test, tokenizer, seq_len), spec.seed + 1).take(test_examples)
-    metric = "exact_match" if spec.kind in ("bbc_topic", "arithmetic") else None
+    metric = "exact_match" if spec.kind in ("bbc_topic", "arithmetic", "math") else None
     if spec.kind == "jsonl" and "completion" in records[0]:
         short = all(len(r["completion"].split()) <= 4 for r in records[:200])
         metric = "exact_match" if short else None

@@ -199,3 +199,17 @@ def load_model_and_tokenizer(spec: str, dtype: torch.dtype = torch.float32):
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def model_identity(spec: str) -> str:
+    """What names a model's weights for caches: its folder and a hash of its config and weight
+    files' sizes and times (a changed folder gets new cache entries)."""
+    import hashlib
+
+    path = model_path(spec).resolve()
+    h = hashlib.sha256(str(path).encode())
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin")):
+            st = f.stat()
+            h.update(f"{f.name}|{st.st_size}|{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]

@@ -178,8 +178,20 @@ class FineTuneSession:
         deepspeed = _import_deepspeed(self.device)
         ensure_process_group(self.device)
         model, self.tokenizer = load_model_and_tokenizer(cfg.model)
-        if cfg.trainable_last_layers:
-            _freeze_all_but_last(model, cfg.trainable_last_layers)
+        self._prefix_model: Optional[torch.nn.Module] = None
+        if cfg.frozen_prefix:  # train a tail on cached states of the frozen layers (trainers/frozen_prefix.py)
+            from trainers.frozen_prefix import CausalLMTail, build_tail, n_layers
+
+            k = int(cfg.trainable_last_layers or 0)
+            self.n_prefix_layers = n_layers(model) - k
+            module = CausalLMTail(build_tail(model, k))
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._prefix_model = model  # kept, frozen, to cache the states of new data
+        else:
+            if cfg.trainable_last_layers:
+                _freeze_all_but_last(model, cfg.trainable_last_layers)
+            module = model
         ds_config = {
             "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
             "gradient_accumulation_steps": 1,
@@ -194,9 +206,11 @@ class FineTuneSession:
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=params, config=ds_config)
         self._params = params
+        # frozen weights never change: snapshots leave them out (an embedding is most of a small model)
+        self._frozen_ptrs = {p.data_ptr() for p in self.engine.module.parameters() if not p.requires_grad}
         self._data: Optional[TaskData] = None
         self._data_rng = torch.Generator().manual_seed(0)
         self.step_count = 0
@@ -211,6 +225,27 @@ class FineTuneSession:
         return engine_hparams(self.engine)
 
     # ------------------------------------------------------------ data
+    @property
+    def caches_prefix(self) -> bool:
+        return self._prefix_model is not None
+
+    def prepare(self, data: TaskData) -> TaskData:
+        """What this session trains on: the data as tokenised, plus, when only a tail trains, the
+        frozen layers' states for every split (computed once, then read from the artifact cache)."""
+        if self._prefix_model is None:
+            return data
+        from trainers.frozen_prefix import cached_prefix_states
+        from trainers.models import model_identity
+
+        model_id = model_identity(self.cfg.model)
+        splits = {}
+        for name in ("train", "validation", "test"):
+            split = data.split(name)
+            states = cached_prefix_states(self._prefix_model, model_id, split, self.n_prefix_layers,
+                                          desc=f"caching frozen layers: {data.name}/{name}")
+            splits[name] = split.with_prefix_states(states)
+        return TaskData(data.name, splits["train"], splits["validation"], splits["test"], data.metric)
+
     def use_data(self, data: TaskData, seed: int) -> None:
         self._data = data
         self._data_rng.manual_seed(seed)
@@ -232,12 +267,19 @@ class FineTuneSession:
         # one fused foreach kernel (what clip_grad_norm_ uses), not two small ops per parameter
         return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
 
+    def _forward(self, batch: TokenizedSplit, labels: bool = True):
+        if self._prefix_model is not None:
+            if batch.prefix_states is None:
+                raise RuntimeError("this session trains a tail: give it data from session.prepare()")
+            return self.engine(prefix_states=self._to_device(batch.prefix_states),
+                               attention_mask=self._to_device(batch.attention_mask),
+                               labels=self._to_device(batch.labels))
+        return self.engine(input_ids=self._to_device(batch.input_ids),
+                           attention_mask=self._to_device(batch.attention_mask),
+                           **({"labels": self._to_device(batch.labels)} if labels else {}))
+
     def _train_step(self, batch: TokenizedSplit) -> tuple[float, float]:
-        out = self.engine(
-            input_ids=self._to_device(batch.input_ids),
-            attention_mask=self._to_device(batch.attention_mask),
-            labels=self._to_device(batch.labels),
-        )
+        out = self._forward(batch)
         self.engine.backward(out.loss)
         # fp32 ZeRO 0 clips param.grad in place inside step(): read the norm first. ZeRO and bf16
         # optimizers compute the pre-clip norm themselves and expose it after step().
@@ -261,7 +303,7 @@ class FineTuneSession:
         for _ in range(k):
             t0 = time.perf_counter()
             idx = torch.randint(0, len(data), (self.cfg.micro_batch_size,), generator=self._data_rng)
-            batch = TokenizedSplit(data.input_ids[idx], data.attention_mask[idx], data.labels[idx])
+            batch = data.select(idx)
             loss, norm = self._train_step(batch)
             self.step_count += 1
             out.append(
@@ -288,28 +330,38 @@ class FineTuneSession:
         total_loss, total_tokens, hits = 0.0, 0, 0
         bs = self.cfg.micro_batch_size * 2
         for s in range(0, len(data), bs):
-            ids = self._to_device(data.input_ids[s : s + bs])
-            mask = self._to_device(data.attention_mask[s : s + bs])
-            labels = self._to_device(data.labels[s : s + bs])
-            logits = self.engine(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            target = labels[:, 1:]
-            valid = target != IGNORE
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
-            )
+            batch = data.select(slice(s, s + bs))
+            if self._prefix_model is not None:  # logits only where there are labels
+                out = self._forward(batch)
+                loss = torch.nn.functional.cross_entropy(out.logits.float(), out.targets, reduction="sum")
+                correct = torch.ones_like(out.label_mask)
+                correct[out.label_mask] = out.logits.argmax(-1) == out.targets
+                valid = out.label_mask
+            else:
+                logits = self._forward(batch, labels=False).logits[:, :-1].float()
+                target = self._to_device(batch.labels)[:, 1:]
+                valid = target != IGNORE
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
+                )
+                correct = (logits.argmax(-1) == target) | ~valid
             total_loss += float(loss)
             total_tokens += int(valid.sum())
             if self.data.metric == "exact_match":
-                hits += int(((logits.argmax(-1) == target) | ~valid).all(dim=1).sum())
+                hits += int(correct.all(dim=1).sum())
         self.engine.train()
         mean = total_loss / max(total_tokens, 1)
         metric = hits / len(data) if self.data.metric == "exact_match" else None
         return EvalResult(mean, metric, self.data.metric, time.perf_counter() - t0)
 
     # ------------------------------------------------------------ snapshots
+    def _module_state(self) -> dict[str, torch.Tensor]:
+        """The module's state without its frozen weights (which no step changes)."""
+        return {k: v for k, v in self.engine.module.state_dict().items() if v.data_ptr() not in self._frozen_ptrs}
+
     def snapshot(self) -> Snapshot:
         return Snapshot(
-            module=_clone(self.engine.module.state_dict()),
+            module=_clone(self._module_state()),
             optimizer=_clone(self.engine.optimizer.state_dict()),
             torch_rng=torch.get_rng_state(),
             data_rng=self._data_rng.get_state(),
@@ -321,7 +373,7 @@ class FineTuneSession:
     def restore(self, snap: Snapshot) -> None:
         """Clone again on the way in: optimizers keep the tensors they are given and update them
         in place, which would otherwise corrupt the snapshot for the next restore."""
-        self.engine.module.load_state_dict(snap.module)
+        self.engine.module.load_state_dict(snap.module, strict=not self._frozen_ptrs)
         opt = self.engine.optimizer
         if "load_from_fp32_weights" in inspect.signature(opt.load_state_dict).parameters:
             # ZeRO 1/2 and BF16_Optimizer: a list of per-rank dicts; restore the fp32 master weights too

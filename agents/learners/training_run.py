@@ -140,17 +140,17 @@ class HeldoutValidator:
     controller generalises while it learns. Borrows an in-process engine when there is one,
     snapshotting it so the training episode in flight resumes untouched."""
 
-    def __init__(self, cfg: InstanceSetConfig, act: Callable[[np.ndarray], Any], session=None) -> None:
+    def __init__(self, cfg: InstanceSetConfig, act: Callable[[np.ndarray], Any], sessions=None) -> None:
         from envs.finetune_env import FineTuneEnv
 
-        self.env = FineTuneEnv(cfg, split="heldout", session=session)
-        self.plan, self.shared = PolicyPlan(act), session is not None
+        self.env = FineTuneEnv(cfg, split="heldout", session=sessions)
+        self.plan, self.shared = PolicyPlan(act), sessions is not None
 
     def __call__(self) -> float:
-        snap = self.env.session.snapshot() if self.shared else None
+        snaps = {k: s.snapshot() for k, s in self.env.sessions.items()} if self.shared else {}
         returns = [sum(run_episode(self.env, self.plan, inst.name, 10_000)["rewards"]) for inst in self.env.instances]
-        if snap is not None:
-            self.env.session.restore(snap)
+        for k, snap in snaps.items():
+            self.env.sessions[k].restore(snap)
         return float(np.mean(returns))
 
 
@@ -165,7 +165,7 @@ def _write_curve(path: Path, curve: list[dict]) -> None:
 @dataclass
 class TrainingResult:
     meta: dict[str, Any]  # what agent.json holds
-    session: Any = None  # the in-process engine, if any, for the final held-out evaluation to reuse
+    sessions: Any = None  # the in-process engines by depth, if any, for the final held-out evaluation to reuse
 
 
 def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) -> TrainingResult:
@@ -206,7 +206,7 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
     seed = opts.seed + len(curve)  # a resumed run does not replay the episodes it already learned from
     raw = make_vec_env(cfg, opts.n_envs, opts.backend, opts.ray_address, seed=seed, max_restarts=opts.max_restarts)
     venv = VecMonitor(raw)
-    in_process_session = raw.envs[0].session if hasattr(raw, "envs") else None
+    in_process_sessions = raw.envs[0].sessions if hasattr(raw, "envs") else None
 
     model: Any
     if opts.algo == "qlearning":
@@ -252,7 +252,7 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
             if f.name != STATE_FILE and f.name not in files.values():
                 f.unlink(missing_ok=True)
 
-    validator = (HeldoutValidator(cfg, act, in_process_session)
+    validator = (HeldoutValidator(cfg, act, in_process_sessions)
                  if opts.validate_every and cfg.heldout else None)
     start = int(state.get("num_timesteps", 0))
     monitor = TrainingMonitor(opts.total_steps, start, checkpoint, opts.checkpoint_every, validator,
@@ -293,4 +293,4 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
     write_agent_json(folder, meta)
     venv.close()
     mlflow.log_artifact(str(folder / "learning_curve.png"), artifact_path="plots")
-    return TrainingResult(meta, in_process_session)
+    return TrainingResult(meta, in_process_sessions)

@@ -1,0 +1,84 @@
+"""What a perfect controller could gain on an instance: open-loop schedules from the same start.
+
+For one held-out instance and seed (the seed draws the start, as a controller's episode would):
+  hold            the drawn start lr, held
+  constant x m    the start lr times m, held, for m in 1/16 .. 16
+  warmup-decay    10% linear warmup to start x m, then cosine decay, for a few peaks m
+  default recipe  the instance set's declared recipe
+Every schedule runs through the shared episode loop on the same seed (same batches, dropout and
+evaluation points). Selection among schedules is by final validation loss, as a controller that
+sees only validation would choose; the test loss of the selection is what is reported.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from envs.episode import HoldPlan, SchedulePlan, recipe_plan, run_episode
+from envs.finetune_env import FineTuneEnv
+from trainers.config import RecipeConfig
+from trainers.schedules import recipe_schedule
+from trainers.session import Hparams
+
+CONSTANT_MULTIPLIERS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0, 4.0, 8.0, 16.0)
+WARMUP_DECAY_PEAKS = (1 / 4, 1.0, 4.0)
+
+
+def _summary(log: dict[str, Any]) -> dict[str, Any]:
+    return {"val_loss": log["eval_curve"][-1][1], "test_loss": log["test_loss"], "test_metric": log["test_metric"],
+            "diverged": log["diverged"], "lr_first": log["schedule"][0]["lr"], "lr_last": log["schedule"][-1]["lr"]}
+
+
+def schedules_from(env: FineTuneEnv, instance: str, seed: int) -> dict[str, Any]:
+    """Every open-loop schedule from the seed's drawn start; returns per-schedule summaries."""
+    env.evaluate_test = True
+    env.reset(seed=seed, options={"instance": instance})
+    start = env.session.hparams()
+    base_test = env.session.evaluate("test")
+    lo, hi = env.cfg.bounds.lr
+    total = env.cfg.steps_for(env.cfg.instance(instance))
+    runs: dict[str, dict] = {"hold": _summary(run_episode(env, HoldPlan(), instance, seed))}
+    for m in CONSTANT_MULTIPLIERS:
+        if m == 1.0:
+            continue
+        h = Hparams(min(max(start.lr * m, lo), hi), start.weight_decay, start.grad_clip)
+        runs[f"constant x{m:g}"] = dict(_summary(run_episode(env, HoldPlan(h), instance, seed)), multiplier=m)
+    runs["constant x1"] = dict(runs["hold"], multiplier=1.0)
+    for m in WARMUP_DECAY_PEAKS:
+        recipe = RecipeConfig(lr=min(max(start.lr * m, lo), hi), weight_decay=start.weight_decay,
+                              grad_clip=start.grad_clip, warmup_fraction=0.1, decay="cosine")
+        plan = SchedulePlan(recipe_schedule(recipe, total, min_lr=lo))
+        runs[f"warmup-cosine peak x{m:g}"] = dict(_summary(run_episode(env, plan, instance, seed)), multiplier=m)
+    runs["default recipe"] = _summary(run_episode(env, recipe_plan(env, env.cfg.default_recipe, instance),
+                                                  instance, seed))
+    return {"instance": instance, "seed": seed, "start": start.as_dict(), "base_test_loss": base_test.loss,
+            "base_test_metric": base_test.metric, "metric_name": base_test.metric_name, "runs": runs}
+
+
+def summarise_instance(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One instance over its seeds: each figure averaged over the starts (seeds) tried."""
+    def mean(xs):
+        xs = [x for x in xs if x is not None and math.isfinite(x)]
+        return sum(xs) / len(xs) if xs else None
+
+    open_loop = lambda r: {k: v for k, v in r["runs"].items() if k != "default recipe"}  # noqa: E731
+    best = [min(open_loop(r).items(), key=lambda kv: kv[1]["val_loss"] if math.isfinite(kv[1]["val_loss"])
+                else math.inf) for r in records]
+    constants = [min(((v["multiplier"] * r["start"]["lr"], v) for k, v in r["runs"].items() if k.startswith("constant")),
+                     key=lambda x: x[1]["val_loss"] if math.isfinite(x[1]["val_loss"]) else math.inf)
+                 for r in records]
+    return {
+        "n_seeds": len(records),
+        "start_lrs": [r["start"]["lr"] for r in records],
+        "hold_test_loss": mean(r["runs"]["hold"]["test_loss"] for r in records),
+        "best_open_loop_test_loss": mean(v["test_loss"] for _, v in best),
+        "best_open_loop": [k for k, _ in best],
+        "default_recipe_test_loss": mean(r["runs"]["default recipe"]["test_loss"] for r in records),
+        "base_test_loss": mean(r["base_test_loss"] for r in records),
+        "base_test_metric": mean(r["base_test_metric"] for r in records),
+        "hold_test_metric": mean(r["runs"]["hold"]["test_metric"] for r in records),
+        "best_test_metric": mean(v["test_metric"] for _, v in best),
+        "best_constant_lr": math.exp(sum(math.log(lr) for lr, _ in constants) / len(constants)),
+        "best_constant_lrs": [lr for lr, _ in constants],
+        "hold_minus_best_per_seed": [r["runs"]["hold"]["test_loss"] - v["test_loss"] for r, (_, v) in zip(records, best)],
+    }

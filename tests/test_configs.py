@@ -1,0 +1,49 @@
+"""The shipped instance sets keep their promises: the held-out rule of configs/smollm2_cpu.yaml,
+and every instance and seed drawing its own start."""
+import math
+
+import numpy as np
+import pytest
+
+from trainers.config import load_config
+
+FAMILY = {"bbc_lm": ("bbc", "language modelling"), "bbc_topic": ("bbc", "classification"),
+          "bbc_headline": ("bbc", "generation"), "chitchat": ("chitchat", "reply generation"),
+          "arithmetic": ("arithmetic", "short answer"), "math": ("mathematics-dataset", "short answer")}
+
+
+def _data_identity(inst):
+    d = inst.dataset
+    return (d.kind, d.topic, d.source if d.kind == "bbc_topic" else None, d.module, d.path)
+
+
+def test_smollm2_cpu_heldout_rule():
+    cfg = load_config("smollm2_cpu")
+    assert len(cfg.heldout) >= 6
+    train_data = {_data_identity(i) for i in cfg.train}
+    assert not [i.name for i in cfg.heldout if _data_identity(i) in train_data]  # no re-split or re-seed
+    train_families = {FAMILY[i.dataset.kind] for i in cfg.train}
+    unseen = [i.name for i in cfg.heldout if FAMILY[i.dataset.kind] not in train_families]
+    assert len(unseen) * 2 >= len(cfg.heldout), unseen
+    # the family varies what matters for a good schedule: depth, budget, data size, task kind
+    assert len({cfg.session_for(i).trainable_last_layers for i in cfg.train + cfg.heldout}) >= 2
+    assert len({cfg.steps_for(i) for i in cfg.train + cfg.heldout}) >= 2
+    for inst in cfg.train + cfg.heldout:
+        assert inst.init_lr == (1e-5, 1e-2)
+
+
+@pytest.mark.parametrize("config", ["tiny", "smollm2_cpu"])
+def test_every_instance_and_seed_draws_its_own_start(config):
+    from envs.finetune_env import FineTuneEnv
+
+    cfg = load_config(config)
+    env = FineTuneEnv.__new__(FineTuneEnv)  # the draw alone: no engine needed
+    env.np_random = np.random.default_rng(0)
+    draws = {(i.name, s): env._draw_initial(i, s).lr for i in cfg.heldout + cfg.train for s in range(3)}
+    assert len(set(draws.values())) == len(draws)  # no two runs share a start
+    inst = cfg.heldout[0]
+    assert env._draw_initial(inst, 1).lr == draws[(inst.name, 1)]  # and the same seed gives the same start
+    lo, hi = inst.init_lr
+    assert all(lo <= v <= hi for v in draws.values())
+    spread = np.log10([draws[(inst.name, s)] for s in range(3)] + [draws[(i.name, 0)] for i in cfg.heldout])
+    assert spread.max() - spread.min() > 0.5 or math.log10(hi / lo) < 1

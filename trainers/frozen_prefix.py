@@ -1,0 +1,147 @@
+"""Fine-tuning only the last k layers of a big model, fast enough for one CPU core.
+
+    layers 0 .. L-k-1 (frozen)  --hidden states, computed once per split and cached-->
+    layers L-k .. L-1 + final norm (trainable) + LM head (frozen, tied to the embedding)
+
+The frozen layers see the same tokens on every step, so their output is computed once per dataset
+split and kept in the artifact cache, keyed by the model, the exact token tensors and k. The
+trainable tail is a real Hugging Face ``LlamaForCausalLM`` with k layers, given the cached states
+as ``inputs_embeds`` (positions and the causal mask are rebuilt exactly as in the full model).
+Its LM head, a 49,152 x 576 matrix for SmolLM2 and most of a step's cost, is applied only where
+there are labels: for prompt/completion data that is a few positions per row.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+from trainers.data import IGNORE, TokenizedSplit
+
+CACHE_FORMAT = 1  # bump when what is cached, or how, changes
+
+
+def n_layers(model: nn.Module) -> int:
+    return len(model.model.layers)
+
+
+def build_tail(full: nn.Module, k: int) -> nn.Module:
+    """A ``LlamaForCausalLM``-style model holding copies of the last k layers, the final norm and
+    the (tied, frozen) embedding / LM head of ``full``; only layers and norm train."""
+    total = n_layers(full)
+    if not 0 < k < total:
+        raise ValueError(f"trainable layers must be between 1 and {total - 1}, got {k}")
+    cfg = copy.deepcopy(full.config)
+    cfg.num_hidden_layers = k
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = list(cfg.layer_types)[total - k:]
+    tail = type(full)(cfg)
+    state = {}
+    for name, tensor in full.state_dict().items():
+        if name.startswith("model.layers."):
+            idx, rest = name[len("model.layers."):].split(".", 1)
+            if int(idx) >= total - k:
+                state[f"model.layers.{int(idx) - (total - k)}.{rest}"] = tensor
+        else:
+            state[name] = tensor
+    tail.load_state_dict(state, strict=True)
+    for name, p in tail.named_parameters():
+        p.requires_grad_(name.startswith("model.layers.") or name.startswith("model.norm."))
+    return tail
+
+
+@dataclass
+class TailOutput:
+    loss: torch.Tensor  # mean cross-entropy over label positions
+    logits: torch.Tensor  # [M, vocab]: only at the M label positions
+    label_mask: torch.Tensor  # [B, L-1] bool: where those positions are
+    targets: torch.Tensor  # [M]
+
+
+class CausalLMTail(nn.Module):
+    """What DeepSpeed wraps: the tail, fed cached states, with the head applied at labels only."""
+
+    def __init__(self, tail: nn.Module) -> None:
+        super().__init__()
+        self.tail = tail
+
+    def forward(self, prefix_states: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> TailOutput:
+        dtype = self.tail.lm_head.weight.dtype  # bf16 engines cast the module, not the cached states
+        hidden = self.tail.model(inputs_embeds=prefix_states.to(dtype), attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]
+        mask = targets != IGNORE
+        logits = self.tail.lm_head(hidden[:, :-1][mask])
+        loss = nn.functional.cross_entropy(logits.float(), targets[mask])
+        return TailOutput(loss, logits, mask, targets[mask])
+
+
+@contextmanager
+def _first_layers(full: nn.Module, n: int) -> Iterator[nn.Module]:
+    """The model's body truncated to its first n layers, without the final norm, for a moment."""
+    body = full.model
+    layers, norm, n_cfg = body.layers, body.norm, body.config.num_hidden_layers
+    body.layers, body.norm, body.config.num_hidden_layers = layers[:n], nn.Identity(), n
+    try:
+        yield body
+    finally:
+        body.layers, body.norm, body.config.num_hidden_layers = layers, norm, n_cfg
+
+
+@torch.no_grad()
+def prefix_states(full: nn.Module, split: TokenizedSplit, n_prefix: int, batch_size: int = 16,
+                  desc: str = "frozen layers") -> torch.Tensor:
+    """Output of the first n_prefix layers for every example: [N, L, hidden], float32."""
+    from tqdm.auto import tqdm
+
+    was_training = full.training
+    full.eval()
+    out = []
+    with _first_layers(full, n_prefix) as body:
+        for s in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False):
+            h = body(input_ids=split.input_ids[s:s + batch_size],
+                     attention_mask=split.attention_mask[s:s + batch_size]).last_hidden_state
+            out.append(h.float())
+    full.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, split.input_ids.shape[1], full.config.hidden_size)
+
+
+def cache_key(model_id: str, split: TokenizedSplit, n_prefix: int) -> str:
+    """The model, the exact tokens and the cut point decide the states; nothing else does."""
+    h = hashlib.sha256()
+    h.update(f"{CACHE_FORMAT}|{model_id}|{n_prefix}|".encode())
+    h.update(split.input_ids.numpy().tobytes())
+    h.update(split.attention_mask.numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def cached_prefix_states(full: nn.Module, model_id: str, split: TokenizedSplit, n_prefix: int,
+                         desc: str, cache_dir: Optional[Path] = None) -> torch.Tensor:
+    """The states from the artifact cache, or computed once (progress bar) and cached. Safe when
+    several processes ask at once: one computes, the others wait for its file."""
+    import fcntl
+
+    from safetensors.torch import load_file, save
+
+    from trainers.atomic_files import write_bytes_atomic
+    from trainers.config import cache_root
+
+    folder = cache_dir or cache_root() / "frozen_prefix"
+    folder.mkdir(parents=True, exist_ok=True)
+    key = cache_key(model_id, split, n_prefix)
+    path = folder / f"{key}.safetensors"
+    if not path.is_file():
+        with open(folder / f".{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not path.is_file():
+                    states = prefix_states(full, split, n_prefix, desc=desc)
+                    write_bytes_atomic(path, save({"states": states.contiguous()}))
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    return load_file(str(path))["states"]
