@@ -68,6 +68,32 @@ def test_tail_snapshot_replays_bit_identically_and_leaves_frozen_weights_out(ses
     assert any(k.startswith("tail.model.layers.1.") for k in snap.module)
 
 
+def test_a_snapshot_missing_trainable_weights_is_refused(sessions):
+    _, tail, _, _ = sessions
+    snap = tail.snapshot()
+    snap.module.pop(next(k for k in snap.module if k.startswith("tail.model.layers.0.")))
+    with pytest.raises(ValueError, match="does not fit"):
+        tail.restore(snap)
+
+
+def test_saved_model_is_the_whole_model_with_the_trained_tail(sessions, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    _, tail, _, cached = sessions
+    tail.reset_to_base(2)
+    tail.use_data(cached, 2)
+    tail.set_hparams(Hparams(1e-3, 0.0, 1.0))
+    tail.train(3)
+    tail.save_model(str(tmp_path / "model"))
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert len(saved.model.layers) == 30
+    batch = cached.validation.select(slice(0, 4))
+    with torch.no_grad():
+        expected = float(tail._forward(batch).loss)
+        got = float(saved(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss)
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
 def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -76,31 +102,59 @@ def _tiny_llama():
                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
 
 
-def _build_in_another_process(cache_dir: str, out: str) -> None:
+def _split():
     from trainers.data import TokenizedSplit
-    from trainers.frozen_prefix import cached_prefix_states
 
     ids = torch.arange(64 * 16).remainder(64).view(64, 16)
-    split = TokenizedSplit(ids, torch.ones_like(ids), ids.clone())
-    states = cached_prefix_states(_tiny_llama(), "tiny-llama", split, 3, "test", cache_dir=__import__("pathlib").Path(cache_dir))
-    torch.save(states, out)
+    return TokenizedSplit(ids, torch.ones_like(ids), ids.clone())
 
 
-def test_two_processes_asking_for_one_cache_get_one_whole_file(tmp_path):
+def _build_in_another_process(cache_dir: str, out: str) -> None:
+    from pathlib import Path
+
+    from trainers.frozen_prefix import cached_prefix_states
+
+    torch.save(cached_prefix_states(_tiny_llama(), "tiny-llama", _split(), 3, "test", cache_dir=Path(cache_dir)), out)
+
+
+def test_a_second_process_waits_for_the_first_and_reads_its_file(tmp_path):
+    """While one process holds the build lock, another waits; once the first has written the file,
+    the second reads it instead of building its own."""
+    import fcntl
     import multiprocessing
+    import time
 
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_build_in_another_process, args=(str(tmp_path / "cache"), str(tmp_path / f"{i}.pt")))
-             for i in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-    a, b = torch.load(tmp_path / "0.pt"), torch.load(tmp_path / "1.pt")
-    assert a.shape == (64, 16, 32) and torch.equal(a, b)
-    files = sorted(f.name for f in (tmp_path / "cache").iterdir() if not f.name.startswith("."))
-    assert len(files) == 1 and files[0].endswith(".safetensors")  # one entry, no partial file left
+    from safetensors.torch import save
+
+    from trainers.frozen_prefix import cache_key
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    key = cache_key("tiny-llama", _split(), 3, _tiny_llama())
+    with open(cache / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # this test is "the first process", building
+        proc = multiprocessing.get_context("spawn").Process(target=_build_in_another_process,
+                                                             args=(str(cache), str(tmp_path / "got.pt")))
+        proc.start()
+        time.sleep(8)
+        assert proc.is_alive() and not (tmp_path / "got.pt").exists()  # waiting, not building
+        marker = torch.full((64, 16, 32), 7.0)
+        (cache / f"{key}.safetensors").write_bytes(save({"states": marker}))
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    proc.join(120)
+    assert proc.exitcode == 0
+    assert torch.equal(torch.load(tmp_path / "got.pt"), marker)  # it read the first one's file
+
+
+def test_cache_key_changes_with_what_changes_the_states():
+    from trainers.data import TokenizedSplit
+    from trainers.frozen_prefix import cache_key
+
+    full, split = _tiny_llama(), _split()
+    base = cache_key("m", split, 3, full)
+    reshaped = TokenizedSplit(split.input_ids.view(32, 32), split.attention_mask.view(32, 32), split.labels.view(32, 32))
+    assert len({base, cache_key("m", reshaped, 3, full), cache_key("m", split, 2, full), cache_key("other", split, 3, full),
+                cache_key("m", split, 3, full.to(torch.bfloat16))}) == 5
 
 
 def test_tail_of_a_llama_matches_its_last_layers():

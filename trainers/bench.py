@@ -51,7 +51,8 @@ def counting_deepspeed_initialize() -> Iterator[list[int]]:
 
 
 def bare_steps(session, n: int, g: torch.Generator | None = None) -> list[float]:
-    """The training step with nothing around it: batch, forward, backward, step."""
+    """The training step with nothing around it: batch, forward, backward, step (for a frozen-prefix
+    session the batch is the cached states, so the bare step is the tail's step)."""
     engine, data, bs = session.engine, session.data.train, session.cfg.micro_batch_size
     g = g if g is not None else torch.Generator().manual_seed(0)
     times = []
@@ -59,7 +60,7 @@ def bare_steps(session, n: int, g: torch.Generator | None = None) -> list[float]
     for _ in range(n):
         t0 = time.perf_counter()
         idx = torch.randint(0, len(data), (bs,), generator=g)
-        out = engine(input_ids=data.input_ids[idx], attention_mask=data.attention_mask[idx], labels=data.labels[idx])
+        out = engine(**session.engine_inputs(data.select(idx)))
         engine.backward(out.loss)
         engine.step()
         times.append(time.perf_counter() - t0)
@@ -78,17 +79,19 @@ def interval_times(session, interval: int, n_intervals: int, seed: int) -> list[
     return out
 
 
-def run(config: str = "tiny", rounds: int = 5, seed: int = 0) -> dict:
+def run(config: str = "tiny", rounds: int = 5, seed: int = 0, instance: str | None = None) -> dict:
     from trainers.data import build_task_data
     from trainers.session import FineTuneSession
 
     cfg = load_config(config)
-    inst = cfg.train[0]
+    inst = cfg.instance(instance) if instance else cfg.train[0]
     k, total = cfg.episode.decision_interval, cfg.steps_for(inst)
     with counting_deepspeed_initialize() as calls:
-        session = FineTuneSession(cfg.session)
-        data = build_task_data(inst.name, inst.dataset, session.tokenizer, cfg.session.seq_len,
-                               cfg.episode.eval_examples, cfg.episode.test_examples)
+        session = FineTuneSession(cfg.session_for(inst))
+        t0 = time.perf_counter()
+        data = session.prepare(build_task_data(inst.name, inst.dataset, session.tokenizer, cfg.session.seq_len,
+                                               cfg.episode.eval_examples, cfg.episode.test_examples))
+        data_s = time.perf_counter() - t0
         raw, in_session, resets, evals, tokens, train_s = [], [], [], [], 0, 0.0
         for r in range(rounds):
             t0 = time.perf_counter()
@@ -109,6 +112,9 @@ def run(config: str = "tiny", rounds: int = 5, seed: int = 0) -> dict:
     return {
         "config": config,
         "instance": inst.name,
+        "trainable_layers": session.cfg.trainable_last_layers,
+        "frozen_prefix": session.cfg.frozen_prefix,
+        "data_s": data_s,  # tokenising (and, for a frozen prefix, reading or building the cache)
         "rounds": rounds,
         "micro_batch_size": cfg.session.micro_batch_size,
         "seq_len": cfg.session.seq_len,
@@ -144,13 +150,17 @@ def main(argv: list[str] | None = None) -> None:
     p = CommandParser(prog="python -m trainers.bench", description=__doc__)
     p.add_argument("--config", default="tiny", help="instance set name or YAML path (default: tiny)")
     p.add_argument("--rounds", type=positive_int, default=5, help="episodes' worth of steps measured (default: 5)")
+    p.add_argument("--instance", default=None, help="whose data and depth (default: the first training instance)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--out", default=None, help="where to write the figures (default: results/bench_session_<config>.json)")
 
     def go(args: argparse.Namespace) -> None:
-        load_config(args.config)  # a bad config stops here, before any engine is built
-        figures = run(args.config, args.rounds)
-        out = Path(args.out or REPO_ROOT / "results" / f"bench_session_{Path(args.config).stem}.json")
+        cfg = load_config(args.config)  # a bad config (or instance) stops here, before any engine is built
+        if args.instance:
+            cfg.instance(args.instance)
+        figures = run(args.config, args.rounds, instance=args.instance)
+        suffix = f"_{args.instance}" if args.instance else ""
+        out = Path(args.out or REPO_ROOT / "results" / f"bench_session_{Path(args.config).stem}{suffix}.json")
         print_figures(figures, args.json, write_record(out, argv, "trainers.bench", figures))
 
     run_command(p, go, argv)

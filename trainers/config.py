@@ -68,16 +68,19 @@ class DatasetSpec(_Strict):
 
     kinds: bbc_lm (one topic's articles as text), bbc_topic (the topic from the headline or the
     first sentence), bbc_headline (write the headline of an article's first sentence), chitchat
-    (reply to a message), arithmetic (two-number sums), math (a mathematics-dataset module at its
+    (reply to a message), chitchat_lm (whole conversations as text), arithmetic (two-number sums), math (a mathematics-dataset module at its
     easy setting, e.g. comparison.pair), jsonl (the user's file)."""
 
-    kind: Literal["bbc_lm", "bbc_topic", "bbc_headline", "chitchat", "arithmetic", "math", "jsonl"]
+    kind: Literal["bbc_lm", "bbc_topic", "bbc_headline", "chitchat", "chitchat_lm", "arithmetic", "math", "jsonl"]
     topic: Optional[str] = None  # bbc_lm: one BBC topic's articles
     source: Literal["headline", "first_sentence"] = "headline"  # bbc_topic: what the topic is read from
     module: Optional[str] = None  # math: "<area>.<module>", e.g. "numbers.place_value"
     path: Optional[str] = None  # jsonl: the user's file
     # wraps every prompt, e.g. a chat model's user turn: "<|im_start|>user\n{prompt}<|im_end|>\n..."
     prompt_template: Optional[str] = None
+    # the text placed in a prompt (sentence, headline, message) is cut to this many words, so that the
+    # whole prompt fits seq_len (a prompt too long loses its start: the template and the question)
+    max_text_words: Optional[int] = Field(default=None, gt=0)
     max_train_examples: Optional[int] = Field(default=None, gt=0)
     seed: int = 0  # fixes the train/validation/test split (and math's generated problems)
 

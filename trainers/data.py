@@ -198,23 +198,26 @@ def raw_records(spec: DatasetSpec) -> list[dict[str, str]]:
         if spec.topic not in BBC_TOPICS:
             raise ConfigError(f"dataset.topic {spec.topic!r} is not a BBC topic; choose one of {list(BBC_TOPICS)}")
         return [{"text": f"{h}. {b}"} for h, b in bbc_articles()[spec.topic]]
+    cut = (lambda text: " ".join(text.split()[: spec.max_text_words])) if spec.max_text_words else (lambda t: t)
     if spec.kind == "bbc_topic":
         recs = []
         for topic, items in bbc_articles().items():
             for h, body in items:
-                text = h if spec.source == "headline" else first_sentence(body)
+                text = cut(h if spec.source == "headline" else first_sentence(body))
                 recs.append({"prompt": f"{TOPIC_QUESTION}\n{text}\nTopic:", "completion": f" {topic}"})
         return recs
     if spec.kind == "bbc_headline":
-        return [{"prompt": f"News: {first_sentence(body)}\nHeadline:", "completion": f" {h}"}
+        return [{"prompt": f"News: {cut(first_sentence(body))}\nHeadline:", "completion": f" {h}"}
                 for items in bbc_articles().values() for h, body in items]
+    if spec.kind == "chitchat_lm":
+        return [{"text": "\n".join(conv)} for conv in chitchat_conversations()]
     if spec.kind == "math":
         return math_records(spec.module or "", MATH_PROBLEMS, seed=1000 + spec.seed)
     if spec.kind == "chitchat":
         recs = []
         for conv in chitchat_conversations():
             for prev, reply in zip(conv[:-1], conv[1:]):
-                recs.append({"prompt": f"A: {prev}\nB:", "completion": f" {reply}"})
+                recs.append({"prompt": f"A: {cut(prev)}\nB:", "completion": f" {reply}"})
         return recs
     if spec.kind == "arithmetic":
         return arithmetic_records(3000, seed=1234)

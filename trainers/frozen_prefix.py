@@ -56,6 +56,21 @@ def build_tail(full: nn.Module, k: int) -> nn.Module:
     return tail
 
 
+def merge_tail(full: nn.Module, tail: nn.Module) -> nn.Module:
+    """Write a trained tail's layers and final norm back into (a copy of) the full model."""
+    total, k = n_layers(full), n_layers(tail)
+    state = {}
+    for name, tensor in tail.state_dict().items():
+        if name.startswith("model.layers."):
+            idx, rest = name[len("model.layers."):].split(".", 1)
+            state[f"model.layers.{int(idx) + total - k}.{rest}"] = tensor
+        elif name.startswith("model.norm."):
+            state[name] = tensor
+    missing, unexpected = full.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    return full
+
+
 @dataclass
 class TailOutput:
     loss: torch.Tensor  # mean cross-entropy over label positions
@@ -111,10 +126,16 @@ def prefix_states(full: nn.Module, split: TokenizedSplit, n_prefix: int, batch_s
     return torch.cat(out) if out else torch.zeros(0, split.input_ids.shape[1], full.config.hidden_size)
 
 
-def cache_key(model_id: str, split: TokenizedSplit, n_prefix: int) -> str:
-    """The model, the exact tokens and the cut point decide the states; nothing else does."""
+def cache_key(model_id: str, split: TokenizedSplit, n_prefix: int, full: Optional[nn.Module] = None) -> str:
+    """The model, the exact tokens (values and shape), the cut point and the code that computes
+    them (torch, transformers, attention implementation, dtype) decide the states."""
+    import transformers
+
+    impl = getattr(getattr(full, "config", None), "_attn_implementation", None)
+    dtype = next(full.parameters()).dtype if full is not None else None
     h = hashlib.sha256()
-    h.update(f"{CACHE_FORMAT}|{model_id}|{n_prefix}|".encode())
+    h.update(f"{CACHE_FORMAT}|{model_id}|{n_prefix}|{tuple(split.input_ids.shape)}|{torch.__version__}|"
+             f"{transformers.__version__}|{impl}|{dtype}|".encode())
     h.update(split.input_ids.numpy().tobytes())
     h.update(split.attention_mask.numpy().tobytes())
     return h.hexdigest()[:24]
@@ -133,7 +154,7 @@ def cached_prefix_states(full: nn.Module, model_id: str, split: TokenizedSplit, 
 
     folder = cache_dir or cache_root() / "frozen_prefix"
     folder.mkdir(parents=True, exist_ok=True)
-    key = cache_key(model_id, split, n_prefix)
+    key = cache_key(model_id, split, n_prefix, full)
     path = folder / f"{key}.safetensors"
     if not path.is_file():
         with open(folder / f".{key}.lock", "w") as lock:

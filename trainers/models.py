@@ -213,3 +213,18 @@ def model_identity(spec: str) -> str:
             st = f.stat()
             h.update(f"{f.name}|{st.st_size}|{int(st.st_mtime)}".encode())
     return h.hexdigest()[:16]
+
+
+_FROZEN: dict[str, torch.nn.Module] = {}
+
+
+def frozen_model(spec: str) -> torch.nn.Module:
+    """One read-only copy of a model per process, for computing frozen layers' states: every
+    session of that model in the process (one per trainable depth) shares it. Never train it."""
+    if spec not in _FROZEN:
+        model, _ = load_model_and_tokenizer(spec)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        _FROZEN[spec] = model
+    return _FROZEN[spec]

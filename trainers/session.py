@@ -59,6 +59,11 @@ def ensure_process_group(device: str) -> None:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
+# cached states cost seq_len x hidden floats per example (147 KB for SmolLM2 at 64 tokens): a cap
+# keeps a big user file from filling memory and disk
+MAX_CACHED_TRAIN_EXAMPLES = 2000
+
+
 @dataclass(frozen=True)
 class Hparams:
     """The hyperparameters a controller or recipe sets; piecewise constant between decisions."""
@@ -181,13 +186,13 @@ class FineTuneSession:
         self._prefix_model: Optional[torch.nn.Module] = None
         if cfg.frozen_prefix:  # train a tail on cached states of the frozen layers (trainers/frozen_prefix.py)
             from trainers.frozen_prefix import CausalLMTail, build_tail, n_layers
+            from trainers.models import frozen_model
 
             k = int(cfg.trainable_last_layers or 0)
             self.n_prefix_layers = n_layers(model) - k
             module = CausalLMTail(build_tail(model, k))
-            for p in model.parameters():
-                p.requires_grad_(False)
-            self._prefix_model = model  # kept, frozen, to cache the states of new data
+            del model
+            self._prefix_model = frozen_model(cfg.model)  # shared, read-only: caches the states of new data
         else:
             if cfg.trainable_last_layers:
                 _freeze_all_but_last(model, cfg.trainable_last_layers)
@@ -198,16 +203,15 @@ class FineTuneSession:
             "gradient_clipping": initial.grad_clip,
             "zero_optimization": {"stage": cfg.zero_stage},
             "bf16": {"enabled": cfg.precision == "bf16"},
-            # torch's AdamW: no op compile on CPU; the controller owns the schedule, so no scheduler.
-            "optimizer": {
-                "type": "AdamW",
-                "params": {"lr": initial.lr, "weight_decay": initial.weight_decay, "torch_adam": True},
-            },
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
         params = [p for p in module.parameters() if p.requires_grad]
-        self.engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=params, config=ds_config)
+        # torch's fused AdamW, given to DeepSpeed as the client optimizer: no op to compile, and on one
+        # CPU core a third of the unfused optimizer's time. The controller owns the schedule: no scheduler.
+        optimizer = torch.optim.AdamW(params, lr=initial.lr, weight_decay=initial.weight_decay,
+                                      fused=cfg.precision == "fp32")
+        self.engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
         self._params = params
         # frozen weights never change: snapshots leave them out (an embedding is most of a small model)
         self._frozen_ptrs = {p.data_ptr() for p in self.engine.module.parameters() if not p.requires_grad}
@@ -241,6 +245,11 @@ class FineTuneSession:
         splits = {}
         for name in ("train", "validation", "test"):
             split = data.split(name)
+            if name == "train" and len(split) > MAX_CACHED_TRAIN_EXAMPLES:
+                logging.getLogger(__name__).warning(
+                    "%s: caching the frozen layers of the first %d of %d training examples (about %.0f KB each)",
+                    data.name, MAX_CACHED_TRAIN_EXAMPLES, len(split), split.input_ids.shape[1] * 576 * 4 / 1024)
+                split = split.take(MAX_CACHED_TRAIN_EXAMPLES)
             states = cached_prefix_states(self._prefix_model, model_id, split, self.n_prefix_layers,
                                           desc=f"caching frozen layers: {data.name}/{name}")
             splits[name] = split.with_prefix_states(states)
@@ -267,16 +276,18 @@ class FineTuneSession:
         # one fused foreach kernel (what clip_grad_norm_ uses), not two small ops per parameter
         return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
 
-    def _forward(self, batch: TokenizedSplit, labels: bool = True):
+    def engine_inputs(self, batch: TokenizedSplit, labels: bool = True) -> dict[str, torch.Tensor]:
+        """What ``engine(**inputs)`` takes for a batch: tokens, or the cached states of a tail."""
         if self._prefix_model is not None:
             if batch.prefix_states is None:
                 raise RuntimeError("this session trains a tail: give it data from session.prepare()")
-            return self.engine(prefix_states=self._to_device(batch.prefix_states),
-                               attention_mask=self._to_device(batch.attention_mask),
-                               labels=self._to_device(batch.labels))
-        return self.engine(input_ids=self._to_device(batch.input_ids),
-                           attention_mask=self._to_device(batch.attention_mask),
-                           **({"labels": self._to_device(batch.labels)} if labels else {}))
+            return {"prefix_states": self._to_device(batch.prefix_states),
+                    "attention_mask": self._to_device(batch.attention_mask), "labels": self._to_device(batch.labels)}
+        return {"input_ids": self._to_device(batch.input_ids), "attention_mask": self._to_device(batch.attention_mask),
+                **({"labels": self._to_device(batch.labels)} if labels else {})}
+
+    def _forward(self, batch: TokenizedSplit, labels: bool = True):
+        return self.engine(**self.engine_inputs(batch, labels))
 
     def _train_step(self, batch: TokenizedSplit) -> tuple[float, float]:
         out = self._forward(batch)
@@ -373,7 +384,11 @@ class FineTuneSession:
     def restore(self, snap: Snapshot) -> None:
         """Clone again on the way in: optimizers keep the tensors they are given and update them
         in place, which would otherwise corrupt the snapshot for the next restore."""
-        self.engine.module.load_state_dict(snap.module, strict=not self._frozen_ptrs)
+        missing, unexpected = self.engine.module.load_state_dict(snap.module, strict=False)
+        frozen = {k for k, v in self.engine.module.state_dict().items() if v.data_ptr() in self._frozen_ptrs}
+        if unexpected or set(missing) - frozen:  # only frozen weights may be left out of a snapshot
+            raise ValueError(f"snapshot does not fit this session: missing {sorted(set(missing) - frozen)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
         opt = self.engine.optimizer
         if "load_from_fp32_weights" in inspect.signature(opt.load_state_dict).parameters:
             # ZeRO 1/2 and BF16_Optimizer: a list of per-rank dicts; restore the fp32 master weights too
@@ -397,7 +412,16 @@ class FineTuneSession:
         self.step_count = 0
 
     def save_model(self, folder: str) -> None:
-        self.engine.module.save_pretrained(folder)
+        """A Hugging Face folder of the whole fine-tuned model (a trained tail is merged back into a
+        copy of the full model: its layers, final norm; the frozen layers as loaded)."""
+        model = self.engine.module
+        if self._prefix_model is not None:
+            import copy
+
+            from trainers.frozen_prefix import merge_tail
+
+            model = merge_tail(copy.deepcopy(self._prefix_model), self.engine.module.tail)
+        model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
 
     def close(self) -> None:

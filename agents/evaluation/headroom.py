@@ -20,6 +20,7 @@ from trainers.config import RecipeConfig
 from trainers.schedules import recipe_schedule
 from trainers.session import Hparams
 
+FORMAT = 2  # bump when what a record holds, or how it is computed, changes (resumed runs recompute)
 CONSTANT_MULTIPLIERS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0, 4.0, 8.0, 16.0)
 WARMUP_DECAY_PEAKS = (1 / 4, 1.0, 4.0)
 
@@ -27,6 +28,14 @@ WARMUP_DECAY_PEAKS = (1 / 4, 1.0, 4.0)
 def _summary(log: dict[str, Any]) -> dict[str, Any]:
     return {"val_loss": log["eval_curve"][-1][1], "test_loss": log["test_loss"], "test_metric": log["test_metric"],
             "diverged": log["diverged"], "lr_first": log["schedule"][0]["lr"], "lr_last": log["schedule"][-1]["lr"]}
+
+
+def record_key(cfg, instance: str) -> dict[str, Any]:
+    """What decides an instance's headroom record: a saved record with another key is recomputed."""
+    inst = cfg.instance(instance)
+    return {"format": FORMAT, "instance": inst.model_dump(mode="json"),
+            "session": cfg.session_for(inst).model_dump(mode="json"), "episode": cfg.episode.model_dump(mode="json"),
+            "bounds": cfg.bounds.model_dump(mode="json"), "default_recipe": cfg.default_recipe.model_dump(mode="json")}
 
 
 def schedules_from(env: FineTuneEnv, instance: str, seed: int) -> dict[str, Any]:
@@ -64,7 +73,8 @@ def summarise_instance(records: list[dict[str, Any]]) -> dict[str, Any]:
     open_loop = lambda r: {k: v for k, v in r["runs"].items() if k != "default recipe"}  # noqa: E731
     best = [min(open_loop(r).items(), key=lambda kv: kv[1]["val_loss"] if math.isfinite(kv[1]["val_loss"])
                 else math.inf) for r in records]
-    constants = [min(((v["multiplier"] * r["start"]["lr"], v) for k, v in r["runs"].items() if k.startswith("constant")),
+    # the lr that really ran (a multiple beyond the hard bounds is clipped to them)
+    constants = [min(((v["lr_first"], v) for k, v in r["runs"].items() if k.startswith("constant")),
                      key=lambda x: x[1]["val_loss"] if math.isfinite(x[1]["val_loss"]) else math.inf)
                  for r in records]
     return {
@@ -81,4 +91,36 @@ def summarise_instance(records: list[dict[str, Any]]) -> dict[str, Any]:
         "best_constant_lr": math.exp(sum(math.log(lr) for lr, _ in constants) / len(constants)),
         "best_constant_lrs": [lr for lr, _ in constants],
         "hold_minus_best_per_seed": [r["runs"]["hold"]["test_loss"] - v["test_loss"] for r, (_, v) in zip(records, best)],
+        # (reference - best) / reference test loss, per seed: scale-free, so instances can be pooled
+        "gain_over_hold_per_seed": [_gain(r["runs"]["hold"]["test_loss"], v["test_loss"]) for r, (_, v) in zip(records, best)],
+        "gain_over_default_recipe_per_seed": [_gain(r["runs"]["default recipe"]["test_loss"], v["test_loss"])
+                                              for r, (_, v) in zip(records, best)],
     }
+
+
+def _gain(reference: float, best: float) -> float:
+    """Relative test-loss gain of the best schedule over a reference. A diverged run (no finite loss)
+    counts as the extreme: a diverged reference gives 1.0, a diverged best -1.0."""
+    if not math.isfinite(reference):
+        return 1.0
+    if not math.isfinite(best):
+        return -1.0
+    return (reference - best) / reference
+
+
+def aggregate(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Across instances: IQM of the per-seed relative gains with a stratified-bootstrap 95% interval
+    (seeds resampled within each instance), and how far apart the instances' best constant lrs are."""
+    from agents.reporting.statistics import stratified_bootstrap_iqm
+
+    out: dict[str, Any] = {}
+    for ref in ("hold", "default_recipe"):
+        per_instance = {n: s[f"gain_over_{ref}_per_seed"] for n, s in summary.items()}
+        point, lo, hi = stratified_bootstrap_iqm(per_instance)
+        out[f"best_open_loop_gain_over_{ref}"] = {"iqm": point, "ci95_low": lo, "ci95_high": hi,
+                                                   "per_instance": per_instance}
+    lrs = {n: s["best_constant_lr"] for n, s in summary.items()}
+    out["best_constant_lr_spread"] = max(lrs.values()) / min(lrs.values()) if lrs else None
+    out["interval"] = ("IQM over instances x seeds of (reference - best open-loop) / reference test loss; 95% "
+                       "percentile interval from 5,000 stratified bootstrap resamples (seeds within each instance)")
+    return out
