@@ -73,8 +73,9 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
     per_run = out / cfg.name / "per_run"
     records: dict[tuple[str, int], dict] = {}
     todo = []
+    keys = {inst: record_key(cfg, inst) for inst in tqdm(names, desc="checking data", unit="instance")}
     for inst in names:
-        key = record_key(cfg, inst)
+        key = keys[inst]
         for seed in range(args.seeds):
             path = per_run / f"{inst}-seed{seed}.json"
             saved = json.loads(path.read_text()) if path.is_file() else None
@@ -90,12 +91,16 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
         with ProcessPoolExecutor(max_workers=min(args.workers, len(todo)), mp_context=ctx,
                                  initializer=_init_worker, initargs=(cfg.model_dump(mode="json"),)) as pool:
             futures = {pool.submit(_job, inst, seed): (inst, seed) for inst, seed in todo}
-            for fut in tqdm(as_completed(futures), total=len(futures), desc="headroom", unit="instance x seed"):
-                inst, seed = futures[fut]
-                rec = fut.result()
-                write_json_atomic(per_run / f"{inst}-seed{seed}.json", {"key": record_key(cfg, inst), "record": rec},
-                                  indent=None)
-                records[(inst, seed)] = rec
+            try:
+                for fut in tqdm(as_completed(futures), total=len(futures), desc="headroom", unit="instance x seed"):
+                    inst, seed = futures[fut]
+                    rec = fut.result()
+                    write_json_atomic(per_run / f"{inst}-seed{seed}.json", {"key": keys[inst], "record": rec},
+                                      indent=None)
+                    records[(inst, seed)] = rec
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)  # what finished is saved; rerun to resume
+                raise
     summary = {n: summarise_instance([records[(n, s)] for s in range(args.seeds)]) for n in names}
     command = "python -m agents.headroom " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {"config": cfg.name, "command": command, "machine": machine_info(), "measured_at": utc_now(),

@@ -58,3 +58,17 @@ def test_every_instance_and_seed_draws_its_own_start(config):
     assert all(lo <= v <= hi for v in draws.values())
     spread = np.log10([draws[(inst.name, s)] for s in range(3)] + [draws[(i.name, 0)] for i in cfg.heldout])
     assert spread.max() - spread.min() > 0.5 or math.log10(hi / lo) < 1
+
+
+@pytest.mark.parametrize("config", ["tiny", "smollm2_cpu"])
+def test_no_validation_or_test_example_is_in_its_instances_training_data(config):
+    # the arithmetic generator and BBC News repeat examples: before decontamination 43 of tiny's
+    # 256 arithmetic test questions were training questions
+    from trainers.data import task_records
+
+    cfg = load_config(config)
+    for inst in cfg.train + cfg.heldout:
+        train, val, test = task_records(inst.dataset, cfg.episode.eval_examples, cfg.episode.test_examples)
+        seen = {r.get("prompt", r.get("text")) for r in train}
+        assert val and test
+        assert not [r for r in val + test if r.get("prompt", r.get("text")) in seen], inst.name

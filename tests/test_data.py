@@ -1,9 +1,10 @@
 import json
+import re
 
 import pytest
 
-from trainers.config import DatasetSpec
-from trainers.data import (IGNORE, BBC_TOPICS, DataFileError, bbc_articles, build_task_data, read_jsonl,
+from trainers.config import ConfigError, DatasetSpec
+from trainers.data import (IGNORE, BBC_TOPICS, DataFileError, bbc_articles, build_task_data, read_jsonl, task_records,
                            split_records, raw_records)
 
 
@@ -104,4 +105,29 @@ def test_prompt_template_wraps_prompts_and_the_answer_follows_directly(tiny_sess
     text = tok.decode(row)
     assert text.startswith("<user>Q:") and "</user><bot>" in text
     answer = tok.decode(data.train.input_ids[0][data.train.labels[0] != IGNORE])
-    assert answer.rstrip(tok.eos_token).strip().lstrip("-").isdigit() and not answer.startswith(" ")
+    assert answer.endswith(tok.eos_token) and not answer.startswith(" ")
+    assert answer[: -len(tok.eos_token)].strip().lstrip("-").isdigit()
+
+
+def test_a_template_with_other_braces_is_used_as_written(tiny_session):
+    # a JSON-ish system turn: str.format would read {"role" ...} as a field and fail
+    spec = DatasetSpec(kind="arithmetic", prompt_template='{"role": "system"} {prompt} =>')
+    train, _, _ = task_records(spec, 8, 8)
+    assert train[0]["prompt"].startswith('{"role": "system"} Q:') and train[0]["prompt"].endswith("=>")
+
+
+def test_repeated_examples_never_reach_validation_or_test(tmp_path):
+    # 40 records, only 10 distinct prompts: every held-out prompt would be a training prompt
+    recs = [json.dumps({"prompt": f"Question {i % 10}?", "completion": f" answer {i % 3}"}) for i in range(40)]
+    recs += [json.dumps({"prompt": f"Fresh {i}?", "completion": " new"}) for i in range(20)]
+    p = _jsonl(tmp_path, recs)
+    train, val, test = task_records(DatasetSpec(kind="jsonl", path=str(p)), 8, 8)
+    seen = {r["prompt"] for r in train}
+    assert val and test and not [r for r in val + test if r["prompt"] in seen]
+    assert len(val) + len(test) < 2 * 9  # the plain 15% / 15% cut held repeats; they were removed
+
+
+def test_data_that_decontamination_empties_is_an_error_naming_the_file(tmp_path):
+    p = _jsonl(tmp_path, [json.dumps({"prompt": "Same?", "completion": " yes"})] * 20)
+    with pytest.raises(ConfigError, match=re.escape(f"{p}: 20 records leave an empty split")):
+        task_records(DatasetSpec(kind="jsonl", path=str(p)), 8, 8)

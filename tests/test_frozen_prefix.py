@@ -51,6 +51,10 @@ def test_label_only_head_gives_the_full_heads_loss(sessions):
                                                  ignore_index=IGNORE)
     assert out.logits.shape[0] == int((batch.labels[:, 1:] != IGNORE).sum()) < logits.shape[0] * logits.shape[1] / 4
     assert float(out.loss) == pytest.approx(float(full), rel=1e-5)
+    # and Hugging Face's own loss for the tail (its shift, its head at every position)
+    with torch.no_grad():
+        hf = module.tail(inputs_embeds=batch.prefix_states, attention_mask=batch.attention_mask, labels=batch.labels)
+    assert float(out.loss) == pytest.approx(float(hf.loss), rel=1e-5)
 
 
 def test_tail_snapshot_replays_bit_identically_and_leaves_frozen_weights_out(sessions):
@@ -72,8 +76,13 @@ def test_a_snapshot_missing_trainable_weights_is_refused(sessions):
     _, tail, _, _ = sessions
     snap = tail.snapshot()
     snap.module.pop(next(k for k in snap.module if k.startswith("tail.model.layers.0.")))
+    for v in snap.module.values():
+        v.zero_()
+    before = {k: v.clone() for k, v in tail.engine.module.state_dict().items()}
     with pytest.raises(ValueError, match="does not fit"):
         tail.restore(snap)
+    after = tail.engine.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # refused before anything was loaded
 
 
 def test_saved_model_is_the_whole_model_with_the_trained_tail(sessions, tmp_path):
@@ -114,7 +123,9 @@ def _build_in_another_process(cache_dir: str, out: str) -> None:
 
     from trainers.frozen_prefix import cached_prefix_states
 
-    torch.save(cached_prefix_states(_tiny_llama(), "tiny-llama", _split(), 3, "test", cache_dir=Path(cache_dir)), out)
+    model, split = _tiny_llama(), _split()
+    Path(out + ".ready").touch()  # imports done: the next call is the one that must wait on the lock
+    torch.save(cached_prefix_states(model, "tiny-llama", split, 3, "test", cache_dir=Path(cache_dir)), out)
 
 
 def test_a_second_process_waits_for_the_first_and_reads_its_file(tmp_path):
@@ -136,7 +147,12 @@ def test_a_second_process_waits_for_the_first_and_reads_its_file(tmp_path):
         proc = multiprocessing.get_context("spawn").Process(target=_build_in_another_process,
                                                              args=(str(cache), str(tmp_path / "got.pt")))
         proc.start()
-        time.sleep(8)
+        ready = tmp_path / "got.pt.ready"
+        deadline = time.time() + 180
+        while not ready.exists() and proc.is_alive() and time.time() < deadline:
+            time.sleep(0.2)
+        assert ready.exists(), "the second process never reached the cache"
+        time.sleep(3)  # ample for a tiny build, had it not waited
         assert proc.is_alive() and not (tmp_path / "got.pt").exists()  # waiting, not building
         marker = torch.full((64, 16, 32), 7.0)
         (cache / f"{key}.safetensors").write_bytes(save({"states": marker}))
@@ -171,3 +187,15 @@ def test_tail_of_a_llama_matches_its_last_layers():
         states = prefix_states(full, TokenizedSplit(ids, mask, labels), 3)
         got = CausalLMTail(build_tail(full, 1))(states, mask, labels).loss
     assert float(got) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("model, k, frozen, message", [
+    ("smollm2-135m", 30, True, "between 1 and 29 for this model"),  # the prefix needs a frozen layer
+    ("tiny-gpt", 2, True, "needs a Llama-style model"),
+    ("tiny-gpt", 9, False, "between 1 and"),
+])
+def test_a_depth_the_model_lacks_is_a_config_error(model, k, frozen, message):
+    from trainers.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        FineTuneSession(SessionConfig(model=model, device="cpu", trainable_last_layers=k, frozen_prefix=frozen))

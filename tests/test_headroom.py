@@ -58,7 +58,6 @@ def test_best_constant_lr_is_the_geometric_mean_of_the_lrs_that_ran_and_spread_i
 def test_iqm_is_the_mean_of_the_middle_half_and_ignores_an_outlier():
     assert iqm([1, 2, 3, 4, 5, 6, 7, 8]) == pytest.approx(4.5)
     assert iqm([1, 2, 3, 4, 5, 6, 7, 1000]) == pytest.approx(4.5)
-    assert sum([1, 2, 3, 4, 5, 6, 7, 1000]) / 8 > 100
 
 
 def test_stratified_bootstrap_resamples_within_instances():

@@ -328,6 +328,45 @@ def _shuffled(split: TokenizedSplit, seed: int) -> TokenizedSplit:
     return split.select(perm)
 
 
+def _identity(record: dict[str, str]) -> str:
+    """What makes two examples the same example: the prompt (the question asked), or the text."""
+    return record["prompt"] if "prompt" in record else record["text"]
+
+
+def decontaminate(train: list[dict[str, str]], *held: list[dict[str, str]]) -> list[list[dict[str, str]]]:
+    """Each held split without the examples whose prompt (or text) the training split holds: the
+    generators repeat problems (two-number sums, easy mathematics-dataset draws) and BBC News holds
+    duplicate articles, so a plain shuffle-and-cut puts some test questions in the training data."""
+    seen = {_identity(r) for r in train}
+    return [[r for r in split if _identity(r) not in seen] for split in held]
+
+
+def task_records(spec: DatasetSpec, eval_examples: int, test_examples: int):
+    """The records an instance trains, validates and tests on (train, validation, test), before
+    tokenising: split, training data capped, then validation and test decontaminated against it."""
+    records = raw_records(spec)
+    if not records:
+        raise ConfigError(f"{spec.path or 'dataset ' + repr(spec.kind)}: no records")
+    if spec.prompt_template and "prompt" in records[0]:
+        # a template ends with the assistant's turn: the answer starts right after it, with no space.
+        # (replace, not str.format: a template may hold other braces, e.g. a JSON system prompt)
+        records = [{"prompt": spec.prompt_template.replace("{prompt}", r["prompt"].strip()),
+                    "completion": r["completion"].strip()} for r in records]
+    train, val, test = split_records(records, seed=spec.seed)
+    if spec.max_train_examples is not None:
+        train = train[: spec.max_train_examples]
+    if "prompt" in records[0]:
+        train = train[:MAX_PAIR_EXAMPLES]
+    val, test = decontaminate(train, val, test)
+    if not train or not val or not test:
+        raise ConfigError(f"{spec.path or 'dataset ' + repr(spec.kind)}: {len(records)} records leave an empty split "
+                          f"(train {len(train)}, validation {len(val)}, test {len(test)} after removing repeats of "
+                          "training examples); give it more, distinct examples")
+    if "prompt" in records[0]:  # one record = one example: tokenise only what is used
+        val, test = val[:eval_examples], test[:test_examples]
+    return train, val, test
+
+
 def build_task_data(
     name: str,
     spec: DatasetSpec,
@@ -337,21 +376,12 @@ def build_task_data(
     test_examples: int,
 ) -> TaskData:
     """Records -> splits -> fixed-length tensors; validation and test capped to fixed sizes."""
-    records = raw_records(spec)
-    if spec.prompt_template and "prompt" in records[0]:
-        # a template ends with the assistant's turn: the answer starts right after it, with no space
-        records = [{"prompt": spec.prompt_template.format(prompt=r["prompt"].strip()),
-                    "completion": r["completion"].strip()} for r in records]
-    train, val, test = split_records(records, seed=spec.seed)
-    if spec.max_train_examples is not None:
-        train = train[: spec.max_train_examples]
-    if "prompt" in records[0]:  # one record = one example: tokenise only what is used
-        train, val, test = train[:MAX_PAIR_EXAMPLES], val[:eval_examples], test[:test_examples]
+    train, val, test = task_records(spec, eval_examples, test_examples)
     t_train = tokenize(train, tokenizer, seq_len)
     t_val = _shuffled(tokenize(val, tokenizer, seq_len), spec.seed).take(eval_examples)
     t_test = _shuffled(tokenize(test, tokenizer, seq_len), spec.seed + 1).take(test_examples)
     metric = "exact_match" if spec.kind in ("bbc_topic", "arithmetic", "math") else None
-    if spec.kind == "jsonl" and "completion" in records[0]:
-        short = all(len(r["completion"].split()) <= 4 for r in records[:200])
+    if spec.kind == "jsonl" and "completion" in train[0]:
+        short = all(len(r["completion"].split()) <= 4 for r in train[:200])
         metric = "exact_match" if short else None
     return TaskData(name=name, train=t_train, validation=t_val, test=t_test, metric=metric)

@@ -10,11 +10,16 @@ from trainers.config import REPO_ROOT
 
 
 def git_commit() -> str | None:
-    """The checkout's short commit hash, or None outside a git checkout."""
+    """The checkout's short commit hash, with "+changes" when tracked code outside results/ differs
+    from it (the number then came from code no commit holds); None outside a git checkout."""
     try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=30)
-        return out.stdout.strip() or None
+        run = lambda *a: subprocess.run(["git", "-C", str(REPO_ROOT), *a], capture_output=True,  # noqa: E731
+                                        text=True, timeout=30).stdout.strip()
+        commit = run("rev-parse", "--short", "HEAD")
+        if not commit:
+            return None
+        dirty = run("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+        return commit + ("+changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from trainers.config import SessionConfig
+from trainers.config import ConfigError, SessionConfig
 from trainers.data import IGNORE, TaskData, TokenizedSplit
 
 
@@ -141,6 +141,14 @@ def _clone(obj: Any) -> Any:
     return obj
 
 
+def _check_depth(k: int, total: int, allow_all: bool = False) -> None:
+    """A trainable depth the model has (a frozen prefix needs at least one frozen layer)."""
+    top = total if allow_all else total - 1
+    if not 1 <= k <= top:
+        raise ConfigError(f"session.trainable_last_layers (an instance's trainable_layers): must be between 1 and "
+                          f"{top} for this model ({total} layers), got {k}")
+
+
 def _freeze_all_but_last(model: torch.nn.Module, n: int) -> None:
     """Only the last n transformer blocks (and the final norm) train: big models on small machines."""
     blocks = None
@@ -154,7 +162,8 @@ def _freeze_all_but_last(model: torch.nn.Module, n: int) -> None:
         except AttributeError:
             continue
     if blocks is None:
-        raise ValueError("session.trainable_last_layers: cannot find the transformer blocks of this model")
+        raise ConfigError("session.trainable_last_layers: cannot find the transformer blocks of this model")
+    _check_depth(n, len(blocks), allow_all=True)
     for p in model.parameters():
         p.requires_grad_(False)
     for block in list(blocks)[-n:]:
@@ -188,7 +197,11 @@ class FineTuneSession:
             from trainers.frozen_prefix import CausalLMTail, build_tail, n_layers
             from trainers.models import frozen_model
 
+            if not hasattr(getattr(model, "model", None), "layers"):
+                raise ConfigError(f"session.frozen_prefix: needs a Llama-style model (model.layers); "
+                                  f"{cfg.model!r} is a {type(model).__name__}")
             k = int(cfg.trainable_last_layers or 0)
+            _check_depth(k, n_layers(model))
             self.n_prefix_layers = n_layers(model) - k
             module = CausalLMTail(build_tail(model, k))
             del model
@@ -384,11 +397,14 @@ class FineTuneSession:
     def restore(self, snap: Snapshot) -> None:
         """Clone again on the way in: optimizers keep the tensors they are given and update them
         in place, which would otherwise corrupt the snapshot for the next restore."""
-        missing, unexpected = self.engine.module.load_state_dict(snap.module, strict=False)
-        frozen = {k for k, v in self.engine.module.state_dict().items() if v.data_ptr() in self._frozen_ptrs}
-        if unexpected or set(missing) - frozen:  # only frozen weights may be left out of a snapshot
-            raise ValueError(f"snapshot does not fit this session: missing {sorted(set(missing) - frozen)[:5]}, "
+        # checked before anything is loaded: a refused snapshot leaves the session as it was
+        state = self.engine.module.state_dict()
+        frozen = {k for k, v in state.items() if v.data_ptr() in self._frozen_ptrs}
+        missing, unexpected = set(state) - set(snap.module) - frozen, set(snap.module) - set(state)
+        if missing or unexpected:  # only frozen weights may be left out of a snapshot
+            raise ValueError(f"snapshot does not fit this session: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
+        self.engine.module.load_state_dict(snap.module, strict=False)
         opt = self.engine.optimizer
         if "load_from_fp32_weights" in inspect.signature(opt.load_state_dict).parameters:
             # ZeRO 1/2 and BF16_Optimizer: a list of per-rank dicts; restore the fp32 master weights too

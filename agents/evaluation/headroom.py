@@ -30,10 +30,24 @@ def _summary(log: dict[str, Any]) -> dict[str, Any]:
             "diverged": log["diverged"], "lr_first": log["schedule"][0]["lr"], "lr_last": log["schedule"][-1]["lr"]}
 
 
+def data_fingerprint(cfg, instance: str) -> str:
+    """A hash of the records an instance trains, validates and tests on (after the split, the cap
+    and decontamination): a change in how data is built changes it even when the config does not.
+    Building the records is cheap (no model), so this also stops a bad dataset before any worker starts."""
+    import hashlib
+    import json
+
+    from trainers.data import task_records
+
+    inst = cfg.instance(instance)
+    splits = task_records(inst.dataset, cfg.episode.eval_examples, cfg.episode.test_examples)
+    return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def record_key(cfg, instance: str) -> dict[str, Any]:
     """What decides an instance's headroom record: a saved record with another key is recomputed."""
     inst = cfg.instance(instance)
-    return {"format": FORMAT, "instance": inst.model_dump(mode="json"),
+    return {"format": FORMAT, "data": data_fingerprint(cfg, instance), "instance": inst.model_dump(mode="json"),
             "session": cfg.session_for(inst).model_dump(mode="json"), "episode": cfg.episode.model_dump(mode="json"),
             "bounds": cfg.bounds.model_dump(mode="json"), "default_recipe": cfg.default_recipe.model_dump(mode="json")}
 
