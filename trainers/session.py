@@ -261,7 +261,8 @@ class FineTuneSession:
             if name == "train" and len(split) > MAX_CACHED_TRAIN_EXAMPLES:
                 logging.getLogger(__name__).warning(
                     "%s: caching the frozen layers of the first %d of %d training examples (about %.0f KB each)",
-                    data.name, MAX_CACHED_TRAIN_EXAMPLES, len(split), split.input_ids.shape[1] * 576 * 4 / 1024)
+                    data.name, MAX_CACHED_TRAIN_EXAMPLES, len(split),
+                    split.input_ids.shape[1] * self._prefix_model.config.hidden_size * 4 / 1024)
                 split = split.take(MAX_CACHED_TRAIN_EXAMPLES)
             states = cached_prefix_states(self._prefix_model, model_id, split, self.n_prefix_layers,
                                           desc=f"caching frozen layers: {data.name}/{name}")

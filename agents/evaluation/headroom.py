@@ -136,5 +136,6 @@ def aggregate(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     lrs = {n: s["best_constant_lr"] for n, s in summary.items()}
     out["best_constant_lr_spread"] = max(lrs.values()) / min(lrs.values()) if lrs else None
     out["interval"] = ("IQM over instances x seeds of (reference - best open-loop) / reference test loss; 95% "
-                       "percentile interval from 5,000 stratified bootstrap resamples (seeds within each instance)")
+                       "percentile interval from 5,000 stratified bootstrap resamples (seeds within each instance; the "
+                       "instances are fixed, so it covers the spread over starts, not over the choice of instances)")
     return out
