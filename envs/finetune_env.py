@@ -105,8 +105,7 @@ class FineTuneEnv(gym.Env):
     def session(self) -> FineTuneSession:
         """The engine of the current instance's trainable depth."""
         if self._depth not in self.sessions:
-            self.sessions[self._depth] = FineTuneSession(
-                self.cfg.session.model_copy(update={"trainable_last_layers": self._depth}))
+            self.sessions[self._depth] = FineTuneSession(self.cfg.session_at_depth(self._depth))
         return self.sessions[self._depth]
 
     @property

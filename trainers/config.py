@@ -240,9 +240,13 @@ class InstanceSetConfig(_Strict):
 
     def session_for(self, inst: InstanceSpec) -> SessionConfig:
         """The session an instance trains in: the set's, with the instance's trainable depth."""
-        if inst.trainable_layers is None or inst.trainable_layers == self.session.trainable_last_layers:
+        return self.session_at_depth(inst.trainable_layers or self.session.trainable_last_layers)
+
+    def session_at_depth(self, k: Optional[int]) -> SessionConfig:
+        """The set's session with k trainable last layers."""
+        if k == self.session.trainable_last_layers:
             return self.session
-        return self.session.model_copy(update={"trainable_last_layers": inst.trainable_layers})
+        return self.session.model_copy(update={"trainable_last_layers": k})
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

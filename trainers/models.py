@@ -9,7 +9,7 @@ import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -218,11 +218,13 @@ def model_identity(spec: str) -> str:
 _FROZEN: dict[str, torch.nn.Module] = {}
 
 
-def frozen_model(spec: str) -> torch.nn.Module:
+def frozen_model(spec: str, loaded: Optional[torch.nn.Module] = None) -> torch.nn.Module:
     """One read-only copy of a model per process, for computing frozen layers' states: every
-    session of that model in the process (one per trainable depth) shares it. Never train it."""
+    session of that model in the process (one per trainable depth) shares it. Never train it.
+    ``loaded``: a copy of the model the caller already holds and no longer needs, kept as that copy
+    instead of loading another."""
     if spec not in _FROZEN:
-        model, _ = load_model_and_tokenizer(spec)
+        model = loaded if loaded is not None else load_model_and_tokenizer(spec)[0]
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)

@@ -203,9 +203,8 @@ class FineTuneSession:
             k = int(cfg.trainable_last_layers or 0)
             _check_depth(k, n_layers(model))
             self.n_prefix_layers = n_layers(model) - k
-            module = CausalLMTail(build_tail(model, k))
-            del model
-            self._prefix_model = frozen_model(cfg.model)  # shared, read-only: caches the states of new data
+            module = CausalLMTail(build_tail(model, k))  # copies: the loaded model stays as it was
+            self._prefix_model = frozen_model(cfg.model, loaded=model)  # shared, read-only: caches new data's states
         else:
             if cfg.trainable_last_layers:
                 _freeze_all_but_last(model, cfg.trainable_last_layers)
@@ -227,7 +226,10 @@ class FineTuneSession:
         self.engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
         self._params = params
         # frozen weights never change: snapshots leave them out (an embedding is most of a small model)
-        self._frozen_ptrs = {p.data_ptr() for p in self.engine.module.parameters() if not p.requires_grad}
+        frozen_ptrs = {p.data_ptr() for p in self.engine.module.parameters() if not p.requires_grad}
+        state = self.engine.module.state_dict()
+        self._frozen_keys = frozenset(k for k, v in state.items() if v.data_ptr() in frozen_ptrs)
+        self._snapshot_keys = frozenset(state) - self._frozen_keys
         self._data: Optional[TaskData] = None
         self._data_rng = torch.Generator().manual_seed(0)
         self.step_count = 0
@@ -242,10 +244,6 @@ class FineTuneSession:
         return engine_hparams(self.engine)
 
     # ------------------------------------------------------------ data
-    @property
-    def caches_prefix(self) -> bool:
-        return self._prefix_model is not None
-
     def prepare(self, data: TaskData) -> TaskData:
         """What this session trains on: the data as tokenised, plus, when only a tail trains, the
         frozen layers' states for every split (computed once, then read from the artifact cache)."""
@@ -382,7 +380,7 @@ class FineTuneSession:
     # ------------------------------------------------------------ snapshots
     def _module_state(self) -> dict[str, torch.Tensor]:
         """The module's state without its frozen weights (which no step changes)."""
-        return {k: v for k, v in self.engine.module.state_dict().items() if v.data_ptr() not in self._frozen_ptrs}
+        return {k: v for k, v in self.engine.module.state_dict().items() if k not in self._frozen_keys}
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
@@ -399,9 +397,8 @@ class FineTuneSession:
         """Clone again on the way in: optimizers keep the tensors they are given and update them
         in place, which would otherwise corrupt the snapshot for the next restore."""
         # checked before anything is loaded: a refused snapshot leaves the session as it was
-        state = self.engine.module.state_dict()
-        frozen = {k for k, v in state.items() if v.data_ptr() in self._frozen_ptrs}
-        missing, unexpected = set(state) - set(snap.module) - frozen, set(snap.module) - set(state)
+        missing = self._snapshot_keys - snap.module.keys()
+        unexpected = snap.module.keys() - self._snapshot_keys - self._frozen_keys
         if missing or unexpected:  # only frozen weights may be left out of a snapshot
             raise ValueError(f"snapshot does not fit this session: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
