@@ -72,3 +72,14 @@ def test_no_validation_or_test_example_is_in_its_instances_training_data(config)
         seen = {r.get("prompt", r.get("text")) for r in train}
         assert val and test
         assert not [r for r in val + test if r.get("prompt", r.get("text")) in seen], inst.name
+
+
+def test_gpu_config_is_the_cpu_family_with_the_whole_model_training():
+    """configs/smollm2_gpu.yaml may change only how the model trains, not what it trains on."""
+    cpu, gpu = load_config("smollm2_cpu"), load_config("smollm2_gpu")
+    drop_depth = lambda insts: [i.model_copy(update={"trainable_layers": None}) for i in insts]  # noqa: E731
+    assert drop_depth(cpu.train) == list(gpu.train) and drop_depth(cpu.heldout) == list(gpu.heldout)
+    assert (cpu.episode, cpu.bounds, cpu.action, cpu.default_recipe) == (gpu.episode, gpu.bounds, gpu.action,
+                                                                          gpu.default_recipe)
+    assert gpu.session.precision == "bf16" and gpu.session.zero_stage == 2 and not gpu.session.frozen_prefix
+    assert all(gpu.session_for(i).trainable_last_layers is None for i in gpu.train + gpu.heldout)

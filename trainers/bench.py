@@ -73,9 +73,47 @@ def interval_times(session, interval: int, n_intervals: int, seed: int) -> list[
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n_intervals):
+        _sync()
         t0 = time.perf_counter()
         bare_steps(session, interval, g)
+        _sync()  # a GPU runs behind the Python loop: time the work, not the queueing
         out += [(time.perf_counter() - t0) / interval] * interval
+    return out
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# dense bf16 peak of the GPUs this project has measured on (NVIDIA's data sheets, without sparsity)
+PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+
+
+def model_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token when every weight trains: 6 N (forward and backward through the
+    weights, embedding included as the tied LM head) plus 12 L d T for attention scores and values
+    (PaLM, appendix B)."""
+    c = model.config
+    n = sum(p.numel() for p in model.parameters())
+    return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * seq_len
+
+
+def gpu_figures(session, step_s: float) -> dict:
+    """Tokens per second and model FLOPs utilisation of the bare step, on a GPU with the whole model
+    trainable (with a frozen part, 6 N would count work that is not done)."""
+    if session.device != "cuda":
+        return {}
+    name = torch.cuda.get_device_name()
+    tokens = session.cfg.micro_batch_size * session.cfg.seq_len  # padded positions: the GPU computes them too
+    out = {"device_name": name, "bare_tokens_per_s": tokens / step_s,
+           "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+    model = session.engine.module
+    if all(p.requires_grad for p in model.parameters()):
+        flops = model_flops_per_token(model, session.cfg.seq_len) * tokens
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        out.update(model_flops_per_step=flops, mfu=flops / step_s / peak if peak else None,
+                   mfu_peak_flops=peak)
     return out
 
 
@@ -126,6 +164,7 @@ def run(config: str = "tiny", rounds: int = 5, seed: int = 0, instance: str | No
         "tokens_per_s": tokens / train_s,
         "n_raw_steps": len(raw),
         "deepspeed_initialize_calls": len(calls),
+        **gpu_figures(session, raw_med),
     }
 
 

@@ -139,3 +139,45 @@ def aggregate(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
                        "percentile interval from 5,000 stratified bootstrap resamples (seeds within each instance; the "
                        "instances are fixed, so it covers the spread over starts, not over the choice of instances)")
     return out
+
+
+# ---- an absolute grid of constant learning rates, independent of any drawn start ----
+
+LR_GRID = tuple(10 ** (e / 2) for e in range(-10, -3))  # 1e-5, 3.2e-5, ..., 1e-2: half-decade steps
+
+
+def constant_lr_sweep(env: FineTuneEnv, instance: str, seed: int, lrs=LR_GRID) -> dict[str, Any]:
+    """Each lr of the grid held for the whole episode, with the default recipe's weight decay and
+    clipping; the seed fixes batches, dropout and evaluation points, not the lr."""
+    env.evaluate_test = True
+    rec = env.cfg.default_recipe
+    runs = {}
+    for lr in lrs:
+        h = Hparams(lr, rec.weight_decay, rec.grad_clip)
+        runs[f"{lr:.3g}"] = dict(_summary(run_episode(env, HoldPlan(h), instance, seed)), lr=lr)
+    return {"instance": instance, "seed": seed, "runs": runs}
+
+
+def best_lr_on_grid(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One instance's best constant lr: the grid point with the lowest validation loss (mean over
+    seeds), and a parabola through it and its two neighbours in log10(lr), whose vertex is kept
+    only between those neighbours (else the grid point stands)."""
+    import numpy as np
+
+    lrs = sorted({v["lr"] for r in records for v in r["runs"].values()})
+    def mean_val(lr):
+        xs = [v["val_loss"] for r in records for v in r["runs"].values() if v["lr"] == lr]
+        xs = [x if math.isfinite(x) else math.inf for x in xs]
+        return sum(xs) / len(xs)
+    val = [mean_val(lr) for lr in lrs]
+    test = [sum(v["test_loss"] for r in records for v in r["runs"].values() if v["lr"] == lr) / len(records)
+            for lr in lrs]
+    i = int(np.argmin(val))
+    refined = lrs[i]
+    if 0 < i < len(lrs) - 1 and all(math.isfinite(v) for v in val[i - 1:i + 2]):
+        x = np.log10(lrs[i - 1:i + 2])
+        a, b, _ = np.polyfit(x, val[i - 1:i + 2], 2)
+        if a > 0:
+            refined = float(10 ** min(max(-b / (2 * a), x[0]), x[2]))
+    return {"n_seeds": len(records), "lrs": lrs, "mean_val_loss": val, "mean_test_loss": test,
+            "best_lr_grid": lrs[i], "best_lr_refined": refined, "at_grid_edge": i in (0, len(lrs) - 1)}
