@@ -166,6 +166,7 @@ class FineTuneEnv(gym.Env):
         hp = Hparams(**initial) if isinstance(initial, dict) else (initial or drawn)
         hp = self.actions.clip(hp)
         session_seed = int(self.np_random.integers(2**31 - 1))
+        self.session_seed = session_seed  # seeds dropout and batch order: a loop outside can draw the same batches
         self.session.reset_to_base(session_seed)
         self.session.use_data(self.task_data(self.instance), session_seed)
         self.session.set_hparams(hp)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU path, on the device machine (one H100/H200, no network): the smollm2_gpu family (whole
 # SmolLM2-135M trainable, bf16, ZeRO 2) through the project's own session and trainers.bench.
-# Prepared here (see results/gpu.json for the exact preparation): .gpu/site holds deepspeed, hjson and the
+# Prepared here (results/gpu.json, field "preparation", says exactly how): .gpu/site holds deepspeed, hjson and the
 # data packages copied from this venv, .gpu/smollm2-config the model's config and tokenizer, .whl the
 # pydantic wheels for Python 3.12. The 514 MB weights cannot travel (64 MiB limit), so the model is
 # SmolLM2-135M's architecture with random weights: the step time does not depend on the weights.

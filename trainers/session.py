@@ -13,7 +13,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 import torch
 
@@ -76,8 +76,9 @@ class Hparams:
         return asdict(self)
 
 
-def apply_hparams(engine, h: Hparams) -> None:
+def apply_hparams(engine, h: Hparams, no_decay_groups: Collection[int] = ()) -> None:
     """Set lr, weight decay and the clipping threshold on a live DeepSpeed engine, for its next step.
+    Param groups whose index is in ``no_decay_groups`` (biases and norms, say) keep weight decay 0.
 
     lr and weight decay live in the optimizer's param groups (at every ZeRO stage). The clipping
     threshold lives in two places: the engine's config, which ZeRO 0 fp32 reads at each step, and
@@ -85,9 +86,9 @@ def apply_hparams(engine, h: Hparams) -> None:
     from then on; both change. Do not give the engine a DeepSpeed ``scheduler``: it would
     overwrite lr every step, and whoever calls this owns the schedule.
     """
-    for group in engine.optimizer.param_groups:
+    for i, group in enumerate(engine.optimizer.param_groups):
         group["lr"] = float(h.lr)
-        group["weight_decay"] = float(h.weight_decay)
+        group["weight_decay"] = 0.0 if i in no_decay_groups else float(h.weight_decay)
     engine._config.gradient_clipping = float(h.grad_clip)
     if hasattr(engine.optimizer, "clip_grad"):
         engine.optimizer.clip_grad = float(h.grad_clip)
