@@ -53,8 +53,9 @@ def test_pruned_trials_count_the_steps_they_ran(fast_env, tmp_path):
     assert compute_steps(study) == 2 * interval
 
 
-def _run(method_losses: dict) -> dict:
-    return {"instance": "a", "seed": 0,
+def _run(method_losses: dict, instance: str = "a", seed: int = 0) -> dict:
+    method_losses = {"default_recipe": {1: 1.5}, **method_losses}
+    return {"instance": instance, "seed": seed,
             "results": {m: {b: {"compute_steps": 8 * b, "test_loss": v} for b, v in by_b.items()}
                         for m, by_b in method_losses.items()}}
 
@@ -70,7 +71,7 @@ def test_budget_to_match_is_computed_from_the_numbers():
     # paired on instance and seed: policy minus this method, run by run
     assert s["methods"]["optuna_tpe"]["4"]["policy_minus_this_mean"] == pytest.approx(((1.0 - 0.99) + (1.2 - 1.2)) / 2)
     assert s["methods"]["optuna_tpe"]["8"]["policy_minus_this_mean"] == pytest.approx(((1.0 - 0.9) + (1.2 - 1.0)) / 2)
-    assert len(s["runs"]) == 2 * 4
+    assert len(s["runs"]) == 2 * 5
     worse = [_run({"policy": {1: 0.5}, "optuna_tpe": {1: 1.3, 4: 1.0}})] * 2
     assert summarise_comparison(worse, [1, 4])["optuna_budget_to_match_policy"] is None
 
@@ -157,3 +158,58 @@ def test_optuna_search_runs_as_ray_tune_trials_with_asha(fast_cfg_dict, tmp_path
     assert res["compute_steps"] == res["complete"] * steps + (3 - res["complete"]) * interval
     assert math.isfinite(res["test_loss"]) and set(res["params"]) == {
         "lr", "weight_decay", "grad_clip", "warmup_fraction", "decay"}
+
+
+def test_random_search_and_tpe_do_not_share_their_first_trials():
+    """With one seed for both, TPE's random start-up trials were random search's first trials, so
+    the two tied at budgets up to 4. Each kind now draws from its own stream of the seed."""
+    import optuna
+
+    from agents.baselines.optuna_search import make_sampler
+    from agents.baselines.search_space import suggest_recipe
+    from trainers.config import load_config
+
+    cfg = load_config("tiny")
+    inst = cfg.heldout[0]
+    drawn = {}
+    for kind in ("tpe", "random"):
+        study = optuna.create_study(sampler=make_sampler(kind, 0))
+        study.optimize(lambda t: suggest_recipe(t, cfg.bounds, inst).lr, n_trials=4)
+        drawn[kind] = [t.params for t in study.trials]
+    assert all(a != b for a, b in zip(drawn["tpe"], drawn["random"]))
+    again = optuna.create_study(sampler=make_sampler("random", 0))  # and each stays reproducible
+    again.optimize(lambda t: suggest_recipe(t, cfg.bounds, inst).lr, n_trials=4)
+    assert [t.params for t in again.trials] == drawn["random"]
+
+
+@pytest.mark.parametrize("config", ["tiny", "smollm2_cpu"])
+def test_every_search_draws_from_the_instances_starting_ranges(config):
+    """The policy and PBT start inside the instance's init ranges; Optuna, random search and Ray
+    Tune draw their recipes' knobs from the same ranges, not from the wider hard bounds."""
+    from agents.baselines.search_space import recipe_space, tune_space
+    from trainers.config import load_config
+
+    cfg = load_config(config)
+    for inst in cfg.train + cfg.heldout:
+        dims = {d.name: d for d in recipe_space(cfg.bounds, inst)}
+        for name in ("lr", "weight_decay", "grad_clip"):
+            assert (dims[name].low, dims[name].high) == tuple(getattr(inst, f"init_{name}"))
+        lr = tune_space(recipe_space(cfg.bounds, inst))["lr"]
+        assert (lr.lower, lr.upper) == tuple(inst.init_lr)
+
+
+def test_search_gain_captured_is_the_share_of_the_largest_searchs_gain():
+    runs = [_run({"default_recipe": {1: 2.0}, "policy": {1: 1.5}, "optuna_tpe": {1: 2.5, 8: 1.0}}, "a", 0),
+            _run({"default_recipe": {1: 2.2}, "policy": {1: 1.2}, "optuna_tpe": {1: 2.5, 8: 1.2}}, "a", 1),
+            _run({"default_recipe": {1: 3.0}, "policy": {1: 3.0}, "optuna_tpe": {1: 3.5, 8: 2.0}}, "b", 0),
+            _run({"default_recipe": {1: 3.0}, "policy": {1: 2.25}, "optuna_tpe": {1: 3.5, 8: 2.5}}, "b", 1),
+            _run({"default_recipe": {1: 1.0}, "policy": {1: 0.5}, "optuna_tpe": {1: 1.5, 8: 1.0}}, "flat", 0)]
+    s = summarise_comparison(runs, [1, 8])
+    g = s["search_gain_captured"]
+    # a: denominator mean(1.0, 1.0) = 1.0, policy 0.5 and 1.0; b: denominator 0.75, policy 0.0 and 1.0
+    assert g["policy"]["1"]["per_instance"] == pytest.approx({"a": 0.75, "b": 0.5})
+    assert g["policy"]["1"]["iqm"] == pytest.approx(0.75)  # middle half of (0, 0.5, 1, 1)
+    assert g["policy"]["1"]["ci95_low"] <= 0.75 <= g["policy"]["1"]["ci95_high"]
+    assert g["optuna_tpe"]["8"]["iqm"] == pytest.approx(1.0) and g["default_recipe"]["1"]["iqm"] == pytest.approx(0.0)
+    assert "flat" not in g["policy"]["1"]["per_instance"]  # no gain to capture there: left out, not divided by 0
+    assert s["search_gain_reference"] == "optuna_tpe best of 8"

@@ -9,6 +9,7 @@ repeat trials it already ran.
 """
 from __future__ import annotations
 
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -30,7 +31,7 @@ def objective_value(info: dict) -> float:
 
 def run_trial(trial: optuna.Trial, env: FineTuneEnv, instance: str, seed: int) -> float:
     """One episode under the trial's recipe; reports validation loss at each decision point."""
-    plan = recipe_plan(env, suggest_recipe(trial, env.cfg.bounds), instance)
+    plan = recipe_plan(env, suggest_recipe(trial, env.cfg.bounds, env.cfg.instance(instance)), instance)
     info: dict = {}
     for d in decisions(env, plan, instance, seed):
         info = d.info
@@ -62,11 +63,14 @@ def sampler_seed(seed: int, n_finished: int) -> int:
 
 
 def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
+    """Each kind draws from its own stream of the seed: TPE's random start-up trials must not be
+    random search's first trials (with one shared seed they were, and small budgets tied)."""
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown sampler {kind!r}; choose one of {SAMPLERS}")
+    kind_seed = int(np.random.SeedSequence([seed, zlib.crc32(kind.encode())]).generate_state(1)[0])
     if kind == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=4)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"unknown sampler {kind!r}; choose one of {SAMPLERS}")
+        return optuna.samplers.TPESampler(multivariate=True, seed=kind_seed, n_startup_trials=4)
+    return optuna.samplers.RandomSampler(seed=kind_seed)
 
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -53,7 +53,7 @@ def run_search(cfg: InstanceSetConfig, instance: str, seed: int, n_trials: int, 
     try:
         total = cfg.steps_for(cfg.instance(instance))
         interval = cfg.episode.decision_interval
-        space = tune_space(recipe_space(cfg.bounds))
+        space = tune_space(recipe_space(cfg.bounds, cfg.instance(instance)))
         search = OptunaSearch(sampler=optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=4),
                               metric="eval_loss", mode="min")
         sched = (ASHAScheduler(time_attr="steps_done", max_t=total, grace_period=interval, reduction_factor=3)

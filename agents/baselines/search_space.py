@@ -1,15 +1,17 @@
 """The one search space of static recipes, shared by Optuna, random search, Ray Tune and PBT.
 
 A recipe is the controller's three knobs frozen for the run (lr, weight decay, clipping
-threshold, each log-uniform within the instance set's hard bounds) plus a warmup fraction and a
-decay shape. PBT perturbs the first three only: it changes them mid-run, as the controller does.
+threshold) plus a warmup fraction and a decay shape. The three knobs are drawn log-uniformly from
+the instance's starting ranges (``init_lr``, ...): the ranges the controller's and PBT's starts
+are drawn from, so no method searches a wider or narrower prior than another. PBT perturbs the
+first three only, within the hard bounds: it changes them mid-run, as the controller does.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from trainers.config import HPARAM_NAMES, HparamBounds, RecipeConfig
+from trainers.config import HPARAM_NAMES, HparamBounds, InstanceSpec, RecipeConfig
 
 DECAYS = ("constant", "linear", "cosine")
 WARMUP_FRACTION = (0.0, 0.3)
@@ -24,8 +26,21 @@ class Dimension:
     choices: Optional[tuple[str, ...]] = None
 
 
-def recipe_space(bounds: HparamBounds) -> tuple[Dimension, ...]:
-    return tuple(Dimension(n, *getattr(bounds, n), log=True) for n in HPARAM_NAMES) + (
+def starting_ranges(bounds: HparamBounds, inst: InstanceSpec) -> dict[str, tuple[float, float]]:
+    """The instance's starting range of each knob, inside the hard bounds."""
+    out = {}
+    for n in HPARAM_NAMES:
+        lo, hi = getattr(bounds, n)
+        a, b = getattr(inst, f"init_{n}")
+        out[n] = (min(max(a, lo), hi), min(max(b, lo), hi))
+    return out
+
+
+def recipe_space(bounds: HparamBounds, inst: Optional[InstanceSpec] = None) -> tuple[Dimension, ...]:
+    """A recipe's dimensions; with an instance, the three knobs span its starting ranges (a
+    search's prior), without one the hard bounds (PBT's mutations)."""
+    ranges = starting_ranges(bounds, inst) if inst is not None else {n: getattr(bounds, n) for n in HPARAM_NAMES}
+    return tuple(Dimension(n, *ranges[n], log=True) for n in HPARAM_NAMES) + (
         Dimension("warmup_fraction", *WARMUP_FRACTION),
         Dimension("decay", choices=DECAYS),
     )
@@ -36,10 +51,10 @@ def hparam_space(bounds: HparamBounds) -> tuple[Dimension, ...]:
     return tuple(d for d in recipe_space(bounds) if d.name in HPARAM_NAMES)
 
 
-def suggest_recipe(trial, bounds: HparamBounds) -> RecipeConfig:
-    """An Optuna trial's recipe."""
+def suggest_recipe(trial, bounds: HparamBounds, inst: InstanceSpec) -> RecipeConfig:
+    """An Optuna trial's recipe, its knobs drawn from the instance's starting ranges."""
     values: dict[str, Any] = {}
-    for d in recipe_space(bounds):
+    for d in recipe_space(bounds, inst):
         values[d.name] = (trial.suggest_categorical(d.name, list(d.choices)) if d.choices
                           else trial.suggest_float(d.name, d.low, d.high, log=d.log))
     return RecipeConfig(**values)

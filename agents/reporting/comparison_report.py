@@ -9,7 +9,9 @@ import math
 from pathlib import Path
 
 from agents.reporting.plots import save_figure, trajectories
-from agents.reporting.statistics import mean_ci95
+from agents.reporting.statistics import mean_ci95, stratified_bootstrap_iqm
+
+REFERENCE_SEARCH = "optuna_tpe"  # search_gain_captured's 1.0: its largest budget's selected run
 from trainers.atomic_files import write_json_atomic, write_text_atomic
 
 
@@ -40,10 +42,44 @@ def summarise_comparison(per_run: list[dict], budgets: list[int]) -> dict:
         if methods["optuna_tpe"][str(b)]["test_loss_mean"] <= policy_mean:
             match = b
             break
+    gain = search_gain_captured(per_run)
     runs = [{"instance": r["instance"], "seed": r["seed"], "method": m, "budget": b,
              "compute_steps": x["compute_steps"], "test_loss": x["test_loss"]}
             for r in per_run for m, by_budget in r["results"].items() for b, x in sorted(by_budget.items())]
-    return {"methods": methods, "optuna_budget_to_match_policy": match, "runs": runs}
+    return {"methods": methods, "optuna_budget_to_match_policy": match, "search_gain_captured": gain["by_method"],
+            "search_gain_reference": gain["reference"], "search_gain_interval": gain["interval"], "runs": runs}
+
+
+def search_gain_captured(per_run: list[dict]) -> dict:
+    """Per method and budget, how much of the largest Optuna search's gain over the default recipe
+    it gets: (loss_default_recipe - loss_method) / (loss_default_recipe - loss_Optuna_best), test
+    split. 0 = no better than the default recipe, 1 = as good as the search. Per instance the
+    denominator is the mean over its seeds (one noisy seed cannot blow the ratio up), so the
+    per-instance value is the ratio of the seed-averaged gains. Aggregated over instances x seeds
+    with the IQM and a stratified bootstrap (seeds resampled within each instance)."""
+    budgets = sorted(per_run[0]["results"][REFERENCE_SEARCH])
+    ref_b = budgets[-1]
+    by_inst: dict[str, list[dict]] = {}
+    for r in per_run:
+        by_inst.setdefault(r["instance"], []).append(r)
+    denom = {i: sum(r["results"]["default_recipe"][1]["test_loss"] - r["results"][REFERENCE_SEARCH][ref_b]["test_loss"]
+                    for r in rs) / len(rs) for i, rs in by_inst.items()}
+    out: dict[str, dict] = {}
+    for m, by_budget in per_run[0]["results"].items():
+        for b in sorted(by_budget):
+            per_instance = {}
+            for i, rs in by_inst.items():
+                if not abs(denom[i]) > 1e-9:
+                    continue  # the search found nothing better than the default recipe: no gain to capture
+                per_instance[i] = [(r["results"]["default_recipe"][1]["test_loss"] - r["results"][m][b]["test_loss"])
+                                   / denom[i] for r in rs]
+            point, lo, hi = stratified_bootstrap_iqm(per_instance) if per_instance else (math.nan,) * 3
+            out.setdefault(m, {})[str(b)] = {"iqm": point, "ci95_low": lo, "ci95_high": hi,
+                                             "per_instance": {i: sum(v) / len(v) for i, v in per_instance.items()}}
+    return {"by_method": out, "reference": f"{REFERENCE_SEARCH} best of {ref_b}",
+            "interval": "IQM over instances x seeds; 95% percentile interval from 5,000 stratified bootstrap "
+                        "resamples (seeds within each instance; the instances are fixed)",
+            "instances_without_gain": sorted(i for i, d in denom.items() if not abs(d) > 1e-9)}
 
 
 def _save_compute_plot(fig, ax, ylabel: str, title: str, path: Path) -> Path:
@@ -81,7 +117,15 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
                   "(smallest Optuna budget whose mean test loss is at least as good as the policy's single run; "
                   "null = none of the budgets tried)",
               "", "The paired column is the policy's test loss minus this method's on the same instance and seed: "
-                  "negative means the policy's single run was better."]
+                  "negative means the policy's single run was better.",
+              "", f"## Search gain captured (1.0 = {summary['search_gain_reference']}, 0 = the default recipe)", "",
+              f"{summary['search_gain_interval']}.", "",
+              "| method | budget | IQM [95% interval] | per instance |", "|---|---|---|---|"]
+    for m, by_b in summary["search_gain_captured"].items():
+        for b, g in by_b.items():
+            per = ", ".join(f"{i} {v:+.2f}" for i, v in g["per_instance"].items())
+            lines.append(f"| {m} | {b} | {g['iqm']:+.2f} [{g['ci95_low']:+.2f}, {g['ci95_high']:+.2f}] | {per} |")
+    lines += [""]
     write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
 
     import matplotlib.pyplot as plt
@@ -110,6 +154,21 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
         ax.errorbar(xs, ys, yerr=es, marker="o", ms=5, capsize=3, color=f"C{j}", label=m)
     plots.append(_save_compute_plot(fig, ax, "test loss minus the policy's (paired)",
                                     "above 0: the policy's single run was better (95% CI)", out / "paired_vs_compute.png"))
+
+    # the headline: how much of the big search's gain each method gets, against what it spent
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.axhline(1.0, color="grey", lw=1, ls="--")
+    ax.axhline(0.0, color="grey", lw=1)
+    for j, (m, by_b) in enumerate(summary["search_gain_captured"].items()):
+        xs = [summary["methods"][m][b]["compute_steps"] for b in by_b]
+        ys = [g["iqm"] for g in by_b.values()]
+        err = [[y - g["ci95_low"] for y, g in zip(ys, by_b.values())], [g["ci95_high"] - y for y, g in zip(ys, by_b.values())]]
+        star = m == "policy"
+        ax.errorbar(xs, ys, yerr=err, marker="*" if star else "o", ms=14 if star else 5, capsize=3, color=f"C{j}",
+                    label=m)
+    plots.append(_save_compute_plot(fig, ax, "search gain captured (IQM, 95% interval)",
+                                    f"1 = {summary['search_gain_reference']}, 0 = default recipe",
+                                    out / "gain_vs_compute.png"))
 
     insts = sorted({r["instance"] for r in per_run})
     bmax = str(max(budgets))

@@ -1,17 +1,17 @@
-"""Means with 95% t-intervals, and the interquartile mean with a stratified-bootstrap interval."""
+"""Means with 95% t-intervals (scipy's Student t), and the interquartile mean with a
+stratified-bootstrap interval (rliable's convention; rliable 1.2.0 itself does not import beside
+pandas 3, so the two pieces are written here on scipy and numpy)."""
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
-# two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom; 1.96 beyond
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
-
 
 def t975(dof: int) -> float:
-    return _T975[dof - 1] if 1 <= dof <= len(_T975) else 1.96
+    """The two-sided 95% quantile of Student's t with ``dof`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
