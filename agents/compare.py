@@ -1,6 +1,7 @@
 """The learned controller against searches and fixed recipes, at matched compute.
 
     python -m agents.compare --agent results/agents/ppo-tiny-seed0 [--budgets 1 4 8 16] [--seeds 3]
+    python -m agents.compare --agent <folder> --data mine.jsonl [--model <hf folder>] [--steps N]
 
 For every held-out instance and seed, every method runs; compute is counted in training steps
 actually run (pruned trials included). Searches select by validation loss; what is reported is
@@ -30,6 +31,10 @@ def build_parser() -> CommandParser:
     p = CommandParser(prog="python -m agents.compare", description=__doc__)
     p.add_argument("--agent", required=True, help="agent folder (results/agents/<name>)")
     p.add_argument("--instances", nargs="*", default=None, help="instance names (default: the held-out set)")
+    p.add_argument("--data", help="compare on your JSONL file of {\"prompt\",\"completion\"} or {\"text\"} records "
+                                  "instead (as agents.tune --data)")
+    p.add_argument("--model", help="a Hugging Face model folder, or a preset (tiny-gpt, smollm2-135m)")
+    p.add_argument("--steps", type=positive_int, help="training steps of each run on --data (default: the episode's)")
     p.add_argument("--budgets", nargs="+", type=positive_int, default=[1, 4, 8, 16], help="search budgets in runs")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per instance (default: 3)")
     p.add_argument("--pbt-populations", nargs="*", type=positive_int, default=[4],
@@ -44,7 +49,11 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     import mlflow
     from tqdm.auto import tqdm
 
+    from agents.evaluation.headroom import record_key
     from agents.evaluation.matched_compute import compare_one, load_saved_results, save_results
+    from agents.tune import user_config
+    from trainers.config import deep_merge, parse_config
+    from trainers.models import model_path
     from agents.learners.agent_folder import Controller
     from agents.reporting import mlflow_tracking
     from agents.reporting.comparison_report import summarise_comparison, write_outputs
@@ -55,6 +64,13 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     mlflow_tracking.check_tracking_uri(None if getattr(args, 'no_mlflow', False) else args.tracking_uri)
     controller = Controller(args.agent)
     cfg = controller.env_config
+    if args.model:
+        model_path(args.model)  # a folder that is not a model stops here, before any data or engine
+    if args.data:  # the user's file becomes the one held-out instance, as in agents.tune --data
+        cfg = user_config(cfg, args.data, args.model, args.steps)
+        args.instances = args.instances or [cfg.heldout[-1].name]
+    elif args.model:
+        cfg = parse_config(deep_merge(cfg.model_dump(mode="json"), {"session": {"model": args.model}}))
     names = args.instances or [i.name for i in cfg.heldout]
     if not names:
         raise ConfigError(f"{Path(args.agent) / 'env_config.yaml'}: no held-out instances to compare on; "
@@ -66,15 +82,19 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     storage_dir.mkdir(parents=True, exist_ok=True)
     env = FineTuneEnv(cfg, split="all", evaluate_test=True)
     controller.check_compatible(env.actions)
+    # what decides a saved instance x seed: the agent's weights, the budgets, and the instance's
+    # session, episode and data (a changed file or model is compared afresh)
     key = {"agent": controller.fingerprint(), "budgets": sorted(args.budgets),
            "pbt_populations": sorted(args.pbt_populations)}
+    instance_keys = {n: record_key(cfg, n) for n in names}
     per_run = []
     for inst, seed in tqdm([(i, s) for i in names for s in range(args.seeds)], desc="compare", unit="instance x seed"):
         saved = out / "per_run" / f"{inst}-seed{seed}.json"
-        results = load_saved_results(saved, key)
+        run_key = dict(key, instance=instance_keys[inst])
+        results = load_saved_results(saved, run_key)
         if results is None:
             results = compare_one(env, controller, inst, seed, args.budgets, storage_dir, tuple(args.pbt_populations))
-            save_results(saved, key, results)
+            save_results(saved, run_key, results)
         per_run.append({"instance": inst, "seed": seed, "results": results})
     summary = summarise_comparison(per_run, args.budgets)
     summary.update({"command": command, "seeds": list(range(args.seeds)), "instances": names,

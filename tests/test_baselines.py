@@ -10,7 +10,7 @@ from agents import compare, train_agent
 from agents.baselines.optuna_search import compute_steps, run_study, run_trial
 from agents.reporting.comparison_report import summarise_comparison
 from envs.finetune_env import FineTuneEnv
-from trainers.config import parse_config
+from trainers.config import REPO_ROOT, parse_config
 
 INSTANCE = "bbc-tech-lm"
 
@@ -87,7 +87,7 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path):
                   "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     out = tmp_path / "compare" / folder.name
     for f in ["summary.md", "summary.csv", "summary.json", "loss_vs_compute.png", "paired_vs_compute.png", "per_instance.png",
-              "trajectories.png"]:
+              "gain_vs_compute.png", "trajectories.png"]:
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
     steps = d["episode"]["total_steps"]
@@ -111,6 +111,19 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path):
     again = json.loads((out / "summary.json").read_text())
     assert again["methods"]["policy"]["1"]["test_loss_mean"] == 123.0
     assert again["methods"]["optuna_tpe"]["2"]["test_loss_mean"] == tpe["2"]["test_loss_mean"]
+    assert set(again["search_gain_captured"]) == set(again["methods"])
+
+    # the whole comparison on a user's file (as agents.tune --data): it is the one instance compared
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps({"prompt": f"{a} plus {b} is", "completion": f" {a + b}"}) + "\n"
+                            for a in range(12) for b in range(12)))
+    compare.main(["--agent", str(folder), "--data", str(mine), "--steps", "8", "--budgets", "1", "--seeds", "1",
+                  "--pbt-populations", "--name", "mine", "--out", str(tmp_path / "compare"),
+                  "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    on_mine = json.loads((tmp_path / "compare" / "mine" / "summary.json").read_text())
+    assert on_mine["instances"] == ["mine"]
+    assert all(math.isfinite(row["test_loss_mean"]) for by_b in on_mine["methods"].values() for row in by_b.values())
+    assert on_mine["methods"]["policy"]["1"]["compute_steps"] == 8
 
 
 def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
@@ -213,3 +226,15 @@ def test_search_gain_captured_is_the_share_of_the_largest_searchs_gain():
     assert g["optuna_tpe"]["8"]["iqm"] == pytest.approx(1.0) and g["default_recipe"]["1"]["iqm"] == pytest.approx(0.0)
     assert "flat" not in g["policy"]["1"]["per_instance"]  # no gain to capture there: left out, not divided by 0
     assert s["search_gain_reference"] == "optuna_tpe best of 8"
+
+
+def test_compare_data_refuses_a_bad_file_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "broken\n')
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["--agent", str(REPO_ROOT / "results" / "agents" / "ppo-tiny-seed0"), "--data", str(bad),
+                      "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "bad.jsonl:2" in err[0]
+    assert not (tmp_path / "out").exists()  # nothing written
