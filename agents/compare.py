@@ -12,6 +12,9 @@ the test loss of the selected run. Methods:
   random_search    random recipes from the Optuna space, best of the first B
   optuna_tpe       TPE + median pruning, best of the first B finished trials
   pbt              Ray Tune Population Based Training, population P (its members' measured steps)
+  schedulefree_adamw, prodigy
+                   one-run self-tuning optimizers (Schedule-Free AdamW, Prodigy) at their READMEs'
+                   defaults, one configuration for every instance: one run
 Outputs in results/compare/<name>/: summary.md/csv/json and PNG plots; one MLflow run with
 nested runs per method. Each instance x seed is saved as it finishes: rerun the same command
 after a crash and it carries on (an agent trained further is compared afresh).
@@ -50,8 +53,9 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     from tqdm.auto import tqdm
 
     from agents.evaluation.headroom import record_key
-    from agents.evaluation.matched_compute import compare_one, load_saved_results, save_results
+    from agents.evaluation.matched_compute import compare_one, load_saved_results, save_results, self_tuning_envs
     from agents.tune import user_config
+    from trainers.session import SELF_TUNING
     from trainers.config import deep_merge, parse_config
     from trainers.models import model_path
     from agents.learners.agent_folder import Controller
@@ -82,10 +86,11 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     storage_dir.mkdir(parents=True, exist_ok=True)
     env = FineTuneEnv(cfg, split="all", evaluate_test=True)
     controller.check_compatible(env.actions)
+    st_envs = self_tuning_envs(cfg)
     # what decides a saved instance x seed: the agent's weights, the budgets, and the instance's
     # session, episode and data (a changed file or model is compared afresh)
     key = {"agent": controller.fingerprint(), "budgets": sorted(args.budgets),
-           "pbt_populations": sorted(args.pbt_populations)}
+           "pbt_populations": sorted(args.pbt_populations), "self_tuning": sorted(SELF_TUNING)}
     instance_keys = {n: record_key(cfg, n) for n in names}
     per_run = []
     for inst, seed in tqdm([(i, s) for i in names for s in range(args.seeds)], desc="compare", unit="instance x seed"):
@@ -93,7 +98,8 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
         run_key = dict(key, instance=instance_keys[inst])
         results = load_saved_results(saved, run_key)
         if results is None:
-            results = compare_one(env, controller, inst, seed, args.budgets, storage_dir, tuple(args.pbt_populations))
+            results = compare_one(env, controller, inst, seed, args.budgets, storage_dir, tuple(args.pbt_populations),
+                                  st_envs)
             save_results(saved, run_key, results)
         per_run.append({"instance": inst, "seed": seed, "results": results})
     summary = summarise_comparison(per_run, args.budgets)

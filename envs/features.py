@@ -29,9 +29,11 @@ OBS_LOW, OBS_HIGH = -10.0, 10.0
 
 
 def _pos(value: float, lo: float, hi: float) -> float:
-    """Where a value sits between its bounds on a log scale, in [-1, 1]."""
+    """Where a value sits between its bounds on a log scale, in [-1, 1] (a value outside them, as a
+    self-tuning optimizer's own lr or zero weight decay can be, counts as at the nearer bound)."""
     if hi <= lo:
         return 0.0
+    value = min(max(value, lo), hi)
     return 2.0 * (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo)) - 1.0
 
 

@@ -210,8 +210,9 @@ class FineTuneEnv(gym.Env):
         steps: list[StepMetrics] = []
         for h in per_step[: self.total_steps - self.steps_done]:
             self.session.set_hparams(h)
+            applied = self.session.hparams()  # what the step uses (a self-tuning optimizer keeps its own lr)
             steps.extend(self.session.train(1))
-            self.log.schedule.append(h.as_dict())
+            self.log.schedule.append(applied.as_dict())
         self.steps_done += len(steps)
         self.log.train_loss += [s.loss for s in steps]
         self.log.grad_norm += [s.grad_norm for s in steps]

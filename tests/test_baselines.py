@@ -93,6 +93,10 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path):
     steps = d["episode"]["total_steps"]
     assert s["methods"]["policy"]["1"]["compute_steps"] == steps
     assert s["methods"]["random_search"]["2"]["compute_steps"] == 2 * steps  # no pruner: two full runs
+    for name, lr in (("schedulefree_adamw", 0.0025), ("prodigy", 1.0)):  # one run each, their own lr throughout
+        assert s["methods"][name]["1"]["compute_steps"] == steps
+        per_run = json.loads((out / "per_run" / f"{d['heldout'][0]['name']}-seed0.json").read_text())
+        assert {h["lr"] for h in per_run["results"][name]["1"]["log"]["schedule"]} == {lr}
     assert s["methods"]["optuna_tpe"]["2"]["compute_steps"] <= 2 * steps
     for m, by_b in s["methods"].items():
         for b, row in by_b.items():

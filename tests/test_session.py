@@ -131,3 +131,48 @@ def test_other_zero_stages_and_bf16_obey_the_controller_and_replay(stage, precis
         assert first == second
     finally:
         s.close()
+
+
+@pytest.fixture(scope="module", params=["schedulefree_adamw", "prodigy"])
+def self_tuning(request, tiny_cfg):
+    cfg = tiny_cfg.session.model_copy(update={"optimizer": request.param})
+    s = FineTuneSession(cfg, Hparams(1e-4, 0.05, 1.0))
+    data = build_task_data("t", DatasetSpec(kind="bbc_lm", topic="tech"), s.tokenizer, 32, 8, 8)
+    s.use_data(data, 0)
+    return s
+
+
+def test_a_self_tuning_optimizer_keeps_its_own_lr_and_takes_only_the_clip(self_tuning):
+    """One configuration for every instance: the controller's lr and weight decay do not reach
+    Schedule-Free or Prodigy (lr 0.0025 and 1.0, weight decay 0, their READMEs' defaults)."""
+    from trainers.session import SELF_TUNING
+
+    s = self_tuning
+    s.reset_to_base(0)
+    own = SELF_TUNING[s.cfg.optimizer]
+    assert s.hparams() == Hparams(own["lr"], own["weight_decay"], 1.0)
+    s.set_hparams(Hparams(3e-2, 0.3, 0.25))
+    assert s.hparams() == Hparams(own["lr"], own["weight_decay"], 0.25)
+    before = s.evaluate().loss
+    losses = [m.loss for m in s.train(6)]
+    assert all(math.isfinite(x) for x in losses) and s.evaluate().loss < before  # it trains
+    if s.cfg.optimizer == "prodigy":  # its step-size estimate moved from d0
+        assert s.engine.optimizer.param_groups[0]["d"] > 1e-6
+
+
+def test_schedule_free_evaluates_at_its_averaged_weights_and_replays(self_tuning):
+    s = self_tuning
+    if s.cfg.optimizer != "schedulefree_adamw":
+        pytest.skip("Schedule-Free only")
+    s.reset_to_base(0)
+    s.train(4)
+    opt = s.engine.optimizer
+    train_weights = [p.detach().clone() for p in s.engine.module.parameters()]
+    s.evaluate()
+    assert not opt.param_groups[0]["train_mode"]  # evaluate() swapped the averaged weights in
+    assert any(not torch.equal(a, p) for a, p in zip(train_weights, s.engine.module.parameters()))
+    snap = s.snapshot()
+    first = [m.loss for m in s.train(3)] + [s.evaluate().loss]  # train() swaps them back out
+    s.restore(snap)
+    second = [m.loss for m in s.train(3)] + [s.evaluate().loss]
+    assert first == second

@@ -129,11 +129,19 @@ class SessionConfig(_Strict):
     # train only a tail of trainable_last_layers layers, on cached states of the frozen ones
     # (trainers/frozen_prefix.py; Llama-style models): one CPU core can fine-tune SmolLM2 this way
     frozen_prefix: bool = False
+    # the client optimizer: torch's AdamW, which a controller or recipe steers, or a self-tuning one
+    # at the defaults its README documents (trainers/session.py SELF_TUNING), which owns its lr and
+    # weight decay: set_hparams then changes only the clipping threshold
+    optimizer: Literal["adamw", "schedulefree_adamw", "prodigy"] = "adamw"
 
     @model_validator(mode="after")
     def _prefix_needs_a_tail(self) -> "SessionConfig":
         if self.frozen_prefix and not self.trainable_last_layers:
             raise ValueError("frozen_prefix needs trainable_last_layers (how many final layers train)")
+        if self.optimizer == "schedulefree_adamw" and (self.zero_stage, self.precision) != (0, "fp32"):
+            # its train()/eval() swap the parameters it holds; under ZeRO or bf16 those are DeepSpeed's
+            # flat master copies, not the model's, so evaluation would not see the averaged weights
+            raise ValueError("optimizer schedulefree_adamw needs zero_stage 0 and precision fp32")
         return self
 
 

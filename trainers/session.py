@@ -76,6 +76,32 @@ class Hparams:
         return asdict(self)
 
 
+# one-run self-tuning optimizers, at the defaults their READMEs document, one configuration for
+# every instance (the AlgoPerf self-tuning rules); lr and weight decay are theirs, not the controller's
+SELF_TUNING = {
+    # schedulefree 1.4.1 README: AdamWScheduleFree(lr=0.0025), betas (0.9, 0.999), no weight decay, no warmup
+    "schedulefree_adamw": dict(lr=0.0025, betas=(0.9, 0.999), weight_decay=0.0, warmup_steps=0),
+    # prodigyopt 1.1.2 README: lr=1.0 (it scales Prodigy's own step-size estimate), d_coef 1, no weight decay
+    "prodigy": dict(lr=1.0, betas=(0.9, 0.999), weight_decay=0.0, d_coef=1.0, use_bias_correction=False,
+                    safeguard_warmup=False),
+}
+
+
+def make_client_optimizer(cfg: SessionConfig, params: list, initial: Hparams) -> torch.optim.Optimizer:
+    """The optimizer handed to ``deepspeed.initialize``. AdamW is torch's fused one: no op to
+    compile, and on one CPU core a third of the unfused optimizer's time. The controller owns the
+    schedule: no scheduler."""
+    if cfg.optimizer == "schedulefree_adamw":
+        import schedulefree
+
+        return schedulefree.AdamWScheduleFree(params, **SELF_TUNING["schedulefree_adamw"])
+    if cfg.optimizer == "prodigy":
+        import prodigyopt
+
+        return prodigyopt.Prodigy(params, **SELF_TUNING["prodigy"])
+    return torch.optim.AdamW(params, lr=initial.lr, weight_decay=initial.weight_decay, fused=cfg.precision == "fp32")
+
+
 def apply_hparams(engine, h: Hparams, no_decay_groups: Collection[int] = ()) -> None:
     """Set lr, weight decay and the clipping threshold on a live DeepSpeed engine, for its next step.
     Param groups whose index is in ``no_decay_groups`` (biases and norms, say) keep weight decay 0.
@@ -220,11 +246,10 @@ class FineTuneSession:
             "wall_clock_breakdown": False,
         }
         params = [p for p in module.parameters() if p.requires_grad]
-        # torch's fused AdamW, given to DeepSpeed as the client optimizer: no op to compile, and on one
-        # CPU core a third of the unfused optimizer's time. The controller owns the schedule: no scheduler.
-        optimizer = torch.optim.AdamW(params, lr=initial.lr, weight_decay=initial.weight_decay,
-                                      fused=cfg.precision == "fp32")
+        optimizer = make_client_optimizer(cfg, params, initial)
+        self.self_tuning = cfg.optimizer in SELF_TUNING
         self.engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+        self._client_optimizer = optimizer
         self._params = params
         # frozen weights never change: snapshots leave them out (an embedding is most of a small model)
         frozen_ptrs = {p.data_ptr() for p in self.engine.module.parameters() if not p.requires_grad}
@@ -239,7 +264,17 @@ class FineTuneSession:
 
     # ------------------------------------------------------------ hyperparameters
     def set_hparams(self, h: Hparams) -> None:
+        if self.self_tuning:  # it owns lr and weight decay; only the clipping threshold is ours
+            current = self.hparams()
+            h = Hparams(current.lr, current.weight_decay, h.grad_clip)
         apply_hparams(self.engine, h)
+
+    def _optimizer_mode(self, train: bool) -> None:
+        """Schedule-Free evaluates at its averaged weights: ``eval()`` swaps them in, ``train()``
+        back. Called on the optimizer object that holds them (at ZeRO 0 fp32, the model's own)."""
+        mode = getattr(self._client_optimizer, "train" if train else "eval", None)
+        if self.cfg.optimizer == "schedulefree_adamw" and mode is not None:
+            mode()
 
     def hparams(self) -> Hparams:
         return engine_hparams(self.engine)
@@ -322,6 +357,7 @@ class FineTuneSession:
         """k optimizer steps on random training batches; per-step metrics."""
         data = self.data.train
         self.engine.train()
+        self._optimizer_mode(train=True)
         out: list[StepMetrics] = []
         clip = self.engine._config.gradient_clipping
         for _ in range(k):
@@ -351,6 +387,7 @@ class FineTuneSession:
         t0 = time.perf_counter()
         data = self.data.split(split)
         self.engine.eval()
+        self._optimizer_mode(train=False)
         total_loss, total_tokens, hits = 0.0, 0, 0
         bs = self.cfg.micro_batch_size * 2
         for s in range(0, len(data), bs):

@@ -8,6 +8,9 @@ the test loss of the selected run.
   random_search    random recipes from the shared space, best of the first B
   optuna_tpe       TPE + median pruning, best of the first B finished trials
   pbt              Ray Tune Population Based Training, population P
+  schedulefree_adamw, prodigy
+                   one-run self-tuning optimizers at their READMEs' defaults, one configuration for
+                   every instance (trainers/session.py SELF_TUNING), clipping at the default recipe's
 
 Each finished instance x seed is saved atomically under per_run/, keyed by the agent's weights and
 the budgets, so an interrupted comparison resumes where it was, and an agent trained further is
@@ -24,9 +27,10 @@ import optuna
 from agents.baselines.fixed_recipes import hand_schedule
 from agents.baselines.optuna_search import best_trial, finished_trials, run_study
 from agents.learners.agent_folder import Controller
-from envs.episode import PolicyPlan, recipe_plan, run_episode
+from envs.episode import HoldPlan, PolicyPlan, recipe_plan, run_episode
 from envs.finetune_env import FineTuneEnv
 from trainers.atomic_files import write_json_atomic
+from trainers.session import SELF_TUNING, Hparams
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -46,8 +50,34 @@ def search_at_budgets(study: optuna.Study, budgets: list[int]) -> dict[int, dict
     return out
 
 
+def self_tuning_envs(cfg) -> dict[str, FineTuneEnv]:
+    """One environment per self-tuning optimizer: the same instances and episodes, another client
+    optimizer in the engine (where the set's precision and ZeRO stage allow it)."""
+    from trainers.config import ConfigError, parse_config
+
+    out = {}
+    for name in SELF_TUNING:
+        d = cfg.model_dump(mode="json")
+        d["session"]["optimizer"] = name
+        try:
+            sub = parse_config(d)
+        except ConfigError:  # Schedule-Free under ZeRO or bf16: that method is left out, not faked
+            continue
+        out[name] = FineTuneEnv(sub, split="all", evaluate_test=True)
+    return out
+
+
+def self_tuning_run(env: FineTuneEnv, instance: str, seed: int) -> dict[str, Any]:
+    """One run: the optimizer's own lr and weight decay, the default recipe's clipping threshold."""
+    own = SELF_TUNING[env.cfg.session.optimizer]
+    log = run_episode(env, HoldPlan(Hparams(own["lr"], own["weight_decay"], env.cfg.default_recipe.grad_clip)),
+                      instance, seed)
+    return {1: {"compute_steps": len(log["schedule"]), "test_loss": log["test_loss"], "log": log}}
+
+
 def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: int, budgets: list[int],
-                storage_dir: Path, pbt_populations: tuple[int, ...] = ()) -> dict[str, dict]:
+                storage_dir: Path, pbt_populations: tuple[int, ...] = (),
+                self_tuning: Optional[dict[str, FineTuneEnv]] = None) -> dict[str, dict]:
     """All methods on one instance and seed. Returns method -> budget -> record."""
     cfg = env.cfg
     res: dict[str, dict] = {}
@@ -66,6 +96,8 @@ def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: i
         from agents.baselines.pbt import run_pbt
 
         res["pbt"] = {p: run_pbt(cfg, instance, seed, p, storage_dir / "pbt") for p in pbt_populations}
+    for name, st_env in (self_tuning or {}).items():
+        res[name] = self_tuning_run(st_env, instance, seed)
     return res
 
 
