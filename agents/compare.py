@@ -22,6 +22,8 @@ after a crash and it carries on (an agent trained further is compared afresh).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -48,12 +50,26 @@ def build_parser() -> CommandParser:
     return p
 
 
+def with_set_ranges(cfg):
+    """The user's instance (the last held-out one) with starting ranges spanning the agent's
+    instances': agents.tune starts a single run at the default recipe, but a comparison needs a
+    range that every method (the policy's draws, the searches' priors, PBT's population) shares."""
+    from trainers.config import parse_config
+
+    d = cfg.model_dump(mode="json")
+    others = d["train"] + d["heldout"][:-1]
+    for knob in ("init_lr", "init_weight_decay", "init_grad_clip"):
+        d["heldout"][-1][knob] = [min(i[knob][0] for i in others), max(i[knob][1] for i in others)]
+    return parse_config(d, source="agents.compare --data")
+
+
 def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     import mlflow
     from tqdm.auto import tqdm
 
     from agents.evaluation.headroom import record_key
-    from agents.evaluation.matched_compute import compare_one, load_saved_results, save_results, self_tuning_envs
+    from agents.evaluation.matched_compute import (compare_one, load_saved_results, save_results, self_tuning_envs,
+                                                   self_tuning_envs_left_out)
     from agents.tune import user_config
     from trainers.session import SELF_TUNING
     from trainers.config import deep_merge, parse_config
@@ -71,7 +87,7 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     if args.model:
         model_path(args.model)  # a folder that is not a model stops here, before any data or engine
     if args.data:  # the user's file becomes the one held-out instance, as in agents.tune --data
-        cfg = user_config(cfg, args.data, args.model, args.steps)
+        cfg = with_set_ranges(user_config(cfg, args.data, args.model, args.steps))
         args.instances = args.instances or [cfg.heldout[-1].name]
     elif args.model:
         cfg = parse_config(deep_merge(cfg.model_dump(mode="json"), {"session": {"model": args.model}}))
@@ -81,30 +97,35 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
                           "name some with --instances")
     for n in names:
         cfg.instance(n)
-    out = Path(args.out) / (args.name or Path(args.agent).name)
+    default_name = Path(args.agent).name + (f"-on-{Path(args.data).stem}" if args.data else "")
+    out = Path(args.out) / (args.name or default_name)
     storage_dir = out / "studies"
     storage_dir.mkdir(parents=True, exist_ok=True)
     env = FineTuneEnv(cfg, split="all", evaluate_test=True)
     controller.check_compatible(env.actions)
-    st_envs = self_tuning_envs(cfg)
+    st_envs: Optional[dict] = None  # built when a result is missing: a resumed comparison needs none
     # what decides a saved instance x seed: the agent's weights, the budgets, and the instance's
     # session, episode and data (a changed file or model is compared afresh)
     key = {"agent": controller.fingerprint(), "budgets": sorted(args.budgets),
-           "pbt_populations": sorted(args.pbt_populations), "self_tuning": sorted(SELF_TUNING)}
+           "pbt_populations": sorted(args.pbt_populations), "self_tuning": SELF_TUNING}
     instance_keys = {n: record_key(cfg, n) for n in names}
     per_run = []
     for inst, seed in tqdm([(i, s) for i in names for s in range(args.seeds)], desc="compare", unit="instance x seed"):
         saved = out / "per_run" / f"{inst}-seed{seed}.json"
-        run_key = dict(key, instance=instance_keys[inst])
+        run_key = json.loads(json.dumps(dict(key, instance=instance_keys[inst])))  # as it reads back from disk
         results = load_saved_results(saved, run_key)
         if results is None:
+            if st_envs is None:
+                st_envs, _ = self_tuning_envs(cfg)
+            tag = hashlib.sha256(json.dumps(run_key, sort_keys=True, default=str).encode()).hexdigest()[:8]
             results = compare_one(env, controller, inst, seed, args.budgets, storage_dir, tuple(args.pbt_populations),
-                                  st_envs)
+                                  st_envs, study_tag=tag)
             save_results(saved, run_key, results)
         per_run.append({"instance": inst, "seed": seed, "results": results})
     summary = summarise_comparison(per_run, args.budgets)
     summary.update({"command": command, "seeds": list(range(args.seeds)), "instances": names,
-                    "agent_fingerprint": key["agent"], "measured_at": utc_now()})
+                    "agent_fingerprint": key["agent"], "measured_at": utc_now(),
+                    "left_out": self_tuning_envs_left_out(cfg)})
     plots = write_outputs(out, summary, per_run, command, args.budgets)
     mlflow_tracking.setup(args.tracking_uri, "compare")
     with mlflow.start_run(run_name=f"compare/{out.name}"):

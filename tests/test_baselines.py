@@ -220,7 +220,8 @@ def test_search_gain_captured_is_the_share_of_the_largest_searchs_gain():
             _run({"default_recipe": {1: 2.2}, "policy": {1: 1.2}, "optuna_tpe": {1: 2.5, 8: 1.2}}, "a", 1),
             _run({"default_recipe": {1: 3.0}, "policy": {1: 3.0}, "optuna_tpe": {1: 3.5, 8: 2.0}}, "b", 0),
             _run({"default_recipe": {1: 3.0}, "policy": {1: 2.25}, "optuna_tpe": {1: 3.5, 8: 2.5}}, "b", 1),
-            _run({"default_recipe": {1: 1.0}, "policy": {1: 0.5}, "optuna_tpe": {1: 1.5, 8: 1.0}}, "flat", 0)]
+            _run({"default_recipe": {1: 1.0}, "policy": {1: 0.5}, "optuna_tpe": {1: 1.5, 8: 1.0}}, "flat", 0),
+            _run({"default_recipe": {1: 1.0}, "policy": {1: 0.5}, "optuna_tpe": {1: 1.5, 8: 1.2}}, "worse", 0)]
     s = summarise_comparison(runs, [1, 8])
     g = s["search_gain_captured"]
     # a: denominator mean(1.0, 1.0) = 1.0, policy 0.5 and 1.0; b: denominator 0.75, policy 0.0 and 1.0
@@ -228,7 +229,10 @@ def test_search_gain_captured_is_the_share_of_the_largest_searchs_gain():
     assert g["policy"]["1"]["iqm"] == pytest.approx(0.75)  # middle half of (0, 0.5, 1, 1)
     assert g["policy"]["1"]["ci95_low"] <= 0.75 <= g["policy"]["1"]["ci95_high"]
     assert g["optuna_tpe"]["8"]["iqm"] == pytest.approx(1.0) and g["default_recipe"]["1"]["iqm"] == pytest.approx(0.0)
-    assert "flat" not in g["policy"]["1"]["per_instance"]  # no gain to capture there: left out, not divided by 0
+    # no gain to capture (the search was no better than the default recipe): left out, not divided by 0 or
+    # counted with its sign flipped
+    assert set(g["policy"]["1"]["per_instance"]) == {"a", "b"}
+    assert s["search_gain_instances_left_out"] == ["flat", "worse"]
     assert s["search_gain_reference"] == "optuna_tpe best of 8"
 
 
@@ -242,3 +246,23 @@ def test_compare_data_refuses_a_bad_file_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "bad.jsonl:2" in err[0]
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_compare_on_a_users_file_searches_the_agents_starting_ranges(tmp_path):
+    """agents.tune --data starts one run at the default recipe; a comparison on the file gives every
+    method the range the agent's instances span instead of a point (a search over a point is none)."""
+    from agents.baselines.search_space import recipe_space
+    from agents.compare import with_set_ranges
+    from agents.learners.agent_folder import Controller
+    from agents.tune import user_config
+
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text('{"text": "some words to model"}\n' * 30)
+    base = Controller(REPO_ROOT / "results" / "agents" / "ppo-tiny-seed0").env_config
+    cfg = with_set_ranges(user_config(base, str(mine), None, None))
+    inst = cfg.heldout[-1]
+    assert inst.name == "mine"
+    everyone = base.train + base.heldout
+    assert inst.init_lr == (min(i.init_lr[0] for i in everyone), max(i.init_lr[1] for i in everyone))
+    lr = next(d for d in recipe_space(cfg.bounds, inst) if d.name == "lr")
+    assert lr.low < lr.high

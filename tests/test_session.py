@@ -160,19 +160,38 @@ def test_a_self_tuning_optimizer_keeps_its_own_lr_and_takes_only_the_clip(self_t
         assert s.engine.optimizer.param_groups[0]["d"] > 1e-6
 
 
-def test_schedule_free_evaluates_at_its_averaged_weights_and_replays(self_tuning):
+def test_a_self_tuning_optimizer_replays_from_a_snapshot(self_tuning):
+    """Snapshots carry Prodigy's step-size estimate d and Schedule-Free's averaging state; and
+    Schedule-Free evaluates at its averaged weights."""
     s = self_tuning
-    if s.cfg.optimizer != "schedulefree_adamw":
-        pytest.skip("Schedule-Free only")
     s.reset_to_base(0)
     s.train(4)
     opt = s.engine.optimizer
-    train_weights = [p.detach().clone() for p in s.engine.module.parameters()]
-    s.evaluate()
-    assert not opt.param_groups[0]["train_mode"]  # evaluate() swapped the averaged weights in
-    assert any(not torch.equal(a, p) for a, p in zip(train_weights, s.engine.module.parameters()))
+    if s.cfg.optimizer == "schedulefree_adamw":
+        train_weights = [p.detach().clone() for p in s.engine.module.parameters()]
+        s.evaluate()
+        assert not opt.param_groups[0]["train_mode"]  # evaluate() swapped the averaged weights in
+        assert any(not torch.equal(a, p) for a, p in zip(train_weights, s.engine.module.parameters()))
     snap = s.snapshot()
+    d_before = opt.param_groups[0].get("d")
     first = [m.loss for m in s.train(3)] + [s.evaluate().loss]  # train() swaps them back out
     s.restore(snap)
+    assert opt.param_groups[0].get("d") == d_before
     second = [m.loss for m in s.train(3)] + [s.evaluate().loss]
     assert first == second
+
+
+def test_self_tuning_optimizers_refuse_engines_they_cannot_run_in():
+    """Schedule-Free's eval()/train() would swap DeepSpeed's master copies under ZeRO or bf16, and
+    ZeRO refuses Prodigy: the config says so (compare then leaves the method out and says why)."""
+    from pydantic import ValidationError
+
+    for bad in ({"optimizer": "schedulefree_adamw", "precision": "bf16"}, {"optimizer": "schedulefree_adamw", "zero_stage": 1},
+                {"optimizer": "prodigy", "zero_stage": 2}):
+        with pytest.raises(ValidationError, match=bad["optimizer"]):
+            SessionConfig(**bad)
+    from agents.evaluation.matched_compute import self_tuning_envs_left_out
+    from trainers.config import load_config
+
+    assert set(self_tuning_envs_left_out(load_config("smollm2_gpu"))) == {"schedulefree_adamw", "prodigy"}
+    assert self_tuning_envs_left_out(load_config("smollm2_cpu")) == {}

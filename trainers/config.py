@@ -142,6 +142,8 @@ class SessionConfig(_Strict):
             # its train()/eval() swap the parameters it holds; under ZeRO or bf16 those are DeepSpeed's
             # flat master copies, not the model's, so evaluation would not see the averaged weights
             raise ValueError("optimizer schedulefree_adamw needs zero_stage 0 and precision fp32")
+        if self.optimizer == "prodigy" and self.zero_stage != 0:  # DeepSpeed's ZeRO refuses untested optimizers
+            raise ValueError("optimizer prodigy needs zero_stage 0")
         return self
 
 

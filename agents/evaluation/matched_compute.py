@@ -50,20 +50,35 @@ def search_at_budgets(study: optuna.Study, budgets: list[int]) -> dict[int, dict
     return out
 
 
-def self_tuning_envs(cfg) -> dict[str, FineTuneEnv]:
+def self_tuning_envs(cfg) -> tuple[dict[str, FineTuneEnv], dict[str, str]]:
     """One environment per self-tuning optimizer: the same instances and episodes, another client
-    optimizer in the engine (where the set's precision and ZeRO stage allow it)."""
+    optimizer in the engine; and, for each one the set's precision or ZeRO stage rules out, why
+    (that method is left out of the comparison, not faked)."""
     from trainers.config import ConfigError, parse_config
 
-    out = {}
+    envs, left_out = {}, {}
     for name in SELF_TUNING:
         d = cfg.model_dump(mode="json")
         d["session"]["optimizer"] = name
         try:
             sub = parse_config(d)
-        except ConfigError:  # Schedule-Free under ZeRO or bf16: that method is left out, not faked
+        except ConfigError as err:
+            left_out[name] = str(err).splitlines()[-1]
             continue
-        out[name] = FineTuneEnv(sub, split="all", evaluate_test=True)
+        envs[name] = FineTuneEnv(sub, split="all", evaluate_test=True)
+    return envs, left_out
+
+
+def self_tuning_envs_left_out(cfg) -> dict[str, str]:
+    """Which self-tuning optimizers the set's session rules out, and why (no engine is built)."""
+    from trainers.config import ConfigError, SessionConfig
+
+    out = {}
+    for name in SELF_TUNING:
+        try:
+            SessionConfig(**dict(cfg.session.model_dump(), optimizer=name))
+        except (ConfigError, ValueError) as err:
+            out[name] = str(err).splitlines()[-1] if str(err) else name
     return out
 
 
@@ -77,8 +92,10 @@ def self_tuning_run(env: FineTuneEnv, instance: str, seed: int) -> dict[str, Any
 
 def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: int, budgets: list[int],
                 storage_dir: Path, pbt_populations: tuple[int, ...] = (),
-                self_tuning: Optional[dict[str, FineTuneEnv]] = None) -> dict[str, dict]:
-    """All methods on one instance and seed. Returns method -> budget -> record."""
+                self_tuning: Optional[dict[str, FineTuneEnv]] = None, study_tag: str = "") -> dict[str, dict]:
+    """All methods on one instance and seed. Returns method -> budget -> record. ``study_tag`` goes
+    into the Optuna studies' names: a comparison with another key starts new studies instead of
+    reading back old ones."""
     cfg = env.cfg
     res: dict[str, dict] = {}
     log = run_episode(env, PolicyPlan(controller.act), instance, seed)
@@ -88,7 +105,7 @@ def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: i
         res[method] = {1: {"compute_steps": len(log["schedule"]), "test_loss": log["test_loss"], "log": log}}
     n = max(budgets)
     for method, sampler, pruner in (("random_search", "random", "none"), ("optuna_tpe", "tpe", "median")):
-        name = f"{instance}-seed{seed}-{method}"
+        name = f"{instance}-seed{seed}-{method}" + (f"-{study_tag}" if study_tag else "")
         study = run_study(env, instance, seed, n, f"sqlite:///{storage_dir / (name + '.db')}", name, pruner=pruner,
                           sampler_seed_base=seed, show_progress=False, sampler=sampler)
         res[method] = search_at_budgets(study, budgets)
