@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from trainers.cli import CommandParser, plain_name, positive_int, run_command
+from trainers.cli import CommandParser, nonnegative_int, plain_name, positive_int, run_command
 from trainers.config import REPO_ROOT, ConfigError
 
 
@@ -44,6 +44,9 @@ def build_parser() -> CommandParser:
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per instance (default: 3)")
     p.add_argument("--pbt-populations", nargs="*", type=positive_int, default=[4],
                    help="PBT population sizes to run on Ray Tune (default: 4; none to skip PBT)")
+    p.add_argument("--transfer-trials", type=nonnegative_int, default=16,
+                   help="Optuna trials tuning the transferred recipe on the training instances (0: leave it out; "
+                        "default 16)")
     p.add_argument("--name", type=plain_name, default=None, help="output folder name (default: the agent's name)")
     p.add_argument("--out", default=str(REPO_ROOT / "results" / "compare"), help="parent folder (default: results/compare)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite under results/)")
@@ -63,6 +66,25 @@ def with_set_ranges(cfg):
     return parse_config(d, source="agents.compare --data")
 
 
+def transferred_recipe(env, n_trials: int, out: Path) -> dict:
+    """Tune the transferred recipe once (or read it back when the instance set and trial count are
+    the same as last time); its cost is reported apart from the per-instance compute."""
+    from agents.baselines.transferred_recipe import tune_transferred_recipe
+    from trainers.atomic_files import write_json_atomic
+
+    d = env.cfg.model_dump(mode="json")  # what the tuning sees: not the held-out instances
+    key = {k: d[k] for k in ("session", "episode", "bounds", "action", "train")} | {"n_trials": n_trials, "seed": 0}
+    tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    path = out / "transferred_recipe.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("tag") == tag:
+            return saved["result"]
+    result = tune_transferred_recipe(env, n_trials, 0, out / "studies" / f"transferred-{tag}.db", f"transferred-{tag}")
+    write_json_atomic(path, {"tag": tag, "result": result})
+    return result
+
+
 def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     import mlflow
     from tqdm.auto import tqdm
@@ -71,6 +93,7 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     from agents.evaluation.matched_compute import (compare_one, load_saved_results, save_results, self_tuning_envs,
                                                    self_tuning_envs_left_out)
     from agents.tune import user_config
+    from trainers.config import RecipeConfig
     from trainers.session import SELF_TUNING
     from trainers.config import deep_merge, parse_config
     from trainers.models import model_path
@@ -104,10 +127,12 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     env = FineTuneEnv(cfg, split="all", evaluate_test=True)
     controller.check_compatible(env.actions)
     st_envs: Optional[dict] = None  # built when a result is missing: a resumed comparison needs none
+    transferred = transferred_recipe(env, args.transfer_trials, out) if args.transfer_trials else None
     # what decides a saved instance x seed: the agent's weights, the budgets, and the instance's
     # session, episode and data (a changed file or model is compared afresh)
     key = {"agent": controller.fingerprint(), "budgets": sorted(args.budgets),
-           "pbt_populations": sorted(args.pbt_populations), "self_tuning": SELF_TUNING}
+           "pbt_populations": sorted(args.pbt_populations), "self_tuning": SELF_TUNING,
+           "transferred_recipe": transferred["recipe"] if transferred else None}
     instance_keys = {n: record_key(cfg, n) for n in names}
     per_run = []
     for inst, seed in tqdm([(i, s) for i in names for s in range(args.seeds)], desc="compare", unit="instance x seed"):
@@ -119,13 +144,15 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
                 st_envs, _ = self_tuning_envs(cfg)
             tag = hashlib.sha256(json.dumps(run_key, sort_keys=True, default=str).encode()).hexdigest()[:8]
             results = compare_one(env, controller, inst, seed, args.budgets, storage_dir, tuple(args.pbt_populations),
-                                  st_envs, study_tag=tag)
+                                  st_envs, study_tag=tag,
+                                  transferred=RecipeConfig(**transferred["recipe"]) if transferred else None)
             save_results(saved, run_key, results)
         per_run.append({"instance": inst, "seed": seed, "results": results})
     summary = summarise_comparison(per_run, args.budgets)
     summary.update({"command": command, "seeds": list(range(args.seeds)), "instances": names,
                     "agent_fingerprint": key["agent"], "measured_at": utc_now(),
-                    "left_out": self_tuning_envs_left_out(cfg)})
+                    "left_out": self_tuning_envs_left_out(cfg),
+                    "transferred_recipe_tuning": transferred})
     plots = write_outputs(out, summary, per_run, command, args.budgets)
     mlflow_tracking.setup(args.tracking_uri, "compare")
     with mlflow.start_run(run_name=f"compare/{out.name}"):

@@ -84,6 +84,7 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path):
         ["--algo", "qlearning", "--config", str(cfg), "--total-steps", "4", "--out", str(tmp_path / "agents"),
          "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-heldout", "--validate-every", "0"]))
     compare.main(["--agent", str(folder), "--budgets", "1", "2", "--seeds", "1", "--pbt-populations",
+                  "--transfer-trials", "2",
                   "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     out = tmp_path / "compare" / folder.name
     for f in ["summary.md", "summary.csv", "summary.json", "loss_vs_compute.png", "paired_vs_compute.png", "per_instance.png",
@@ -93,6 +94,15 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path):
     steps = d["episode"]["total_steps"]
     assert s["methods"]["policy"]["1"]["compute_steps"] == steps
     assert s["methods"]["random_search"]["2"]["compute_steps"] == 2 * steps  # no pruner: two full runs
+    # the transferred recipe: tuned once on the training instance (2 trials x 1 instance x 8 steps, reported
+    # apart), then one run here with exactly the tuned recipe
+    tuning = s["transferred_recipe_tuning"]
+    assert tuning["n_trials"] == 2 and tuning["compute_steps"] == 2 * steps
+    assert tuning["training_instances"] == [d["train"][0]["name"]]
+    assert s["methods"]["transferred_recipe"]["1"]["compute_steps"] == steps
+    per_run = json.loads((out / "per_run" / f"{d['heldout'][0]['name']}-seed0.json").read_text())
+    assert per_run["results"]["transferred_recipe"]["1"]["log"]["schedule"][-1]["weight_decay"] == pytest.approx(
+        tuning["recipe"]["weight_decay"])
     for name, lr in (("schedulefree_adamw", 0.0025), ("prodigy", 1.0)):  # one run each, their own lr throughout
         assert s["methods"][name]["1"]["compute_steps"] == steps
         per_run = json.loads((out / "per_run" / f"{d['heldout'][0]['name']}-seed0.json").read_text())
@@ -111,6 +121,7 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path):
     record["results"]["policy"]["1"]["test_loss"] = 123.0
     saved.write_text(json.dumps(record))
     compare.main(["--agent", str(folder), "--budgets", "1", "2", "--seeds", "1", "--pbt-populations",
+                  "--transfer-trials", "2",
                   "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     again = json.loads((out / "summary.json").read_text())
     assert again["methods"]["policy"]["1"]["test_loss_mean"] == 123.0
@@ -122,7 +133,7 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path):
     mine.write_text("".join(json.dumps({"prompt": f"{a} plus {b} is", "completion": f" {a + b}"}) + "\n"
                             for a in range(12) for b in range(12)))
     compare.main(["--agent", str(folder), "--data", str(mine), "--steps", "8", "--budgets", "1", "--seeds", "1",
-                  "--pbt-populations", "--name", "mine", "--out", str(tmp_path / "compare"),
+                  "--pbt-populations", "--transfer-trials", "0", "--name", "mine", "--out", str(tmp_path / "compare"),
                   "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     on_mine = json.loads((tmp_path / "compare" / "mine" / "summary.json").read_text())
     assert on_mine["instances"] == ["mine"]
@@ -266,3 +277,11 @@ def test_compare_on_a_users_file_searches_the_agents_starting_ranges(tmp_path):
     assert inst.init_lr == (min(i.init_lr[0] for i in everyone), max(i.init_lr[1] for i in everyone))
     lr = next(d for d in recipe_space(cfg.bounds, inst) if d.name == "lr")
     assert lr.low < lr.high
+
+
+def test_the_transferred_recipes_objective_weighs_instances_alike():
+    from agents.baselines.transferred_recipe import improvement
+
+    assert improvement({"eval_curve": [(0, 6.0), (8, 4.5)], "initial_eval_loss": 6.0, "diverged": False}) == 0.25
+    assert improvement({"eval_curve": [(0, 1.0), (8, 0.75)], "initial_eval_loss": 1.0, "diverged": False}) == 0.25
+    assert improvement({"eval_curve": [(0, 1.0), (8, float("nan"))], "initial_eval_loss": 1.0, "diverged": True}) == -1.0

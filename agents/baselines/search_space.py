@@ -36,10 +36,16 @@ def starting_ranges(bounds: HparamBounds, inst: InstanceSpec) -> dict[str, tuple
     return out
 
 
-def recipe_space(bounds: HparamBounds, inst: Optional[InstanceSpec] = None) -> tuple[Dimension, ...]:
+def recipe_space(bounds: HparamBounds, inst: Optional[InstanceSpec | Sequence[InstanceSpec]] = None
+                 ) -> tuple[Dimension, ...]:
     """A recipe's dimensions; with an instance, the three knobs span its starting ranges (a
-    search's prior), without one the hard bounds (PBT's mutations)."""
-    ranges = starting_ranges(bounds, inst) if inst is not None else {n: getattr(bounds, n) for n in HPARAM_NAMES}
+    search's prior); with several, the span of theirs (a recipe tuned on many instances at once);
+    without one, the hard bounds (PBT's mutations)."""
+    if inst is None:
+        ranges = {n: getattr(bounds, n) for n in HPARAM_NAMES}
+    else:
+        each = [starting_ranges(bounds, i) for i in ([inst] if isinstance(inst, InstanceSpec) else inst)]
+        ranges = {n: (min(r[n][0] for r in each), max(r[n][1] for r in each)) for n in HPARAM_NAMES}
     return tuple(Dimension(n, *ranges[n], log=True) for n in HPARAM_NAMES) + (
         Dimension("warmup_fraction", *WARMUP_FRACTION),
         Dimension("decay", choices=DECAYS),
@@ -51,7 +57,7 @@ def hparam_space(bounds: HparamBounds) -> tuple[Dimension, ...]:
     return tuple(d for d in recipe_space(bounds) if d.name in HPARAM_NAMES)
 
 
-def suggest_recipe(trial, bounds: HparamBounds, inst: InstanceSpec) -> RecipeConfig:
+def suggest_recipe(trial, bounds: HparamBounds, inst: InstanceSpec | Sequence[InstanceSpec]) -> RecipeConfig:
     """An Optuna trial's recipe, its knobs drawn from the instance's starting ranges."""
     values: dict[str, Any] = {}
     for d in recipe_space(bounds, inst):

@@ -8,6 +8,8 @@ the test loss of the selected run.
   random_search    random recipes from the shared space, best of the first B
   optuna_tpe       TPE + median pruning, best of the first B finished trials
   pbt              Ray Tune Population Based Training, population P
+  transferred_recipe
+                   one recipe tuned by Optuna on the training instances, applied unchanged: one run
   schedulefree_adamw, prodigy
                    one-run self-tuning optimizers at their READMEs' defaults, one configuration for
                    every instance (trainers/session.py SELF_TUNING), clipping at the default recipe's
@@ -30,6 +32,7 @@ from agents.learners.agent_folder import Controller
 from envs.episode import HoldPlan, PolicyPlan, recipe_plan, run_episode
 from envs.finetune_env import FineTuneEnv
 from trainers.atomic_files import write_json_atomic
+from trainers.config import RecipeConfig
 from trainers.session import SELF_TUNING, Hparams
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -92,7 +95,8 @@ def self_tuning_run(env: FineTuneEnv, instance: str, seed: int) -> dict[str, Any
 
 def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: int, budgets: list[int],
                 storage_dir: Path, pbt_populations: tuple[int, ...] = (),
-                self_tuning: Optional[dict[str, FineTuneEnv]] = None, study_tag: str = "") -> dict[str, dict]:
+                self_tuning: Optional[dict[str, FineTuneEnv]] = None, study_tag: str = "",
+                transferred: Optional[RecipeConfig] = None) -> dict[str, dict]:
     """All methods on one instance and seed. Returns method -> budget -> record. ``study_tag`` goes
     into the Optuna studies' names: a comparison with another key starts new studies instead of
     reading back old ones."""
@@ -100,7 +104,10 @@ def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: i
     res: dict[str, dict] = {}
     log = run_episode(env, PolicyPlan(controller.act), instance, seed)
     res["policy"] = {1: {"compute_steps": len(log["schedule"]), "test_loss": log["test_loss"], "log": log}}
-    for method, recipe in (("default_recipe", cfg.default_recipe), ("hand_schedule", hand_schedule(cfg))):
+    fixed = [("default_recipe", cfg.default_recipe), ("hand_schedule", hand_schedule(cfg))]
+    if transferred is not None:  # tuned once on the training instances, applied unchanged here
+        fixed.append(("transferred_recipe", transferred))
+    for method, recipe in fixed:
         log = run_episode(env, recipe_plan(env, recipe, instance), instance, seed)
         res[method] = {1: {"compute_steps": len(log["schedule"]), "test_loss": log["test_loss"], "log": log}}
     n = max(budgets)
