@@ -37,3 +37,16 @@ def test_a_diverged_run_is_never_the_best_nor_bends_the_parabola():
     assert s["best_lr_grid"] == pytest.approx(1e-3)
     # its right neighbour (3.2e-3) is finite, so the parabola stands; the 1e-2 run diverged
     assert s["best_lr_refined"] == pytest.approx(1e-3, rel=1e-6)
+
+
+def test_a_record_key_ignores_the_optimizer_only_at_the_value_every_old_record_used():
+    from agents.evaluation.headroom import record_key
+    from trainers.config import load_config, parse_config
+
+    cfg = load_config("tiny")
+    key = record_key(cfg, cfg.heldout[0].name)
+    assert "optimizer" not in key["session"]
+    d = cfg.model_dump(mode="json")
+    d["session"]["optimizer"] = "prodigy"
+    other = record_key(parse_config(d), cfg.heldout[0].name)
+    assert other["session"]["optimizer"] == "prodigy" and other != key
