@@ -53,6 +53,11 @@ def build_parser() -> CommandParser:
     return p
 
 
+def digest(obj) -> str:
+    """A short hash of a JSON-able key: names studies and saved files after what decided them."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def with_set_ranges(cfg):
     """The user's instance (the last held-out one) with starting ranges spanning the agent's
     instances': agents.tune starts a single run at the default recipe, but a comparison needs a
@@ -74,7 +79,7 @@ def transferred_recipe(env, n_trials: int, out: Path) -> dict:
 
     d = env.cfg.model_dump(mode="json")  # what the tuning sees: not the held-out instances
     key = {k: d[k] for k in ("session", "episode", "bounds", "action", "train")} | {"n_trials": n_trials, "seed": 0}
-    tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    tag = digest(key)
     path = out / "transferred_recipe.json"
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -92,11 +97,10 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     from agents.evaluation.headroom import record_key
     from agents.evaluation.matched_compute import (compare_one, load_saved_results, save_results, self_tuning_envs,
                                                    self_tuning_envs_left_out)
-    from agents.tune import user_config
+    from agents.tune import user_config, with_model
     from trainers.config import RecipeConfig
-    from trainers.session import SELF_TUNING
-    from trainers.config import deep_merge, parse_config
     from trainers.models import model_path
+    from trainers.session import SELF_TUNING
     from agents.learners.agent_folder import Controller
     from agents.reporting import mlflow_tracking
     from agents.reporting.comparison_report import summarise_comparison, write_outputs
@@ -113,7 +117,7 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
         cfg = with_set_ranges(user_config(cfg, args.data, args.model, args.steps))
         args.instances = args.instances or [cfg.heldout[-1].name]
     elif args.model:
-        cfg = parse_config(deep_merge(cfg.model_dump(mode="json"), {"session": {"model": args.model}}))
+        cfg = with_model(cfg, args.model)
     names = args.instances or [i.name for i in cfg.heldout]
     if not names:
         raise ConfigError(f"{Path(args.agent) / 'env_config.yaml'}: no held-out instances to compare on; "
@@ -141,8 +145,8 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
         results = load_saved_results(saved, run_key)
         if results is None:
             if st_envs is None:
-                st_envs, _ = self_tuning_envs(cfg)
-            tag = hashlib.sha256(json.dumps(run_key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+                st_envs = self_tuning_envs(cfg)
+            tag = digest(run_key)
             results = compare_one(env, controller, inst, seed, args.budgets, storage_dir, tuple(args.pbt_populations),
                                   st_envs, study_tag=tag,
                                   transferred=RecipeConfig(**transferred["recipe"]) if transferred else None)

@@ -42,6 +42,11 @@ def user_config(base: InstanceSetConfig, data: str, model: Optional[str], steps:
     return parse_config(d, source="agents.tune arguments")
 
 
+def with_model(cfg: InstanceSetConfig, model: str) -> InstanceSetConfig:
+    """The same instance set on another model (a Hugging Face folder or a preset)."""
+    return parse_config(deep_merge(cfg.model_dump(mode="json"), {"session": {"model": model}}))
+
+
 def save_run(out: Path, log: dict, cfg: InstanceSetConfig, env, agent: Optional[str], save_model: bool) -> None:
     schedule = {"instance": log["instance"], "seed": log["seed"], "agent": agent,
                 "schedule": log["schedule"], "train_loss": log["train_loss"], "eval_curve": log["eval_curve"],
@@ -133,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
         instance = cfg.heldout[-1].name
     else:
         if args.model:
-            cfg = parse_config(deep_merge(cfg.model_dump(mode="json"), {"session": {"model": args.model}}))
+            cfg = with_model(cfg, args.model)
         instance = args.instance or (cfg.heldout[0].name if cfg.heldout else cfg.train[0].name)
         cfg.instance(instance)  # names the known instances if it is not one
         if args.steps:

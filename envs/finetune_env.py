@@ -23,6 +23,17 @@ from trainers.data import TaskData, build_task_data
 from trainers.session import EvalResult, FineTuneSession, Hparams, StepMetrics
 
 
+def eval_outcome(eval_loss: float, new_loss: float, initial_loss: float, divergence_factor: float,
+                 steps_finite: bool) -> tuple[bool, float, float]:
+    """After a decision interval's evaluation: (diverged, last eval change, eval loss to keep). A
+    non-finite step or loss, or a loss above divergence_factor x the start, is divergence: the
+    change is 0 and the last good loss is kept. Shared with a controller in a user's loop
+    (agents/integrations/stepped.py), so the two observe alike."""
+    if not steps_finite or not math.isfinite(new_loss) or new_loss > divergence_factor * initial_loss:
+        return True, 0.0, eval_loss
+    return False, eval_loss - new_loss, new_loss
+
+
 @dataclass
 class EpisodeLog:
     """Everything that happened in one episode: enough to plot, log and replay it."""
@@ -224,14 +235,10 @@ class FineTuneEnv(gym.Env):
         self.timing["eval_seconds"] = ev.seconds if ev else 0.0
         new_loss = ev.loss if ev is not None else float("nan")
         ep = self.cfg.episode
-        diverged = not finite or not math.isfinite(new_loss) or new_loss > ep.divergence_factor * self.initial_eval.loss
-        if diverged:
-            reward = -ep.divergence_penalty
-            self.last_eval_change = 0.0
-        else:
-            reward = (self.eval_loss - new_loss) / self.initial_eval.loss
-            self.last_eval_change = self.eval_loss - new_loss
-            self.eval_loss = new_loss
+        before = self.eval_loss
+        diverged, self.last_eval_change, self.eval_loss = eval_outcome(
+            before, new_loss, self.initial_eval.loss, ep.divergence_factor, finite)
+        reward = -ep.divergence_penalty if diverged else (before - new_loss) / self.initial_eval.loss
         self.log.eval_curve.append((self.steps_done, new_loss))
         self.log.rewards.append(float(reward))
         self.log.diverged = diverged

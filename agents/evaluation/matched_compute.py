@@ -53,36 +53,36 @@ def search_at_budgets(study: optuna.Study, budgets: list[int]) -> dict[int, dict
     return out
 
 
-def self_tuning_envs(cfg) -> tuple[dict[str, FineTuneEnv], dict[str, str]]:
-    """One environment per self-tuning optimizer: the same instances and episodes, another client
-    optimizer in the engine; and, for each one the set's precision or ZeRO stage rules out, why
-    (that method is left out of the comparison, not faked)."""
-    from trainers.config import ConfigError, parse_config
+def self_tuning_config(cfg, name: str):
+    """The instance set with ``name`` as the client optimizer; a ConfigError where the set's
+    precision or ZeRO stage rules it out."""
+    from trainers.config import parse_config
 
-    envs, left_out = {}, {}
-    for name in SELF_TUNING:
-        d = cfg.model_dump(mode="json")
-        d["session"]["optimizer"] = name
-        try:
-            sub = parse_config(d)
-        except ConfigError as err:
-            left_out[name] = str(err).splitlines()[-1]
-            continue
-        envs[name] = FineTuneEnv(sub, split="all", evaluate_test=True)
-    return envs, left_out
+    d = cfg.model_dump(mode="json")
+    d["session"]["optimizer"] = name
+    return parse_config(d)
 
 
 def self_tuning_envs_left_out(cfg) -> dict[str, str]:
-    """Which self-tuning optimizers the set's session rules out, and why (no engine is built)."""
-    from trainers.config import ConfigError, SessionConfig
+    """Which self-tuning optimizers the set's session rules out, and why (that method is left out
+    of the comparison, not faked; no engine is built)."""
+    from trainers.config import ConfigError
 
     out = {}
     for name in SELF_TUNING:
         try:
-            SessionConfig(**dict(cfg.session.model_dump(), optimizer=name))
-        except (ConfigError, ValueError) as err:
-            out[name] = str(err).splitlines()[-1] if str(err) else name
+            self_tuning_config(cfg, name)
+        except ConfigError as err:
+            out[name] = str(err).splitlines()[-1]
     return out
+
+
+def self_tuning_envs(cfg) -> dict[str, FineTuneEnv]:
+    """One environment per self-tuning optimizer the set allows: the same instances and episodes,
+    another client optimizer in the engine."""
+    ruled_out = self_tuning_envs_left_out(cfg)
+    return {name: FineTuneEnv(self_tuning_config(cfg, name), split="all", evaluate_test=True)
+            for name in SELF_TUNING if name not in ruled_out}
 
 
 def self_tuning_run(env: FineTuneEnv, instance: str, seed: int) -> dict[str, Any]:

@@ -12,8 +12,8 @@
 
 It does what ``FineTuneEnv`` does between two decisions, with the same code: the observation is
 ``envs.features.observe`` and an action becomes hyperparameters through the agent's
-``envs.actions.ActionMap``; the evaluation bookkeeping (last change, divergence) follows
-``FineTuneEnv.step_with_schedule`` line for line. tests/test_integrations.py checks that a loop
+``envs.actions.ActionMap``; the evaluation bookkeeping (last change, divergence) is the
+environment's ``eval_outcome``. tests/test_integrations.py checks that a loop
 driven this way takes the environment's decisions and schedule exactly.
 
 A longer run than the training episodes: the controller was trained on episodes of
@@ -33,6 +33,7 @@ import numpy as np
 from agents.learners.agent_folder import Controller
 from envs.actions import ActionMap
 from envs.features import FEATURE_NAMES, observe
+from envs.finetune_env import eval_outcome
 from trainers.session import Hparams, StepMetrics, apply_hparams
 
 set_engine_hparams = apply_hparams  # the one helper that sets lr, weight decay and clipping on a DeepSpeed engine
@@ -148,12 +149,9 @@ class SteppedController:
             self.eval_curve.append((0, eval_loss))
             return
         finite = all(math.isfinite(s.loss) and math.isfinite(s.grad_norm) for s in self._interval_steps)
-        if not finite or not math.isfinite(eval_loss) or eval_loss > self.divergence_factor * self.initial_eval_loss:
-            self.diverged = True
-            self.last_eval_change = 0.0
-        else:
-            self.last_eval_change = self.eval_loss - eval_loss
-            self.eval_loss = eval_loss
+        diverged, self.last_eval_change, self.eval_loss = eval_outcome(
+            self.eval_loss, eval_loss, self.initial_eval_loss, self.divergence_factor, finite)
+        self.diverged = self.diverged or diverged
         self.eval_curve.append((self.steps_done, eval_loss))
         self._eval_due = False
 

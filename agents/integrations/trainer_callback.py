@@ -173,10 +173,11 @@ class ControllerCallback(TrainerCallback):
         """Set the hyperparameters on the optimizer that steps, and the clip where it is read."""
         if self._engine is not None:  # the engine's optimizer: lr, wd; its config and optimizer: clip
             set_engine_hparams(self._engine, h, self._no_decay_groups)
-        for i, g in enumerate(_inner_optimizer(self._optimizer).param_groups):
-            g["lr"] = float(h.lr)
-            g["weight_decay"] = 0.0 if i in self._no_decay_groups else float(h.weight_decay)
-        self._args.max_grad_norm = float(h.grad_clip)  # the Trainer's own clipping (without DeepSpeed)
+        else:
+            for i, g in enumerate(_inner_optimizer(self._optimizer).param_groups):
+                g["lr"] = float(h.lr)
+                g["weight_decay"] = 0.0 if i in self._no_decay_groups else float(h.weight_decay)
+        self._args.max_grad_norm = float(h.grad_clip)  # the Trainer clips with it (and gates on it under DeepSpeed)
 
     def on_step_end(self, args, state, control, **kwargs):
         control.should_log = True  # the controller observes every step's loss and gradient norm
