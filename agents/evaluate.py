@@ -25,6 +25,8 @@ def build_parser() -> CommandParser:
     p = CommandParser(prog="python -m agents.evaluate", description=__doc__)
     p.add_argument("--agent", required=True, help="agent folder (results/agents/<name>)")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per held-out instance (default: 3)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="worker processes, one engine each (default: 1); results are the same, in less time")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite under results/)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     return p
@@ -41,7 +43,12 @@ def evaluate(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
     if not controller.env_config.heldout:
         raise ConfigError(f"{Path(args.agent) / 'env_config.yaml'}: the agent's instance set has no held-out instances")
     command = "python -m agents.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-    runs = evaluate_heldout(controller, list(range(args.seeds)))
+    if args.workers > 1:
+        from agents.evaluation.heldout import evaluate_heldout_parallel
+
+        runs = evaluate_heldout_parallel(str(args.agent), list(range(args.seeds)), args.workers)
+    else:
+        runs = evaluate_heldout(controller, list(range(args.seeds)))
     folder = Path(args.agent)
     if args.no_mlflow:
         summary = write_heldout_report(folder, runs, command, log_to_mlflow=False)

@@ -37,6 +37,11 @@ def build_parser() -> CommandParser:
     g.add_argument("--total-steps", type=positive_int, default=None,
                    help="environment steps (decisions) to learn from (default: 480)")
     g.add_argument("--seed", type=int, default=0, help="seed of the learner and the environments (default: 0)")
+    g.add_argument("--imitate", default=None, metavar="LR_GRID_JSON",
+                   help="PPO only: before learning, imitate the best constant lr per training instance from this "
+                        "lr-grid result (python -m agents.headroom --lr-grid), then learn on from there")
+    g.add_argument("--imitation-episodes", type=positive_int, default=24,
+                   help="noisy-expert episodes to imitate (default: 24)")
     g = p.add_argument_group("where it runs")
     g.add_argument("--n-envs", type=positive_int, default=1, help="parallel fine-tuning episodes (default: 1)")
     g.add_argument("--ray", action="store_true", help="run the environments as Ray actors (one CPU or GPU each)")
@@ -113,6 +118,14 @@ def prepare(args: argparse.Namespace) -> tuple[InstanceSetConfig, Path]:
     except argparse.ArgumentTypeError as err:
         raise ConfigError(f"agent folder name {name!r} (from the config's name): {err}") from None
     check_tracking_uri(args.tracking_uri)
+    if args.imitate is not None:
+        if args.algo != "ppo":
+            raise ConfigError(f"--imitate warm-starts PPO's policy; --algo {args.algo} has none to warm-start")
+        if args.ray or args.ray_address:
+            raise ConfigError("--imitate runs on the in-process or --subproc backend, not --ray")
+        from agents.learners.imitation import expert_targets
+
+        expert_targets(Path(args.imitate), cfg)  # a bad file stops here, before anything is written
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
@@ -142,6 +155,7 @@ def train(args: argparse.Namespace) -> Path:
         ray_address=args.ray_address, max_restarts=args.max_restarts, tracking_uri=args.tracking_uri,
         validate_every=args.validate_every if args.validate_every is not None else max(total // 4, 1),
         checkpoint_every=args.checkpoint_every, resume=args.resume,
+        imitate=Path(args.imitate) if args.imitate else None, imitation_episodes=args.imitation_episodes,
         command="python -m agents.train_agent " + " ".join(sys.argv[1:]))
     try:
         result = run_training(cfg, opts, folder)

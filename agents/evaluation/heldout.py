@@ -21,8 +21,42 @@ from envs.finetune_env import FineTuneEnv
 from trainers.config import ConfigError, InstanceSetConfig
 
 
+_WORKER: dict[str, tuple[Controller, FineTuneEnv]] = {}  # per worker process: built once, reused by its jobs
+
+
+def _evaluate_jobs(folder: str, jobs: list[tuple[str, int]]) -> dict[str, list[dict]]:
+    """One worker process: its own engine and controller, the given (instance, seed) jobs."""
+    if folder not in _WORKER:
+        controller = Controller(folder)
+        _WORKER[folder] = (controller, FineTuneEnv(controller.env_config, split="heldout", evaluate_test=True))
+    controller, env = _WORKER[folder]
+    return evaluate_heldout(controller, [], env=env, jobs=jobs, show_progress=False)
+
+
+def evaluate_heldout_parallel(folder: str, seeds: list[int], workers: int) -> dict[str, list[dict]]:
+    """evaluate_heldout split over worker processes, by (instance, seed); each run is the same as
+    in one process (its seed fixes its start, batches and dropout), so only the order differs,
+    and the result is put back in evaluate_heldout's order."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    cfg = Controller(folder).env_config
+    jobs = [(inst.name, s) for inst in cfg.heldout for s in seeds]
+    chunks = [jobs[i::workers] for i in range(workers)]
+    done: dict[tuple[str, int], dict[str, dict]] = {}
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_evaluate_jobs, folder, [j]) for chunk in chunks for j in chunk]
+        for f in tqdm(as_completed(futures), total=len(futures), desc="held-out evaluation", unit="instance x seed"):
+            part = f.result()
+            for m, logs in part.items():
+                for r in logs:
+                    done.setdefault((r["instance"], r["seed"]), {})[m] = r
+    return {m: [done[j][m] for j in jobs] for m in METHODS}
+
+
 def evaluate_heldout(controller: Controller, seeds: list[int], env: Optional[FineTuneEnv] = None,
-                     cfg: Optional[InstanceSetConfig] = None, show_progress: bool = True) -> dict[str, list[dict]]:
+                     cfg: Optional[InstanceSetConfig] = None, show_progress: bool = True,
+                     jobs: Optional[list[tuple[str, int]]] = None) -> dict[str, list[dict]]:
     """Returns method -> episode logs."""
     cfg = cfg or controller.env_config
     if not cfg.heldout:
@@ -30,7 +64,7 @@ def evaluate_heldout(controller: Controller, seeds: list[int], env: Optional[Fin
     env = env or FineTuneEnv(cfg, split="heldout", evaluate_test=True)
     env.evaluate_test = True
     controller.check_compatible(env.actions)
-    jobs = [(inst.name, s) for inst in cfg.heldout for s in seeds]
+    jobs = jobs if jobs is not None else [(inst.name, s) for inst in cfg.heldout for s in seeds]
     runs: dict[str, list[dict]] = {m: [] for m in METHODS}
     policy = PolicyPlan(controller.act)
     for name, seed in tqdm(jobs, desc="held-out evaluation", unit="instance x seed", disable=not show_progress):

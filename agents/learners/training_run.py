@@ -48,6 +48,8 @@ class TrainingOptions:
     checkpoint_every: int = 60
     resume: bool = False
     command: str = ""
+    imitate: Optional[Path] = None  # an lr-grid result: warm-start PPO by imitating it (agents/learners/imitation.py)
+    imitation_episodes: int = 24
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,6 +117,11 @@ def sb3_callback(monitor: TrainingMonitor):
         def _on_step(self) -> bool:
             infos = self.locals["infos"]
             mark_dropped(self.model, infos)
+            actions = self.locals.get("clipped_actions")
+            if actions is not None and np.asarray(actions).dtype.kind == "f":  # PPO's box actions, as applied
+                import mlflow
+
+                mlflow.log_metric("mean_abs_action", float(np.abs(actions).mean()), step=self.num_timesteps)
             return monitor.on_step(self.num_timesteps, infos)
 
     return _Callback()
@@ -162,6 +169,36 @@ def _write_curve(path: Path, curve: list[dict]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
+def warm_start(model, venv, cfg: InstanceSetConfig, opts: TrainingOptions, hp: dict, dropped: list) -> dict:
+    """Imitation before PPO: noisy-expert episodes on the training instances, then the policy's
+    mean action and value fitted to them (agents/learners/imitation.py)."""
+    import mlflow
+    from tqdm.auto import tqdm
+
+    from agents.learners import imitation
+
+    targets = imitation.expert_targets(opts.imitate, cfg)
+    bar = tqdm(total=opts.imitation_episodes, desc="imitation episodes", unit="episode")
+
+    def on_step(n: int, infos: list[dict]) -> None:
+        for info in infos:
+            if "dropped" in info:
+                dropped.append({"timesteps": 0, "reason": info["dropped"], "phase": "imitation"})
+            elif "episode_log" in info:
+                bar.update(1)
+
+    t0 = time.time()
+    demos = imitation.collect(venv, targets, cfg, opts.imitation_episodes, noise=0.5, gamma=hp["gamma"],
+                              seed=opts.seed, on_step=on_step)
+    bar.close()
+    fit = imitation.pretrain(model, demos, venv.normalize_obs, seed=opts.seed)
+    record = {"source": str(opts.imitate), "targets": targets, "decisions": len(demos.actions),
+              "seconds": round(time.time() - t0, 1), **fit}
+    mlflow.log_params({f"imitation_{k}": v for k, v in record.items() if k not in ("targets",)})
+    mlflow.log_dict(record, "imitation.json")
+    return record
+
+
 @dataclass
 class TrainingResult:
     meta: dict[str, Any]  # what agent.json holds
@@ -193,7 +230,8 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
         mlflow.set_tag("resumed_from_run", state.get("mlflow_run_id"))
     t_start = time.time()
     # a resumed run keeps the learner it started with (PPO's rollout length, DQN's schedule)
-    hp = state.get("learner_hparams") or learner_hparams(opts.algo, opts.n_envs, opts.total_steps)
+    hp = state.get("learner_hparams") or learner_hparams(opts.algo, opts.n_envs, opts.total_steps,
+                                                            imitation=opts.imitate is not None)
     if run_id is None:
         mlflow.log_params({"algo": opts.algo, "instance_set": cfg.name, "total_steps": opts.total_steps,
                            "n_envs": opts.n_envs, "seed": opts.seed, "backend": opts.backend})
@@ -246,11 +284,17 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
         files = save_model(ckpt, tag=f"{int(model.num_timesteps):08d}")
         write_json_atomic(ckpt / STATE_FILE, {
             "num_timesteps": int(model.num_timesteps), "files": files, "curve": curve, "validation": validation,
-            "dropped": dropped, "mlflow_run_id": run.info.run_id, "algo": opts.algo, "learner_hparams": hp},
+            "dropped": dropped, "mlflow_run_id": run.info.run_id, "algo": opts.algo, "learner_hparams": hp,
+            "imitation": imitation},
             indent=None)
         for f in ckpt.iterdir():
             if f.name != STATE_FILE and f.name not in files.values():
                 f.unlink(missing_ok=True)
+
+    imitation: Optional[dict] = state.get("imitation")
+    if opts.imitate is not None and imitation is None:
+        imitation = warm_start(model, venv, cfg, opts, hp, dropped)
+        checkpoint()  # a crash from here on resumes from the warm-started policy
 
     validator = (HeldoutValidator(cfg, act, in_process_sessions)
                  if opts.validate_every and cfg.heldout else None)
@@ -288,7 +332,7 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
         "backend": opts.backend, "learner_hparams": hp, "training_curve": "training_curve.csv",
         "learning_curve": "learning_curve.png", "heldout_validation": validation, "dropped_episodes": dropped,
         "training_seconds": round(time.time() - t_start, 1), "mlflow_run_id": run.info.run_id,
-        "command": opts.command, **opts.extra_meta,
+        "command": opts.command, "imitation": imitation, **opts.extra_meta,
     }
     write_agent_json(folder, meta)
     venv.close()

@@ -1,0 +1,158 @@
+"""Warm-starting PPO by imitating search results on the training instances.
+
+A learning-rate search (``python -m agents.headroom --lr-grid``) finds, for every training
+instance, the constant learning rate with the best validation loss. The "expert" here moves the
+learning rate toward that instance's best one, as fast as the action allows, and holds weight decay
+and clipping. Before PPO learns, the environments run a few episodes under the expert with
+exploration noise (so the states cover starts far from the target), and the policy's mean action
+is fitted to the expert's clean action at every visited state; its value head is fitted to the
+returns those episodes earned. PPO then learns from there, on the reward alone.
+
+The expert knows the instance; the policy does not (it sees only the observation), so what it can
+imitate is how the learning rate should move given what the run shows. Held-out instances are
+never used: only instances whose search result is marked ``split: train``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.features import FEATURE_NAMES
+from trainers.config import ConfigError, InstanceSetConfig, read_structured_file
+
+LR_FEATURE = FEATURE_NAMES.index("lr_pos")
+
+
+def expert_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
+    """instance -> best constant lr, for every training instance of cfg, from an lr-grid result."""
+    data = read_structured_file(Path(path))
+    insts = data.get("instances") if isinstance(data, dict) else None
+    if not isinstance(insts, dict):
+        raise ConfigError(f"{path}: not an lr-grid result (no 'instances'; make one with "
+                          "python -m agents.headroom --config <name> --lr-grid)")
+    targets: dict[str, float] = {}
+    for inst in cfg.train:
+        rec = insts.get(inst.name)
+        if not isinstance(rec, dict):
+            raise ConfigError(f"{path}: no result for training instance {inst.name!r}")
+        if rec.get("split") != "train":
+            raise ConfigError(f"{path}: instance {inst.name!r} is marked split {rec.get('split')!r}, not 'train'; "
+                              "imitation learns only from training instances")
+        lr = rec.get("best_lr_refined", rec.get("best_lr_grid"))
+        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ConfigError(f"{path}: instances.{inst.name}.best_lr_refined: not a positive number ({lr!r})")
+        targets[inst.name] = float(lr)
+    return targets
+
+
+def lr_from_obs(raw_obs: np.ndarray, cfg: InstanceSetConfig) -> np.ndarray:
+    """The current lr of each observation, decoded from its lr_pos feature (a log position in the
+    hard bounds)."""
+    lo, hi = (math.log(b) for b in cfg.bounds.lr)
+    pos = np.asarray(raw_obs, dtype=np.float64)[..., LR_FEATURE]
+    return np.exp(lo + (pos + 1.0) / 2.0 * (hi - lo))
+
+
+def expert_action(raw_obs: np.ndarray, target_lr: np.ndarray, cfg: InstanceSetConfig) -> np.ndarray:
+    """Box actions: the lr entry moves toward the target (a full step is 2**max_log2_step), the
+    others hold."""
+    lr = lr_from_obs(raw_obs, cfg)
+    a = np.zeros((len(lr), 3), dtype=np.float32)
+    a[:, 0] = np.clip(np.log2(target_lr / lr) / cfg.action.max_log2_step, -1.0, 1.0)
+    return a
+
+
+@dataclass
+class Demonstrations:
+    raw_obs: np.ndarray  # (n, features), before VecNormalize
+    actions: np.ndarray  # (n, 3), the expert's clean actions
+    returns: np.ndarray  # (n,), discounted return from each state under the (noisy) expert
+    instances: list[str]
+    episodes: int
+
+
+def collect(venv, targets: dict[str, float], cfg: InstanceSetConfig, episodes: int, noise: float,
+            gamma: float, seed: int, on_step=None) -> Demonstrations:
+    """Run ``episodes`` episodes in the (VecNormalize-wrapped) VecEnv under the noisy expert.
+    ``on_step(n_envs, infos)`` sees every step (a progress bar, dropped episodes)."""
+    rng = np.random.default_rng(seed)
+    obs = venv.reset()
+    raw = venv.get_original_obs()
+    inner = venv.unwrapped  # the wrappers keep their own (empty) reset_infos
+    current = [info.get("instance") for info in getattr(inner, "reset_infos", [{}] * venv.num_envs)]
+    if any(c is None for c in current):
+        raise ConfigError("--imitate needs the in-process or subprocess backend (their resets report the instance)")
+    paths: list[list[tuple[np.ndarray, np.ndarray, float, str]]] = [[] for _ in range(venv.num_envs)]
+    done_eps: list[list[tuple[np.ndarray, np.ndarray, float, str]]] = []
+    while len(done_eps) < episodes:
+        unknown = [c for c in current if c not in targets]
+        if unknown:
+            raise ConfigError(f"no imitation target for instance {unknown[0]!r}")
+        clean = expert_action(raw, np.array([targets[c] for c in current]), cfg)
+        noisy = np.clip(clean + rng.normal(0.0, noise, clean.shape), -1.0, 1.0).astype(np.float32)
+        obs, rewards, dones, infos = venv.step(noisy)
+        if on_step is not None:
+            on_step(venv.num_envs, infos)
+        for i in range(venv.num_envs):
+            paths[i].append((raw[i].copy(), clean[i], float(rewards[i]), current[i]))
+            if dones[i]:
+                if "dropped" not in infos[i]:  # a worker that died mid-episode: nothing invented is learned from
+                    done_eps.append(paths[i])
+                paths[i] = []
+                current[i] = inner.reset_infos[i].get("instance")
+            else:
+                current[i] = infos[i]["instance"]
+        raw = venv.get_original_obs()
+    xs, acts, rets, names = [], [], [], []
+    for ep in done_eps[:episodes]:
+        g = 0.0
+        back = []
+        for o, a, r, n in reversed(ep):
+            g = r + gamma * g
+            back.append((o, a, g, n))
+        for o, a, g, n in reversed(back):
+            xs.append(o)
+            acts.append(a)
+            rets.append(g)
+            names.append(n)
+    return Demonstrations(np.array(xs, dtype=np.float32), np.array(acts, dtype=np.float32),
+                          np.array(rets, dtype=np.float32), names, min(len(done_eps), episodes))
+
+
+def pretrain(model, demos: Demonstrations, normalize, epochs: int = 300, lr: float = 1e-3,
+             log_std: float = math.log(0.35), seed: int = 0) -> dict[str, Any]:
+    """Fit the PPO policy's mean action to the expert's and its value head to the returns (MSE,
+    Adam, full batches), then set the exploration scale PPO starts from."""
+    import torch
+
+    torch.manual_seed(seed)
+    policy = model.policy
+    x = torch.as_tensor(normalize(demos.raw_obs), dtype=torch.float32)
+    y = torch.as_tensor(demos.actions, dtype=torch.float32)
+    ret = torch.as_tensor(demos.returns, dtype=torch.float32)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    policy.set_training_mode(True)
+    first = None
+    for _ in range(epochs):
+        dist = policy.get_distribution(x)
+        action_loss = torch.mean((dist.distribution.mean - y) ** 2)
+        value_loss = torch.mean((policy.predict_values(x).flatten() - ret) ** 2)
+        loss = action_loss + 0.5 * value_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if first is None:
+            first = (action_loss.item(), value_loss.item())
+    policy.set_training_mode(False)
+    with torch.no_grad():
+        policy.log_std.fill_(log_std)
+        mean = policy.get_distribution(x).distribution.mean
+        final_action = float(torch.mean((mean - y) ** 2))
+        final_value = float(torch.mean((policy.predict_values(x).flatten() - ret) ** 2))
+    return {"transitions": len(y), "episodes": demos.episodes, "epochs": epochs,
+            "action_mse_before": first[0], "action_mse_after": final_action,
+            "value_mse_before": first[1], "value_mse_after": final_value, "log_std": log_std}
