@@ -173,3 +173,35 @@ def test_deploy_on_users_jsonl(fast_yaml, tmp_path, tracking_uri, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: {bad}:2: ") and "'completion'" in err[-1]
+
+
+def test_instance_level_interval_weighs_instances_not_seeds():
+    from agents.reporting.statistics import hierarchical_bootstrap_mean
+
+    # one instance with many seeds must not outvote the others: the point is the mean of means
+    m, lo, hi = hierarchical_bootstrap_mean({"a": [-1.0] * 30, "b": [1.0], "c": [1.0]}, reps=2000)
+    assert m == pytest.approx(1.0 / 3.0)
+    assert lo == pytest.approx(-1.0) and hi == pytest.approx(1.0)  # resampling instances spans all-a to no-a
+    m, lo, hi = hierarchical_bootstrap_mean({"a": [-0.2, -0.2], "b": [-0.2, -0.2]}, reps=500)
+    assert (m, lo, hi) == pytest.approx((-0.2, -0.2, -0.2))
+    # seeds that disagree within instances widen the interval
+    _, lo2, hi2 = hierarchical_bootstrap_mean({"a": [-1.0, 0.6], "b": [-0.8, 0.4]}, reps=2000)
+    assert lo2 < -0.5 and hi2 > 0.2
+
+
+def test_steering_summary_tells_holding_from_steering():
+    from agents.reporting.heldout_report import steering
+
+    starts = [1e-5, 1e-4, 1e-3, 1e-2, 3e-5, 3e-3]
+
+    def runs(final):
+        return {"initial_constant": [{"instance": f"i{k % 2}", "seed": k, "schedule": [{"lr": s}] * 3}
+                                     for k, s in enumerate(starts)],
+                "policy": [{"instance": f"i{k % 2}", "seed": k, "schedule": [{"lr": s}, {"lr": final(s)}]}
+                           for k, s in enumerate(starts)]}
+
+    hold = steering(runs(lambda s: s))
+    assert hold["lr_contraction"] == pytest.approx(1.0) and hold["median_abs_log2_change"] == 0.0
+    pull = steering(runs(lambda s: math.sqrt(s * 3e-4)))  # halfway to 3e-4 on a log scale
+    assert pull["lr_contraction"] == pytest.approx(0.5)
+    assert pull["lowest_third_starts_raised"] == 1.0 and pull["highest_third_starts_lowered"] == 1.0

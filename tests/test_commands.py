@@ -37,6 +37,9 @@ def files(tmp_path_factory, fast_cfg_dict):
     (t / "notjson.json").write_text("{nope")
     d = dict(fast_cfg_dict, train=fast_cfg_dict["train"][:1], heldout=fast_cfg_dict["heldout"][:1])
     (t / "fast.yaml").write_text(yaml.safe_dump(d))
+    name = d["train"][0]["name"]
+    (t / "grid.json").write_text(json.dumps({"instances": {name: {"split": "train", "best_lr_refined": 1e-3}}}))
+    (t / "heldout_grid.json").write_text(json.dumps({"instances": {name: {"split": "heldout", "best_lr_refined": 1e-3}}}))
     return t
 
 
@@ -66,6 +69,9 @@ def test_train_agent_refuses_names_that_leave_out_and_deletes_nothing(capsys, fi
     (["--config", "{files}/missing.yaml"], "missing.yaml"),
     (["--config", "{files}/noheldout.yaml", "--total-steps", "1"], "held-out"),
     (["--resume", "--name", "nothing-here"], "nothing to resume"),
+    (["--config", "{files}/fast.yaml", "--algo", "dqn", "--imitate", "{files}/grid.json"], "--algo dqn"),
+    (["--config", "{files}/fast.yaml", "--imitate", "{files}/notjson.json"], "notjson.json"),
+    (["--config", "{files}/fast.yaml", "--imitate", "{files}/heldout_grid.json"], "heldout_grid.json"),
 ])
 def test_train_agent_bad_arguments(capsys, files, argv, names):
     argv = [a.format(files=files) for a in argv] + ["--out", str(files / "out")]

@@ -6,14 +6,65 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from agents.reporting.plots import trajectories
-from agents.reporting.statistics import mean_ci95
+from agents.reporting.plots import final_vs_start_lr, trajectories
+from agents.reporting.statistics import HIERARCHICAL_METHOD, hierarchical_bootstrap_mean, mean_ci95
 from trainers.atomic_files import write_json_atomic, write_text_atomic
 from trainers.provenance import utc_now
 
 METHODS = ("policy", "default_recipe", "initial_constant")  # what agents.evaluation.heldout runs
 # (baseline, key in the summary) for the paired differences reported against the policy
 PAIRED = (("default_recipe", "policy_minus_recipe"), ("initial_constant", "policy_minus_initial_constant"))
+
+
+BOOTSTRAP_REPS = 10000
+
+
+def lr_points(runs: dict[str, list[dict]]) -> list[tuple[str, float, float]]:
+    """(instance, starting lr, policy's final lr) per held-out episode. The start is the drawn
+    one, as the no-control run of the same instance and seed holds it."""
+    starts = {(r["instance"], r["seed"]): r["schedule"][0]["lr"] for r in runs.get("initial_constant", [])}
+    return [(r["instance"], starts.get((r["instance"], r["seed"]), r["schedule"][0]["lr"]), r["schedule"][-1]["lr"])
+            for r in runs.get("policy", []) if r["schedule"]]
+
+
+def steering(runs: dict[str, list[dict]]) -> dict:
+    """How the policy moves the learning rate: lr_contraction = std(log final lr) / std(log
+    starting lr) over held-out episodes (1: holds its start; 0: ends every run at one lr); and,
+    among the lowest and highest thirds of starts, how often it raised or lowered them."""
+    import numpy as np
+
+    pts = lr_points(runs)
+    if len(pts) < 2:
+        return {"lr_contraction": None, "n_episodes": len(pts)}
+    start = np.log([p[1] for p in pts])
+    final = np.log([p[2] for p in pts])
+    order = np.argsort(start)
+    third = max(1, len(pts) // 3)
+    low, high = order[:third], order[-third:]
+    return {"lr_contraction": float(final.std() / start.std()) if start.std() > 0 else None,
+            "n_episodes": len(pts),
+            "lowest_third_starts_raised": float(np.mean(final[low] > start[low])),
+            "highest_third_starts_lowered": float(np.mean(final[high] < start[high])),
+            "median_abs_log2_change": float(np.median(np.abs(final - start)) / np.log(2)),
+            "definition": "std(log final lr) / std(log starting lr) over held-out policy episodes"}
+
+
+def paired_instance_level(runs: dict[str, list[dict]]) -> dict:
+    """policy − baseline test loss, paired on (instance, seed), aggregated at the instance level."""
+    out = {}
+    for baseline, _ in PAIRED:
+        if "policy" not in runs or baseline not in runs:
+            continue
+        pairs = {(r["instance"], r["seed"]): r["test_loss"] for r in runs[baseline]}
+        per_inst: dict[str, list[float]] = {}
+        for p in runs["policy"]:
+            per_inst.setdefault(p["instance"], []).append(p["test_loss"] - pairs[(p["instance"], p["seed"])])
+        mean, lo, hi = hierarchical_bootstrap_mean(per_inst, reps=BOOTSTRAP_REPS)
+        out[baseline] = {"mean": mean, "ci95_low": lo, "ci95_high": hi, "n_instances": len(per_inst),
+                         "n_seeds": max(len(v) for v in per_inst.values()),
+                         "per_instance_mean": {k: sum(v) / len(v) for k, v in per_inst.items()},
+                         "policy_better": bool(hi < 0), "method": HIERARCHICAL_METHOD.format(reps=BOOTSTRAP_REPS)}
+    return out
 
 
 def summarise_heldout(runs: dict[str, list[dict]]) -> dict:
@@ -42,7 +93,12 @@ def summarise_heldout(runs: dict[str, list[dict]]) -> dict:
         diffs = [p["test_loss"] - pairs[(p["instance"], p["seed"])] for p in runs["policy"]]
         d_mean, d_ci = mean_ci95(diffs)
         out[key] = {"test_loss_diff_mean": d_mean, "test_loss_diff_ci95": d_ci, "n_pairs": len(diffs),
-                    "policy_better": bool(d_mean + d_ci < 0) if math.isfinite(d_ci) else None}
+                    "policy_better": bool(d_mean + d_ci < 0) if math.isfinite(d_ci) else None,
+                    "method": "mean over (instance, seed) pairs, Student t interval treating pairs as independent "
+                              "(optimistic: see 'paired' for the instance-level interval)"}
+    out["paired"] = paired_instance_level(runs)
+    out["steering"] = steering(runs)
+    out["lr_contraction"] = out["steering"]["lr_contraction"]
     return out
 
 
@@ -59,6 +115,20 @@ def heldout_markdown(summary: dict, title: str, command: str) -> str:
             lines += ["", f"Paired difference policy − {baseline} (same instance and seed): "
                           f"{d['test_loss_diff_mean']:+.4f} ± {d['test_loss_diff_ci95']:.4f} over {d['n_pairs']} pairs "
                           f"(negative = policy better)."]
+    if summary.get("paired"):
+        lines += ["", "Instance level (the headline): policy − baseline test loss, "
+                      "mean over instances with a two-level bootstrap 95% interval (instances, then seeds):", "",
+                  "| baseline | mean | 95% interval | instances x seeds | policy better |", "|---|---|---|---|---|"]
+        for baseline, d in summary["paired"].items():
+            lines.append(f"| {baseline} | {d['mean']:+.4f} | [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}] | "
+                         f"{d['n_instances']} x {d['n_seeds']} | {'yes' if d['policy_better'] else 'no'} |")
+    st = summary.get("steering") or {}
+    if st.get("lr_contraction") is not None:
+        lines += ["", f"Steering: lr_contraction = {st['lr_contraction']:.3f} (std of log final lr / std of log "
+                      f"starting lr over {st['n_episodes']} episodes; 1 = holds its start); of the lowest third of "
+                      f"starts {st['lowest_third_starts_raised']:.0%} were raised, of the highest third "
+                      f"{st['highest_third_starts_lowered']:.0%} were lowered; median |change| "
+                      f"{st['median_abs_log2_change']:.2f} doublings. Plot: lr_final_vs_start.png."]
     lines += ["", "| instance | " + " | ".join(f"{m} test loss" for m in METHODS if m in summary) + " |",
               "|---|" + "---|" * sum(m in summary for m in METHODS)]
     insts = summary[METHODS[0]]["per_instance"].keys()
@@ -85,6 +155,9 @@ def write_heldout_report(folder: Path, runs: dict[str, list[dict]], command: str
         seed = next(r["seed"] for r in runs["policy"] if r["instance"] == inst)  # the first seed of each instance
         picked = {labels[m]: next(r for r in runs[m] if r["instance"] == inst and r["seed"] == seed) for m in METHODS}
         plots.append(trajectories(picked, folder / f"trajectory_{inst}.png", f"{inst} (seed {seed})"))
+    if runs.get("policy") and runs.get("initial_constant"):
+        plots.append(final_vs_start_lr(lr_points(runs), folder / "lr_final_vs_start.png",
+                                       f"{folder.name}: final vs starting lr on held-out instances"))
     if log_to_mlflow:
         import mlflow
 

@@ -60,3 +60,25 @@ def trajectories(runs: dict[str, dict], out: Path, title: str) -> Path:
     a1.grid(alpha=0.3)
     a2.grid(alpha=0.3)
     return save_figure(fig, out)
+
+
+def final_vs_start_lr(points: Sequence[tuple[str, float, float]], out: Path, title: str) -> Path:
+    """One point per held-out episode, (instance, starting lr, final lr), log-log: a controller
+    that steers pulls the points off the diagonal toward a band; one that holds sits on it."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    names = sorted({p[0] for p in points})
+    for name in names:
+        xs = [p[1] for p in points if p[0] == name]
+        ys = [p[2] for p in points if p[0] == name]
+        ax.plot(xs, ys, "o", alpha=0.8, label=name)
+    if points:
+        lo = min(min(p[1], p[2]) for p in points) / 1.5
+        hi = max(max(p[1], p[2]) for p in points) * 1.5
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="no control (final = start)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("starting learning rate (drawn)")
+    ax.set_ylabel("final learning rate (policy)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out)

@@ -49,3 +49,30 @@ def stratified_bootstrap_iqm(per_instance: dict[str, Sequence[float]], reps: int
     stats = [iqm(np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])) for _ in range(reps)]
     lo, hi = np.percentile(stats, [2.5, 97.5])
     return point, float(lo), float(hi)
+
+
+HIERARCHICAL_METHOD = ("mean over instances of each instance's mean; 95% percentile interval from {reps} "
+                       "two-level bootstrap resamples: instances with replacement, then seeds with "
+                       "replacement within each drawn instance (seeds sharing an instance are not "
+                       "treated as independent)")
+
+
+def hierarchical_bootstrap_mean(per_instance: dict[str, Sequence[float]], reps: int = 10000,
+                                seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) of the instance-level mean: each instance weighs the same however many
+    seeds it has, and the interval covers both the choice of instances and the seeds within them."""
+    import numpy as np
+
+    groups = [np.asarray(v, dtype=float) for v in per_instance.values() if len(v)]
+    if not groups:
+        return float("nan"), float("nan"), float("nan")
+    point = float(np.mean([g.mean() for g in groups]))
+    if len(groups) == 1 and len(groups[0]) == 1:
+        return point, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(groups), size=(reps, len(groups)))
+    stats = np.empty(reps)
+    for r in range(reps):
+        stats[r] = np.mean([groups[i][rng.integers(0, len(groups[i]), len(groups[i]))].mean() for i in picks[r]])
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return point, float(lo), float(hi)
