@@ -27,6 +27,9 @@ def build_parser() -> CommandParser:
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per held-out instance (default: 3)")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="worker processes, one engine each (default: 1); results are the same, in less time")
+    p.add_argument("--baselines-from", default=None, metavar="AGENT_FOLDER",
+                   help="reuse the default-recipe and no-control runs of another agent's evaluation on the same "
+                        "instance set and seeds (they do not depend on the policy); only the policy runs")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite under results/)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     return p
@@ -36,19 +39,27 @@ def evaluate(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
     from agents.evaluation.heldout import evaluate_heldout
     from agents.learners.agent_folder import Controller
     from agents.reporting import mlflow_tracking
-    from agents.reporting.heldout_report import heldout_markdown, write_heldout_report
+    from agents.reporting.heldout_report import METHODS, heldout_markdown, write_heldout_report
 
     mlflow_tracking.check_tracking_uri(None if getattr(args, 'no_mlflow', False) else args.tracking_uri)
     controller = Controller(args.agent)
     if not controller.env_config.heldout:
         raise ConfigError(f"{Path(args.agent) / 'env_config.yaml'}: the agent's instance set has no held-out instances")
     command = "python -m agents.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    seeds = list(range(args.seeds))
+    reused: dict = {}
+    if args.baselines_from:
+        from agents.evaluation.heldout import reusable_baselines
+
+        reused = reusable_baselines(Path(args.baselines_from), controller.env_config, seeds)
+    methods = tuple(m for m in METHODS if m not in reused)
     if args.workers > 1:
         from agents.evaluation.heldout import evaluate_heldout_parallel
 
-        runs = evaluate_heldout_parallel(str(args.agent), list(range(args.seeds)), args.workers)
+        runs = evaluate_heldout_parallel(str(args.agent), seeds, args.workers, methods)
     else:
-        runs = evaluate_heldout(controller, list(range(args.seeds)))
+        runs = evaluate_heldout(controller, seeds, methods=methods)
+    runs = {m: reused.get(m) or runs[m] for m in METHODS}
     folder = Path(args.agent)
     if args.no_mlflow:
         summary = write_heldout_report(folder, runs, command, log_to_mlflow=False)

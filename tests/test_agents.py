@@ -205,3 +205,23 @@ def test_steering_summary_tells_holding_from_steering():
     pull = steering(runs(lambda s: math.sqrt(s * 3e-4)))  # halfway to 3e-4 on a log scale
     assert pull["lr_contraction"] == pytest.approx(0.5)
     assert pull["lowest_third_starts_raised"] == 1.0 and pull["highest_third_starts_lowered"] == 1.0
+
+
+def test_reused_baselines_are_the_runs_a_fresh_evaluation_makes(fast_yaml, tmp_path, tracking_uri):
+    from agents import evaluate
+
+    a = _train("qlearning", fast_yaml, tmp_path / "a", tracking_uri, ["--no-heldout", "--validate-every", "0"])
+    b = _train("ppo", fast_yaml, tmp_path / "b", tracking_uri, ["--no-heldout", "--validate-every", "0"])
+    evaluate.main(["--agent", str(a), "--seeds", "1", "--no-mlflow"])
+    fresh = evaluate.main(["--agent", str(b), "--seeds", "1", "--no-mlflow"])
+    fresh_runs = json.loads((b / "heldout.json").read_text())["runs"]
+    reused = evaluate.main(["--agent", str(b), "--seeds", "1", "--no-mlflow", "--baselines-from", str(a)])
+    reused_runs = json.loads((b / "heldout.json").read_text())["runs"]
+    for m in ("default_recipe", "initial_constant"):
+        assert [r["test_loss"] for r in reused_runs[m]] == [r["test_loss"] for r in fresh_runs[m]]
+        assert reused[m]["test_loss_mean"] == fresh[m]["test_loss_mean"]
+    assert [r["test_loss"] for r in reused_runs["policy"]] == [r["test_loss"] for r in fresh_runs["policy"]]
+    # more seeds than the other evaluation ran: stops, naming what is missing
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(["--agent", str(b), "--seeds", "2", "--no-mlflow", "--baselines-from", str(a)])
+    assert info.value.code == 2
