@@ -1,0 +1,96 @@
+"""Look at a comparison's searches in optuna-dashboard.
+
+    python -m agents.dashboard results/compare/<name>            # then open http://127.0.0.1:8080
+    python -m agents.dashboard results/compare/<name> --port 9000
+
+`agents.compare` keeps every Optuna study in its own SQLite file under <folder>/studies/ (so a
+crash or a rerun touches one search at a time). optuna-dashboard shows one storage, so this copies
+every study into one temporary SQLite file (optuna.copy_study; the comparison's files are only
+read) and serves it on loopback. Each study is named after its file: instance, seed and method.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from trainers.cli import CommandParser, positive_int, run_command  # noqa: E402
+from trainers.config import ConfigError  # noqa: E402
+
+
+def build_parser() -> CommandParser:
+    p = CommandParser(prog="python -m agents.dashboard", description=__doc__)
+    p.add_argument("folder", help="a comparison folder (results/compare/<name>), or a folder of study .db files")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=positive_int, default=8080, help="port (default: 8080)")
+    p.add_argument("--merged", default=None,
+                   help="where to write the merged SQLite file (default: a temporary file, removed on exit)")
+    return p
+
+
+def study_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such folder")
+    studies = folder / "studies" if (folder / "studies").is_dir() else folder
+    files = sorted(p for p in studies.glob("*.db") if p.is_file())
+    if not files:
+        raise ConfigError(f"{studies}: no Optuna study files (*.db); run python -m agents.compare first")
+    return files
+
+
+def merge_studies(files: list[Path], dest: Path) -> list[str]:
+    """Copy every study of every file into one SQLite storage; returns the new study names."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    target = f"sqlite:///{dest}"
+    names = []
+    for f in files:
+        url = f"sqlite:///{f}"
+        try:
+            found = optuna.get_all_study_names(url)
+        except Exception as err:  # not an Optuna storage: SQLAlchemy or Optuna's own errors
+            raise ConfigError(f"{f}: not an Optuna study file ({type(err).__name__})") from None
+        for name in found:
+            new = f.stem if len(found) == 1 else f"{f.stem}/{name}"
+            optuna.copy_study(from_study_name=name, from_storage=url, to_storage=target, to_study_name=new)
+            names.append(new)
+    return names
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise ConfigError(f"--port {port}: cannot serve on {host}:{port} ({err.strerror}); choose another --port") from None
+
+
+def serve(args: argparse.Namespace) -> None:
+    files = study_files(Path(args.folder))
+    _check_port(args.host, args.port)
+    with tempfile.TemporaryDirectory(prefix="dsrl-dashboard-") as tmp:
+        dest = Path(args.merged) if args.merged else Path(tmp) / "studies.db"
+        if dest.exists():
+            raise ConfigError(f"--merged {dest}: exists; give a new file")
+        names = merge_studies(files, dest)
+        print(f"{len(names)} studies from {len(files)} files; optuna-dashboard at http://{args.host}:{args.port}/ "
+              "(Ctrl-C stops it)", file=sys.stderr)
+        from optuna_dashboard import run_server
+
+        run_server(f"sqlite:///{dest}", host=args.host, port=args.port)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    run_command(build_parser(), serve, argv)
+
+
+if __name__ == "__main__":
+    main()
