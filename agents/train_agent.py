@@ -56,6 +56,8 @@ def build_parser() -> CommandParser:
     g.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
     g.add_argument("--eval-seeds", type=positive_int, default=3, help="seeds per held-out instance at the end (default: 3)")
+    g.add_argument("--eval-workers", type=positive_int, default=None,
+                   help="processes for the final held-out evaluation (default: --n-envs; the results are the same)")
     g.add_argument("--validate-every", type=nonnegative_int, default=None,
                    help="held-out validation every N steps during training (default: a quarter of the run; 0 = never)")
     g.add_argument("--checkpoint-every", type=nonnegative_int, default=60,
@@ -177,8 +179,14 @@ def train(args: argparse.Namespace) -> Path:
         from agents.reporting.heldout_report import heldout_markdown, write_heldout_report
         from envs.finetune_env import FineTuneEnv
 
-        env = FineTuneEnv(cfg, split="heldout", evaluate_test=True, session=result.sessions)
-        runs = evaluate_heldout(Controller(folder), list(range(args.eval_seeds)), env=env, cfg=cfg)
+        workers = args.eval_workers or args.n_envs
+        if workers > 1:
+            from agents.evaluation.heldout import evaluate_heldout_parallel
+
+            runs = evaluate_heldout_parallel(str(folder), list(range(args.eval_seeds)), workers)
+        else:
+            env = FineTuneEnv(cfg, split="heldout", evaluate_test=True, session=result.sessions)
+            runs = evaluate_heldout(Controller(folder), list(range(args.eval_seeds)), env=env, cfg=cfg)
         summary = write_heldout_report(folder, runs, result.meta["command"])
         print("\n" + heldout_markdown(summary, f"Held-out evaluation of {folder.name}", result.meta["command"]))
     mlflow.log_artifacts(str(folder), artifact_path="agent")

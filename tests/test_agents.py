@@ -221,6 +221,12 @@ def test_reused_baselines_are_the_runs_a_fresh_evaluation_makes(fast_yaml, tmp_p
         assert [r["test_loss"] for r in reused_runs[m]] == [r["test_loss"] for r in fresh_runs[m]]
         assert reused[m]["test_loss_mean"] == fresh[m]["test_loss_mean"]
     assert [r["test_loss"] for r in reused_runs["policy"]] == [r["test_loss"] for r in fresh_runs["policy"]]
+    # two worker processes, each with its own engine, make the same runs in the same order
+    evaluate.main(["--agent", str(b), "--seeds", "1", "--no-mlflow", "--workers", "2"])
+    parallel_runs = json.loads((b / "heldout.json").read_text())["runs"]
+    for m in fresh_runs:
+        assert [(r["instance"], r["seed"], r["test_loss"]) for r in parallel_runs[m]] == \
+            [(r["instance"], r["seed"], r["test_loss"]) for r in fresh_runs[m]]
     # more seeds than the other evaluation ran: stops, naming what is missing
     with pytest.raises(SystemExit) as info:
         evaluate.main(["--agent", str(b), "--seeds", "2", "--no-mlflow", "--baselines-from", str(a)])
