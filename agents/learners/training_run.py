@@ -318,7 +318,7 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
     checkpoint()
     files = save_model(folder, tag=None)
     _write_curve(folder / "training_curve.csv", curve)
-    from agents.reporting.plots import learning_curve
+    from agents.reporting.plots import learner_diagnostics, learning_curve
 
     learning_curve([r["timesteps"] for r in curve], [r["return"] for r in curve], folder / "learning_curve.png",
                    f"{opts.algo.upper()} on {cfg.name}", validation)
@@ -334,7 +334,13 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
         "training_seconds": round(time.time() - t_start, 1), "mlflow_run_id": run.info.run_id,
         "command": opts.command, "imitation": imitation, **opts.extra_meta,
     }
+    diag = learner_diagnostics(folder / "learner_progress.csv", folder / "learner_diagnostics.png",
+                               f"{opts.algo.upper()} on {cfg.name}: the learner's own curves")
+    if diag is not None:
+        meta["learner_diagnostics"] = diag.name
     write_agent_json(folder, meta)
     venv.close()
     mlflow.log_artifact(str(folder / "learning_curve.png"), artifact_path="plots")
+    if diag is not None:
+        mlflow.log_artifact(str(diag), artifact_path="plots")
     return TrainingResult(meta, in_process_sessions)

@@ -82,3 +82,41 @@ def final_vs_start_lr(points: Sequence[tuple[str, float, float]], out: Path, tit
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return save_figure(fig, out)
+
+
+def learner_diagnostics(csv_path: Path, out: Path, title: str) -> Path | None:
+    """PPO's own curves from SB3's progress CSV, one panel each: the policy's std (exploration),
+    explained variance and value loss (does the critic tell states apart?), approximate KL (how far
+    each update moved the policy). None when the run made no update worth plotting."""
+    import csv
+
+    panels = [("train/std", "policy std"), ("train/explained_variance", "explained variance"),
+              ("train/value_loss", "value loss"), ("train/approx_kl", "approx KL per update")]
+    try:
+        rows = list(csv.DictReader(Path(csv_path).open()))
+    except OSError:
+        return None
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        xs, ys = [], []
+        for r in rows:
+            try:
+                xs.append(float(r["time/total_timesteps"]))
+                ys.append(float(r[key]))
+            except (KeyError, TypeError, ValueError):
+                if len(xs) > len(ys):
+                    xs.pop()
+        return xs, ys
+
+    have = [(k, label) for k, label in panels if series(k)[1]]
+    if not have:
+        return None
+    fig, axes = plt.subplots(1, len(have), figsize=(3.2 * len(have), 3.0))
+    axes = [axes] if len(have) == 1 else list(axes)
+    for ax, (key, label) in zip(axes, have):
+        xs, ys = series(key)
+        ax.plot(xs, ys, ".-")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("decisions learned from", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, out)
