@@ -53,6 +53,14 @@ def test_learner_trains_saves_and_evaluates(algo, fast_yaml, tmp_path_factory, t
         assert set(s["per_instance"]) == {"bbc-tech-lm", "bbc-sport-lm-small"}
     for key in ("policy_minus_recipe", "policy_minus_initial_constant"):
         assert held[key]["n_pairs"] == 2
+    for baseline in ("default_recipe", "initial_constant"):  # the instance-level headline
+        p = held["paired"][baseline]
+        assert (p["n_instances"], p["n_seeds"]) == (2, 1) and p["ci95_low"] <= p["mean"] <= p["ci95_high"]
+        assert p["mean"] == pytest.approx(held[{"default_recipe": "policy_minus_recipe"}.get(
+            baseline, "policy_minus_initial_constant")]["test_loss_diff_mean"])  # one seed: the same mean
+        assert "bootstrap" in p["method"]
+    assert held["lr_contraction"] is not None and held["lr_contraction"] >= 0
+    assert (folder / "lr_final_vs_start.png").is_file()
     # no control really holds the drawn starting point: one distinct hyperparameter set per run
     for run in json.loads((folder / "heldout.json").read_text())["runs"]["initial_constant"]:
         assert len({tuple(sorted(h.items())) for h in run["schedule"]}) == 1
