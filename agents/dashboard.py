@@ -52,16 +52,27 @@ def merge_studies(files: list[Path], dest: Path) -> list[str]:
     target = f"sqlite:///{dest}"
     names = []
     for f in files:
-        url = f"sqlite:///{f}"
-        try:
-            found = optuna.get_all_study_names(url)
-        except Exception as err:  # not an Optuna storage: SQLAlchemy or Optuna's own errors
-            raise ConfigError(f"{f}: not an Optuna study file ({type(err).__name__})") from None
+        _check_optuna_file(f)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{f}", skip_table_creation=True)
+        found = [s.study_name for s in storage.get_all_studies()]
         for name in found:
             new = f.stem if len(found) == 1 else f"{f.stem}/{name}"
-            optuna.copy_study(from_study_name=name, from_storage=url, to_storage=target, to_study_name=new)
+            optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=target, to_study_name=new)
             names.append(new)
     return names
+
+
+def _check_optuna_file(f: Path) -> None:
+    """Read-only: opening a file as an Optuna storage would add Optuna's tables to any SQLite file."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{f}?mode=ro", uri=True) as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as err:
+        raise ConfigError(f"{f}: not an SQLite file ({err})") from None
+    if not {"studies", "trials", "version_info"} <= tables:
+        raise ConfigError(f"{f}: not an Optuna study file (no Optuna tables)")
 
 
 def _check_port(host: str, port: int) -> None:

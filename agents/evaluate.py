@@ -48,10 +48,11 @@ def evaluate(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
     command = "python -m agents.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     seeds = list(range(args.seeds))
     reused: dict = {}
+    extra: dict = {}
     if args.baselines_from:
         from agents.evaluation.heldout import reusable_baselines
 
-        reused = reusable_baselines(Path(args.baselines_from), controller.env_config, seeds)
+        reused, extra["baselines_from"] = reusable_baselines(Path(args.baselines_from), controller.env_config, seeds)
     methods = tuple(m for m in METHODS if m not in reused)
     if args.workers > 1:
         from agents.evaluation.heldout import evaluate_heldout_parallel
@@ -62,13 +63,13 @@ def evaluate(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
     runs = {m: reused.get(m) or runs[m] for m in METHODS}
     folder = Path(args.agent)
     if args.no_mlflow:
-        summary = write_heldout_report(folder, runs, command, log_to_mlflow=False)
+        summary = write_heldout_report(folder, runs, command, log_to_mlflow=False, extra=extra)
     else:
         import mlflow
 
         mlflow_tracking.setup(args.tracking_uri, "heldout-evaluation")
         with mlflow.start_run(run_name=f"evaluate/{folder.name}"):
-            summary = write_heldout_report(folder, runs, command)
+            summary = write_heldout_report(folder, runs, command, extra=extra)
     print(heldout_markdown(summary, f"Held-out evaluation of {folder.name}", command))
     print(f"written: {folder / 'heldout.json'}, {folder / 'heldout.md'}")
     return summary

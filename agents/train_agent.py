@@ -71,7 +71,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def _check_folder(folder: Path, resume: bool, algo: str) -> None:
+def _check_folder(folder: Path, resume: bool, algo: str, imitate: bool = False) -> None:
     """Refuse anything that would touch a folder that is not this command's to touch."""
     from agents.learners.agent_folder import is_agent_folder
     from agents.learners.training_run import STATE_FILE
@@ -85,6 +85,9 @@ def _check_folder(folder: Path, resume: bool, algo: str) -> None:
             got = saved.get("algo") if isinstance(saved, dict) else None
             raise ConfigError(f"--resume: {state} is a checkpoint of --algo {got}, not {algo}"
                               if got else f"--resume: {state} is not a checkpoint this version can continue")
+        if imitate and not saved.get("imitation") and int(saved.get("num_timesteps", 0)) > 0:
+            raise ConfigError(f"--imitate: {state} has learned {saved['num_timesteps']} decisions without imitation; "
+                              "a warm start now would overwrite them (resume without --imitate)")
         return
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise ConfigError(f"{folder}: exists and is not a folder; choose another --name")
@@ -96,11 +99,13 @@ def _check_folder(folder: Path, resume: bool, algo: str) -> None:
                           "choose another --name or --out")
 
 
-def _learned_steps(state: Path) -> int:
+def _learned_anything(state: Path) -> bool:
+    """Whether a checkpoint holds learning worth keeping: decisions, or an imitation warm start."""
     try:
-        return int(read_structured_file(state)["num_timesteps"])
+        saved = read_structured_file(state)
+        return int(saved["num_timesteps"]) > 0 or bool(saved.get("imitation"))
     except (ConfigError, KeyError, TypeError, ValueError):
-        return 0
+        return False
 
 
 def prepare(args: argparse.Namespace) -> tuple[InstanceSetConfig, Path]:
@@ -132,7 +137,7 @@ def prepare(args: argparse.Namespace) -> tuple[InstanceSetConfig, Path]:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
     folder = out / name
-    _check_folder(folder, args.resume, args.algo)
+    _check_folder(folder, args.resume, args.algo, imitate=args.imitate is not None)
     return cfg, folder
 
 
@@ -162,7 +167,7 @@ def train(args: argparse.Namespace) -> Path:
     try:
         result = run_training(cfg, opts, folder)
     except BaseException:
-        if previous is not None and _learned_steps(folder / "checkpoint" / STATE_FILE) == 0:
+        if previous is not None and not _learned_anything(folder / "checkpoint" / STATE_FILE):
             shutil.rmtree(folder, ignore_errors=True)  # the new run learned nothing worth keeping
             previous.rename(folder)
             print(f"the earlier agent is back in {folder}", file=sys.stderr)

@@ -51,6 +51,7 @@ class EpisodeLog:
     initial_test_loss: Optional[float] = None  # the base model's, for scoring diverged runs
     test_metric: Optional[float] = None
     metric_name: Optional[str] = None
+    initial_hparams: Optional[dict[str, float]] = None  # the start set at reset, before any action
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -189,7 +190,8 @@ class FineTuneEnv(gym.Env):
         self.eval_loss = self.initial_eval.loss
         self.last_eval_change = 0.0
         self.steps_done = 0
-        self.log = EpisodeLog(self.instance.name, seed, self.initial_eval.loss, metric_name=self.initial_eval.metric_name)
+        self.log = EpisodeLog(self.instance.name, seed, self.initial_eval.loss, metric_name=self.initial_eval.metric_name,
+                              initial_hparams=hp.as_dict())
         if self.evaluate_test:
             if self.instance.name not in self._initial_test:
                 self._initial_test[self.instance.name] = self.session.evaluate("test")

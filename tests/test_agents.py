@@ -59,7 +59,11 @@ def test_learner_trains_saves_and_evaluates(algo, fast_yaml, tmp_path_factory, t
         assert p["mean"] == pytest.approx(held[{"default_recipe": "policy_minus_recipe"}.get(
             baseline, "policy_minus_initial_constant")]["test_loss_diff_mean"])  # one seed: the same mean
         assert "bootstrap" in p["method"]
-    assert held["lr_contraction"] is not None and held["lr_contraction"] >= 0
+    runs = json.loads((folder / "heldout.json").read_text())["runs"]
+    start = np.log([r["schedule"][0]["lr"] for r in runs["initial_constant"]])  # the drawn start, held
+    assert np.allclose(start, np.log([r["initial_hparams"]["lr"] for r in runs["policy"]]))
+    final = np.log([r["schedule"][-1]["lr"] for r in runs["policy"]])
+    assert held["lr_contraction"] == pytest.approx(final.std() / start.std())
     assert (folder / "lr_final_vs_start.png").is_file()
     # no control really holds the drawn starting point: one distinct hyperparameter set per run
     for run in json.loads((folder / "heldout.json").read_text())["runs"]["initial_constant"]:
@@ -205,7 +209,8 @@ def test_steering_summary_tells_holding_from_steering():
     def runs(final):
         return {"initial_constant": [{"instance": f"i{k % 2}", "seed": k, "schedule": [{"lr": s}] * 3}
                                      for k, s in enumerate(starts)],
-                "policy": [{"instance": f"i{k % 2}", "seed": k, "schedule": [{"lr": s}, {"lr": final(s)}]}
+                # the policy's first step already carries its first action: not the start
+                "policy": [{"instance": f"i{k % 2}", "seed": k, "schedule": [{"lr": 2 * s}, {"lr": final(s)}]}
                            for k, s in enumerate(starts)]}
 
     hold = steering(runs(lambda s: s))
@@ -224,6 +229,7 @@ def test_reused_baselines_are_the_runs_a_fresh_evaluation_makes(fast_yaml, tmp_p
     fresh = evaluate.main(["--agent", str(b), "--seeds", "1", "--no-mlflow"])
     fresh_runs = json.loads((b / "heldout.json").read_text())["runs"]
     reused = evaluate.main(["--agent", str(b), "--seeds", "1", "--no-mlflow", "--baselines-from", str(a)])
+    assert reused["baselines_from"]["folder"] == str(a)
     reused_runs = json.loads((b / "heldout.json").read_text())["runs"]
     for m in ("default_recipe", "initial_constant"):
         assert [r["test_loss"] for r in reused_runs[m]] == [r["test_loss"] for r in fresh_runs[m]]
@@ -238,4 +244,11 @@ def test_reused_baselines_are_the_runs_a_fresh_evaluation_makes(fast_yaml, tmp_p
     # more seeds than the other evaluation ran: stops, naming what is missing
     with pytest.raises(SystemExit) as info:
         evaluate.main(["--agent", str(b), "--seeds", "2", "--no-mlflow", "--baselines-from", str(a)])
+    assert info.value.code == 2
+    # runs measured on another stack are not reused
+    other = json.loads((a / "heldout.json").read_text())
+    other["summary"]["machine"]["torch"] = "0.0.1"
+    (a / "heldout.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(["--agent", str(b), "--seeds", "1", "--no-mlflow", "--baselines-from", str(a)])
     assert info.value.code == 2

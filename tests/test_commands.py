@@ -71,7 +71,7 @@ def test_train_agent_refuses_names_that_leave_out_and_deletes_nothing(capsys, fi
     (["--resume", "--name", "nothing-here"], "nothing to resume"),
     (["--config", "{files}/fast.yaml", "--algo", "dqn", "--imitate", "{files}/grid.json"], "--algo dqn"),
     (["--config", "{files}/fast.yaml", "--imitate", "{files}/notjson.json"], "notjson.json"),
-    (["--config", "{files}/fast.yaml", "--imitate", "{files}/heldout_grid.json"], "heldout_grid.json"),
+    (["--config", "{files}/fast.yaml", "--imitate", "{files}/heldout_grid.json"], "not 'train'"),
 ])
 def test_train_agent_bad_arguments(capsys, files, argv, names):
     argv = [a.format(files=files) for a in argv] + ["--out", str(files / "out")]

@@ -39,3 +39,16 @@ def test_bad_folders_get_one_error_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         dashboard.main([str(tmp_path)])
     assert "junk.db" in capsys.readouterr().err
+    # an SQLite file that is not Optuna's (an MLflow store, say) is refused and left byte-for-byte alone
+    import sqlite3
+
+    (tmp_path / "junk.db").unlink()
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE runs (id INTEGER)")
+    before = other.read_bytes()
+    with pytest.raises(SystemExit):
+        dashboard.main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "other.db" in err and "not an Optuna study file" in err
+    assert other.read_bytes() == before

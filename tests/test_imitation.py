@@ -65,7 +65,11 @@ def test_imitation_warm_start_steers_a_low_start_up_and_a_high_one_down(cfg_dict
     p = tmp_path / "fast.yaml"
     p.write_text(yaml.safe_dump(cfg_dict))
     grid = tmp_path / "grid.json"
-    grid.write_text(json.dumps(_grid(cfg_dict, 1e-3)))
+    g = _grid(cfg_dict)
+    targets = {i["name"]: lr for i, lr in zip(cfg_dict["train"], (7e-4, 1.4e-3))}  # each instance its own
+    for name, lr in targets.items():
+        g["instances"][name]["best_lr_refined"] = lr
+    grid.write_text(json.dumps(g))
     folder = train_agent.train(train_agent.parse_args([
         "--config", str(p), "--total-steps", "4", "--imitate", str(grid), "--imitation-episodes", "6",
         "--out", str(tmp_path / "agents"), "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}",
@@ -73,7 +77,7 @@ def test_imitation_warm_start_steers_a_low_start_up_and_a_high_one_down(cfg_dict
     meta = json.loads((folder / "agent.json").read_text())
     rec = meta["imitation"]
     assert rec["episodes"] == 6 and rec["decisions"] == 6 * 2  # 8-step episodes, a decision every 4 steps
-    assert rec["targets"] == {i["name"]: 1e-3 for i in cfg_dict["train"]}
+    assert rec["targets"] == targets
     assert rec["action_mse_after"] < 0.5 * rec["action_mse_before"]
     assert meta["learner_hparams"]["learning_rate"] == 1e-4  # PPO refines the warm start gently
 
@@ -81,7 +85,59 @@ def test_imitation_warm_start_steers_a_low_start_up_and_a_high_one_down(cfg_dict
     env = FineTuneEnv(controller.env_config, split="heldout")  # an instance it never saw
     name = env.instances[0].name
     moves = {}
-    for lr in (1.5e-4, 8e-3):  # inside the training starts' range [1e-4, 1e-2], either side of 1e-3
+    for lr in (1.5e-4, 8e-3):  # inside the training starts' range [1e-4, 1e-2], either side of both targets
         obs, _ = env.reset(seed=0, options={"instance": name, "initial_hparams": Hparams(lr, 0.01, 1.0)})
         moves[lr] = float(controller.act(obs)[0])
     assert moves[1.5e-4] > 0.3 and moves[8e-3] < -0.3, moves
+
+
+class _FakeVecEnv:
+    """Two environments with episodes of different lengths, so they reset at different times; each
+    reports its instance at reset (as SB3's reset_infos) and after each step."""
+
+    def __init__(self, cfg, lengths=(2, 3)):
+        self.num_envs, self.cfg, self.lengths = 2, cfg, lengths
+        self.names = [[i.name for i in cfg.train], [i.name for i in reversed(cfg.train)]]
+        self.episode = [0, 0]
+        self.t = [0, 0]
+        self.lr = [1e-5, 1e-1]
+        self.unwrapped = self
+        self.reset_infos = [{}, {}]
+
+    def _inst(self, i):
+        return self.names[i][self.episode[i] % len(self.names[i])]
+
+    def reset(self):
+        self.reset_infos = [{"instance": self._inst(i)} for i in range(2)]
+        return self.get_original_obs()
+
+    def get_original_obs(self):
+        return np.stack([observe(self.t[i] / 10, Hparams(self.lr[i], 0.01, 1.0), self.cfg.bounds, [], 1.0, 1.0, 0.0)
+                         for i in range(2)])
+
+    def step(self, actions):
+        dones, infos = [], []
+        for i in range(2):
+            self.lr[i] = float(np.clip(self.lr[i] * 2.0 ** actions[i][0], *self.cfg.bounds.lr))
+            infos.append({"instance": self._inst(i)})
+            self.t[i] += 1
+            done = self.t[i] == self.lengths[i]
+            if done:
+                self.t[i], self.episode[i] = 0, self.episode[i] + 1
+                self.lr[i] = [1e-5, 1e-1][i]
+                self.reset_infos[i] = {"instance": self._inst(i)}
+            dones.append(done)
+        return self.get_original_obs(), np.array([1.0, 2.0]), np.array(dones), infos
+
+
+def test_collect_labels_each_state_with_its_own_instances_target_across_resets(cfg_dict):
+    cfg = parse_config(cfg_dict)
+    a, b = (i.name for i in cfg.train)
+    targets = {a: 1e-4, b: 1e-2}
+    demos = imitation.collect(_FakeVecEnv(cfg), targets, cfg, episodes=5, noise=0.0, gamma=0.5, seed=0)
+    assert demos.episodes == 5
+    for obs, act, name in zip(demos.raw_obs, demos.actions, demos.instances):
+        assert act[0] == pytest.approx(imitation.expert_action(obs[None], np.array([targets[name]]), cfg)[0, 0])
+    assert set(demos.instances) == {a, b}  # both environments moved on to their next instance
+    # discounted returns, from 0 at each episode's end: env 0 earns 1 per step (2 steps), env 1 earns 2 (3 steps)
+    assert sorted(set(np.round(demos.returns, 6))) == sorted({1.0, 1.5, 2.0, 3.0, 3.5})

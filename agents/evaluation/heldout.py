@@ -81,7 +81,10 @@ def evaluate_heldout(controller: Controller, seeds: list[int], env: Optional[Fin
     return runs
 
 
-def reusable_baselines(other_folder: Path, cfg: InstanceSetConfig, seeds: list[int]) -> dict[str, list[dict]]:
+SAME_STACK = ("python", "torch", "cpu_count", "cuda")  # what must match for another evaluation's runs to stand in
+
+
+def reusable_baselines(other_folder: Path, cfg: InstanceSetConfig, seeds: list[int]) -> tuple[dict[str, list[dict]], dict]:
     """The default-recipe and no-control runs of another agent's held-out evaluation, when they are
     the runs this evaluation would make: the same instance set (the action space aside, which
     these runs do not use) and every (instance, seed) present. Each run's seed fixes its start,
@@ -93,8 +96,17 @@ def reusable_baselines(other_folder: Path, cfg: InstanceSetConfig, seeds: list[i
     if other_cfg.model_dump(exclude={"action"}) != cfg.model_dump(exclude={"action"}):
         raise ConfigError(f"--baselines-from {other_folder}: that agent's instance set differs from this one's "
                           "(env_config.yaml), so its baseline runs are not this evaluation's")
+    from trainers.provenance import machine_info
+
     data = read_structured_file(Path(other_folder) / "heldout.json")
     runs = data.get("runs") if isinstance(data, dict) else None
+    theirs = ((data.get("summary") or {}).get("machine") or {}) if isinstance(data, dict) else {}
+    ours = machine_info()
+    differ = [k for k in SAME_STACK if theirs.get(k) != ours.get(k)]
+    if differ:
+        raise ConfigError(f"--baselines-from {other_folder}: heldout.json was measured on another stack or machine "
+                          f"({differ[0]}: {theirs.get(differ[0])!r} there, {ours.get(differ[0])!r} here); "
+                          "CPU kernels differ, so its runs are not this evaluation's")
     out: dict[str, list[dict]] = {}
     for m in ("default_recipe", "initial_constant"):
         have = {(r.get("instance"), r.get("seed")): r for r in (runs or {}).get(m, []) if isinstance(r, dict)}
@@ -104,4 +116,6 @@ def reusable_baselines(other_folder: Path, cfg: InstanceSetConfig, seeds: list[i
             raise ConfigError(f"--baselines-from {other_folder}: heldout.json has no {m} run for instance "
                               f"{missing[0][0]!r} seed {missing[0][1]}")
         out[m] = [have[j] for j in need]
-    return out
+    source = {"folder": str(other_folder), "methods": sorted(out), "git_commit": theirs.get("git_commit"),
+              "measured_at": (data.get("summary") or {}).get("measured_at")}
+    return out, source

@@ -34,6 +34,8 @@ def expert_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
     if not isinstance(insts, dict):
         raise ConfigError(f"{path}: not an lr-grid result (no 'instances'; make one with "
                           "python -m agents.headroom --config <name> --lr-grid)")
+    if data.get("config") not in (None, cfg.name):
+        raise ConfigError(f"{path}: config: an lr grid of instance set {data.get('config')!r}, not {cfg.name!r}")
     targets: dict[str, float] = {}
     for inst in cfg.train:
         rec = insts.get(inst.name)

@@ -292,16 +292,18 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
                 f.unlink(missing_ok=True)
 
     imitation: Optional[dict] = state.get("imitation")
-    if opts.imitate is not None and imitation is None:
-        imitation = warm_start(model, venv, cfg, opts, hp, dropped)
-        checkpoint()  # a crash from here on resumes from the warm-started policy
-
+    warm = opts.imitate is not None and imitation is None
+    if warm and int(state.get("num_timesteps", 0)) > 0:  # train_agent refuses this first, with the reason
+        raise RuntimeError("a warm start would overwrite a policy that has already learned")
     validator = (HeldoutValidator(cfg, act, in_process_sessions)
                  if opts.validate_every and cfg.heldout else None)
     start = int(state.get("num_timesteps", 0))
     monitor = TrainingMonitor(opts.total_steps, start, checkpoint, opts.checkpoint_every, validator,
                               opts.validate_every, curve, validation, dropped)
     try:
+        if warm:
+            imitation = warm_start(model, venv, cfg, opts, hp, dropped)
+            checkpoint()  # a crash from here on resumes from the warm-started policy
         if opts.algo == "qlearning":
             model.learn(venv, opts.total_steps - start, on_step=lambda n, r, infos: monitor.on_step(n, infos))
         else:

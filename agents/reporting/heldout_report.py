@@ -20,11 +20,17 @@ BOOTSTRAP_REPS = 10000
 
 
 def lr_points(runs: dict[str, list[dict]]) -> list[tuple[str, float, float]]:
-    """(instance, starting lr, policy's final lr) per held-out episode. The start is the drawn
-    one, as the no-control run of the same instance and seed holds it."""
-    starts = {(r["instance"], r["seed"]): r["schedule"][0]["lr"] for r in runs.get("initial_constant", [])}
-    return [(r["instance"], starts.get((r["instance"], r["seed"]), r["schedule"][0]["lr"]), r["schedule"][-1]["lr"])
-            for r in runs.get("policy", []) if r["schedule"]]
+    """(instance, starting lr, policy's final lr) per held-out episode. The start is the drawn one,
+    set before the policy's first action: as the episode logged it, or else as the no-control run
+    of the same instance and seed holds it (the policy's first step already has its first action
+    applied, so an episode with neither is left out)."""
+    held = {(r["instance"], r["seed"]): r["schedule"][0]["lr"] for r in runs.get("initial_constant", []) if r["schedule"]}
+    points = []
+    for r in runs.get("policy", []):
+        start = (r.get("initial_hparams") or {}).get("lr", held.get((r["instance"], r["seed"])))
+        if start is not None and r["schedule"]:
+            points.append((r["instance"], float(start), r["schedule"][-1]["lr"]))
+    return points
 
 
 def steering(runs: dict[str, list[dict]]) -> dict:
@@ -53,17 +59,25 @@ def paired_instance_level(runs: dict[str, list[dict]]) -> dict:
     """policy − baseline test loss, paired on (instance, seed), aggregated at the instance level."""
     out = {}
     for baseline, _ in PAIRED:
-        if "policy" not in runs or baseline not in runs:
+        if not runs.get("policy") or not runs.get(baseline):
             continue
         pairs = {(r["instance"], r["seed"]): r["test_loss"] for r in runs[baseline]}
         per_inst: dict[str, list[float]] = {}
         for p in runs["policy"]:
             per_inst.setdefault(p["instance"], []).append(p["test_loss"] - pairs[(p["instance"], p["seed"])])
         mean, lo, hi = hierarchical_bootstrap_mean(per_inst, reps=BOOTSTRAP_REPS)
+        inst_means = [sum(v) / len(v) for v in per_inst.values()]
+        t_mean, t_half = mean_ci95(inst_means)
+        finite = math.isfinite(hi) and math.isfinite(t_half)
         out[baseline] = {"mean": mean, "ci95_low": lo, "ci95_high": hi, "n_instances": len(per_inst),
                          "n_seeds": max(len(v) for v in per_inst.values()),
-                         "per_instance_mean": {k: sum(v) / len(v) for k, v in per_inst.items()},
-                         "policy_better": bool(hi < 0), "method": HIERARCHICAL_METHOD.format(reps=BOOTSTRAP_REPS)}
+                         "per_instance_mean": dict(zip(per_inst, inst_means)),
+                         # a percentile bootstrap over few instances runs narrow: a t interval over
+                         # the instance means stands beside it, and "better" needs both
+                         "t_ci95_over_instances": [t_mean - t_half, t_mean + t_half],
+                         "policy_better": bool(hi < 0 and t_mean + t_half < 0) if finite else None,
+                         "method": HIERARCHICAL_METHOD.format(reps=BOOTSTRAP_REPS) +
+                         "; t_ci95_over_instances: Student t over the instance means (n_instances - 1 dof)"}
     return out
 
 
@@ -117,11 +131,14 @@ def heldout_markdown(summary: dict, title: str, command: str) -> str:
                           f"(negative = policy better)."]
     if summary.get("paired"):
         lines += ["", "Instance level (the headline): policy − baseline test loss, "
-                      "mean over instances with a two-level bootstrap 95% interval (instances, then seeds):", "",
+                      "mean over instances with a two-level bootstrap 95% interval (instances, then seeds), and a t interval over the instance means; 'policy better' needs both below 0:", "",
                   "| baseline | mean | 95% interval | instances x seeds | policy better |", "|---|---|---|---|---|"]
         for baseline, d in summary["paired"].items():
-            lines.append(f"| {baseline} | {d['mean']:+.4f} | [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}] | "
-                         f"{d['n_instances']} x {d['n_seeds']} | {'yes' if d['policy_better'] else 'no'} |")
+            t_lo, t_hi = d["t_ci95_over_instances"]
+            better = {True: "yes", False: "no", None: "n/a"}[d["policy_better"]]
+            lines.append(f"| {baseline} | {d['mean']:+.4f} | [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}] "
+                         f"(t over instances: [{t_lo:+.4f}, {t_hi:+.4f}]) | {d['n_instances']} x {d['n_seeds']} | "
+                         f"{better} |")
     st = summary.get("steering") or {}
     if st.get("lr_contraction") is not None:
         lines += ["", f"Steering: lr_contraction = {st['lr_contraction']:.3f} (std of log final lr / std of log "
@@ -143,10 +160,15 @@ def heldout_markdown(summary: dict, title: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_heldout_report(folder: Path, runs: dict[str, list[dict]], command: str, log_to_mlflow: bool = True) -> dict:
+def write_heldout_report(folder: Path, runs: dict[str, list[dict]], command: str, log_to_mlflow: bool = True,
+                         extra: dict | None = None) -> dict:
+    from trainers.provenance import machine_info
+
     summary = summarise_heldout(runs)
     summary["command"] = command
     summary["measured_at"] = utc_now()
+    summary["machine"] = machine_info()
+    summary.update(extra or {})
     write_json_atomic(folder / "heldout.json", {"summary": summary, "runs": runs})
     write_text_atomic(folder / "heldout.md", heldout_markdown(summary, f"Held-out evaluation of {folder.name}", command))
     plots = []
