@@ -34,8 +34,9 @@ def build_parser() -> CommandParser:
     g = p.add_argument_group("what to learn")
     g.add_argument("--algo", choices=["ppo", "dqn", "qlearning"], default="ppo", help="learner (default: ppo)")
     g.add_argument("--config", default="tiny", help="instance set: a name in configs/ or a YAML path (default: tiny)")
-    g.add_argument("--total-steps", type=positive_int, default=None,
-                   help="environment steps (decisions) to learn from (default: 480)")
+    g.add_argument("--total-steps", type=nonnegative_int, default=None,
+                   help="environment steps (decisions) to learn from (default: 480; 0 with --imitate: the "
+                        "imitation-only policy, to measure what the learner adds)")
     g.add_argument("--seed", type=int, default=0, help="seed of the learner and the environments (default: 0)")
     g.add_argument("--imitate", default=None, metavar="LR_GRID_JSON",
                    help="PPO only: before learning, imitate the best constant lr per training instance from this "
@@ -125,6 +126,8 @@ def prepare(args: argparse.Namespace) -> tuple[InstanceSetConfig, Path]:
     except argparse.ArgumentTypeError as err:
         raise ConfigError(f"agent folder name {name!r} (from the config's name): {err}") from None
     check_tracking_uri(args.tracking_uri)
+    if args.total_steps == 0 and args.imitate is None:
+        raise ConfigError("--total-steps 0 learns nothing: it is only for --imitate (the imitation-only policy)")
     if args.imitate is not None:
         if args.algo != "ppo":
             raise ConfigError(f"--imitate warm-starts PPO's policy; --algo {args.algo} has none to warm-start")
@@ -146,7 +149,7 @@ def train(args: argparse.Namespace) -> Path:
     from agents.learners.training_run import STATE_FILE, TrainingOptions, run_training
 
     cfg, folder = prepare(args)
-    total = args.total_steps or DEFAULT_DECISIONS[args.algo]
+    total = DEFAULT_DECISIONS[args.algo] if args.total_steps is None else args.total_steps
     previous = None
     if not args.resume and folder.exists() and any(folder.iterdir()):
         # kept aside until the new agent is saved: a run that fails leaves the earlier agent there

@@ -64,6 +64,7 @@ def test_train_agent_refuses_names_that_leave_out_and_deletes_nothing(capsys, fi
 @pytest.mark.parametrize("argv,names", [
     (["--n-envs", "0"], "--n-envs"),
     (["--total-steps", "-5"], "--total-steps"),
+    (["--config", "{files}/fast.yaml", "--total-steps", "0"], "--total-steps 0"),
     (["--checkpoint-every", "-1"], "--checkpoint-every"),
     (["--config", "{files}/bad.yaml"], "dataset"),
     (["--config", "{files}/missing.yaml"], "missing.yaml"),

@@ -91,6 +91,19 @@ def test_imitation_warm_start_steers_a_low_start_up_and_a_high_one_down(cfg_dict
     assert moves[1.5e-4] > 0.3 and moves[8e-3] < -0.3, moves
 
 
+def test_imitation_only_policy_is_the_warm_start_without_ppo_updates(cfg_dict, tmp_path):
+    p = tmp_path / "fast.yaml"
+    p.write_text(yaml.safe_dump(cfg_dict))
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(_grid(cfg_dict, 1e-3)))
+    folder = train_agent.train(train_agent.parse_args([
+        "--config", str(p), "--total-steps", "0", "--imitate", str(grid), "--imitation-episodes", "2",
+        "--out", str(tmp_path / "agents"), "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}",
+        "--no-heldout", "--validate-every", "0"]))
+    meta = json.loads((folder / "agent.json").read_text())
+    assert meta["total_timesteps"] == 0 and meta["imitation"]["episodes"] == 2
+
+
 class _FakeVecEnv:
     """Two environments with episodes of different lengths, so they reset at different times; each
     reports its instance at reset (as SB3's reset_infos) and after each step."""
