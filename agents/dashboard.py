@@ -11,17 +11,14 @@ read) and serves it on loopback. Each study is named after its file: instance, s
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-from trainers.cli import CommandParser, positive_int, run_command  # noqa: E402
-from trainers.config import ConfigError  # noqa: E402
+from trainers.cli import CommandParser, positive_int, run_command
+from trainers.config import ConfigError
 
 
 def build_parser() -> CommandParser:

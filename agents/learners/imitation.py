@@ -109,20 +109,18 @@ def collect(venv, targets: dict[str, float], cfg: InstanceSetConfig, episodes: i
             else:
                 current[i] = infos[i]["instance"]
         raw = venv.get_original_obs()
-    xs, acts, rets, names = [], [], [], []
-    for ep in done_eps[:episodes]:
-        g = 0.0
-        back = []
-        for o, a, r, n in reversed(ep):
+    kept = done_eps[:episodes]
+    rets: list[float] = []
+    for ep in kept:  # discounted return from each state, from 0 at the episode's end
+        g, back = 0.0, []
+        for _, _, r, _ in reversed(ep):
             g = r + gamma * g
-            back.append((o, a, g, n))
-        for o, a, g, n in reversed(back):
-            xs.append(o)
-            acts.append(a)
-            rets.append(g)
-            names.append(n)
-    return Demonstrations(np.array(xs, dtype=np.float32), np.array(acts, dtype=np.float32),
-                          np.array(rets, dtype=np.float32), names, min(len(done_eps), episodes))
+            back.append(g)
+        rets += back[::-1]
+    steps = [t for ep in kept for t in ep]
+    return Demonstrations(np.array([t[0] for t in steps], dtype=np.float32),
+                          np.array([t[1] for t in steps], dtype=np.float32),
+                          np.array(rets, dtype=np.float32), [t[3] for t in steps], len(kept))
 
 
 def pretrain(model, demos: Demonstrations, normalize, epochs: int = 300, lr: float = 1e-3,

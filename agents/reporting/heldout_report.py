@@ -55,16 +55,22 @@ def steering(runs: dict[str, list[dict]]) -> dict:
             "definition": "std(log final lr) / std(log starting lr) over held-out policy episodes"}
 
 
+def paired_differences(runs: dict[str, list[dict]], baseline: str) -> dict[str, list[float]]:
+    """instance -> policy − baseline test losses, paired on (instance, seed), in the policy's order."""
+    pairs = {(r["instance"], r["seed"]): r["test_loss"] for r in runs[baseline]}
+    per_inst: dict[str, list[float]] = {}
+    for p in runs["policy"]:
+        per_inst.setdefault(p["instance"], []).append(p["test_loss"] - pairs[(p["instance"], p["seed"])])
+    return per_inst
+
+
 def paired_instance_level(runs: dict[str, list[dict]]) -> dict:
     """policy − baseline test loss, paired on (instance, seed), aggregated at the instance level."""
     out = {}
     for baseline, _ in PAIRED:
         if not runs.get("policy") or not runs.get(baseline):
             continue
-        pairs = {(r["instance"], r["seed"]): r["test_loss"] for r in runs[baseline]}
-        per_inst: dict[str, list[float]] = {}
-        for p in runs["policy"]:
-            per_inst.setdefault(p["instance"], []).append(p["test_loss"] - pairs[(p["instance"], p["seed"])])
+        per_inst = paired_differences(runs, baseline)
         mean, lo, hi = hierarchical_bootstrap_mean(per_inst, reps=BOOTSTRAP_REPS)
         inst_means = [sum(v) / len(v) for v in per_inst.values()]
         t_mean, t_half = mean_ci95(inst_means)
@@ -103,8 +109,7 @@ def summarise_heldout(runs: dict[str, list[dict]]) -> dict:
     for baseline, key in PAIRED:
         if "policy" not in runs or baseline not in runs:
             continue
-        pairs = {(r["instance"], r["seed"]): r["test_loss"] for r in runs[baseline]}
-        diffs = [p["test_loss"] - pairs[(p["instance"], p["seed"])] for p in runs["policy"]]
+        diffs = [d for v in paired_differences(runs, baseline).values() for d in v]
         d_mean, d_ci = mean_ci95(diffs)
         out[key] = {"test_loss_diff_mean": d_mean, "test_loss_diff_ci95": d_ci, "n_pairs": len(diffs),
                     "policy_better": bool(d_mean + d_ci < 0) if math.isfinite(d_ci) else None,
