@@ -47,6 +47,9 @@ def build_parser() -> CommandParser:
     p.add_argument("--transfer-trials", type=nonnegative_int, default=16,
                    help="Optuna trials tuning the transferred recipe on the training instances (0: leave it out; "
                         "default 16)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="Ray actors running instance x seed pairs (and the transferred recipe's tuning) at once, "
+                        "one core each (default: 1, in this process); PBT uses every core on its own")
     p.add_argument("--name", type=plain_name, default=None, help="output folder name (default: the agent's name)")
     p.add_argument("--out", default=str(REPO_ROOT / "results" / "compare"), help="parent folder (default: results/compare)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite under results/)")
@@ -71,7 +74,7 @@ def with_set_ranges(cfg):
     return parse_config(d, source="agents.compare --data")
 
 
-def transferred_recipe(env, n_trials: int, out: Path) -> dict:
+def transferred_recipe(env, n_trials: int, out: Path, run_recipe=None) -> dict:
     """Tune the transferred recipe once (or read it back when the instance set and trial count are
     the same as last time); its cost is reported apart from the per-instance compute."""
     from agents.baselines.transferred_recipe import tune_transferred_recipe
@@ -85,7 +88,8 @@ def transferred_recipe(env, n_trials: int, out: Path) -> dict:
         saved = json.loads(path.read_text())
         if saved.get("tag") == tag:
             return saved["result"]
-    result = tune_transferred_recipe(env, n_trials, 0, out / "studies" / f"transferred-{tag}.db", f"transferred-{tag}")
+    result = tune_transferred_recipe(env, n_trials, 0, out / "studies" / f"transferred-{tag}.db", f"transferred-{tag}",
+                                     run_recipe)
     write_json_atomic(path, {"tag": tag, "result": result})
     return result
 
@@ -130,28 +134,74 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     storage_dir.mkdir(parents=True, exist_ok=True)
     env = FineTuneEnv(cfg, split="all", evaluate_test=True)
     controller.check_compatible(env.actions)
-    st_envs: Optional[dict] = None  # built when a result is missing: a resumed comparison needs none
-    transferred = transferred_recipe(env, args.transfer_trials, out) if args.transfer_trials else None
-    # what decides a saved instance x seed: the agent's weights, the budgets, and the instance's
-    # session, episode and data (a changed file or model is compared afresh)
-    key = {"agent": controller.fingerprint(), "budgets": sorted(args.budgets),
-           "pbt_populations": sorted(args.pbt_populations), "self_tuning": SELF_TUNING,
-           "transferred_recipe": transferred["recipe"] if transferred else None}
-    instance_keys = {n: record_key(cfg, n) for n in names}
-    per_run = []
-    for inst, seed in tqdm([(i, s) for i in names for s in range(args.seeds)], desc="compare", unit="instance x seed"):
-        saved = out / "per_run" / f"{inst}-seed{seed}.json"
-        run_key = json.loads(json.dumps(dict(key, instance=instance_keys[inst])))  # as it reads back from disk
-        results = load_saved_results(saved, run_key)
-        if results is None:
-            if st_envs is None:
-                st_envs = self_tuning_envs(cfg)
-            tag = digest(run_key)
-            results = compare_one(env, controller, inst, seed, args.budgets, storage_dir, tuple(args.pbt_populations),
-                                  st_envs, study_tag=tag,
-                                  transferred=RecipeConfig(**transferred["recipe"]) if transferred else None)
-            save_results(saved, run_key, results)
-        per_run.append({"instance": inst, "seed": seed, "results": results})
+    transferred, results = None, {}
+    pool = None  # Ray actors, started at the first work for them (a finished comparison reads back without)
+
+    def workers():
+        nonlocal pool
+        if pool is None:
+            from agents.parallel.compare_workers import ComparisonPool
+
+            pool = ComparisonPool(str(Path(args.agent).resolve()), cfg.model_dump(mode="json"), args.workers)
+        return pool
+
+    try:
+        if args.transfer_trials:
+            transferred = transferred_recipe(env, args.transfer_trials, out,
+                                             (lambda *a: workers().run_recipe(*a)) if args.workers > 1 else None)
+        # what decides a saved instance x seed: the agent's weights, the budgets, and the instance's
+        # session, episode and data (a changed file or model is compared afresh)
+        # (PBT is saved beside the other methods but keyed apart: it does not depend on the agent, and
+        # a changed --pbt-populations runs only the populations missing)
+        key = {"agent": controller.fingerprint(), "budgets": sorted(args.budgets), "self_tuning": SELF_TUNING,
+               "transferred_recipe": transferred["recipe"] if transferred else None}
+        instance_keys = {n: record_key(cfg, n) for n in names}
+        pairs = [(i, s) for i in names for s in range(args.seeds)]
+
+        def run_key(inst: str) -> dict:
+            return json.loads(json.dumps(dict(key, instance=instance_keys[inst])))  # as it reads back from disk
+
+        def saved_path(inst: str, seed: int) -> Path:
+            return out / "per_run" / f"{inst}-seed{seed}.json"
+
+        for inst, seed in pairs:
+            got = load_saved_results(saved_path(inst, seed), run_key(inst))
+            if got is not None:
+                results[inst, seed] = got
+        # every method but PBT, pair by pair; saved at once (PBT still to come), so a crash loses one pair
+        todo = [p for p in pairs if p not in results]
+        transferred_recipe_cfg = RecipeConfig(**transferred["recipe"]) if transferred else None
+        if args.workers > 1 and todo:
+            done = workers().compare_pairs(todo, args.budgets, storage_dir.resolve(), lambda i, s: digest(run_key(i)),
+                                      transferred["recipe"] if transferred else None)
+        else:
+            st_envs = self_tuning_envs(cfg) if todo else {}
+            done = ((i, s, compare_one(env, controller, i, s, args.budgets, storage_dir, (), st_envs,
+                                       study_tag=digest(run_key(i)), transferred=transferred_recipe_cfg))
+                    for i, s in todo)
+        for inst, seed, res in tqdm(done, total=len(todo), desc="compare", unit="instance x seed"):
+            results[inst, seed] = res
+            save_results(saved_path(inst, seed), run_key(inst), res)
+    finally:
+        if pool is not None:
+            pool.close()
+    # PBT last, pair by pair: Ray Tune spreads each population over the cores. Its experiment
+    # folders are named after the instance's key, so a changed model, file or episode starts afresh.
+    from agents.baselines.pbt import run_pbt
+
+    pops = sorted(set(args.pbt_populations))
+    todo = [p for p in pairs if any(n not in results[p].get("pbt", {}) for n in pops)]
+    for inst, seed in tqdm(todo, desc="PBT", unit="instance x seed", disable=not todo):
+        saved = results[inst, seed].setdefault("pbt", {})
+        for n in pops:
+            if n not in saved:
+                saved[n] = run_pbt(cfg, inst, seed, n, storage_dir / "pbt" / digest(instance_keys[inst]))
+                save_results(saved_path(inst, seed), run_key(inst), results[inst, seed])
+    for r in results.values():  # what this invocation asked for (other populations stay saved)
+        r["pbt"] = {n: r["pbt"][n] for n in pops} if pops else None
+        if r["pbt"] is None:
+            del r["pbt"]
+    per_run = [{"instance": i, "seed": s, "results": results[i, s]} for i, s in pairs]
     summary = summarise_comparison(per_run, args.budgets)
     summary.update({"command": command, "seeds": list(range(args.seeds)), "instances": names,
                     "agent_fingerprint": key["agent"], "measured_at": utc_now(),

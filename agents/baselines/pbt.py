@@ -42,6 +42,7 @@ def pbt_member(config: dict[str, Any]) -> None:
         metrics = {"eval_loss": info["eval_loss"] if not info["diverged"] else 1e9,
                    "steps_done": env.steps_done, "trained_steps": len(info["train_loss"]),
                    "diverged": info["diverged"], "test_loss": info.get("test_loss", float("nan")),
+                   "test_metric": info.get("test_metric"),
                    "lr": h.lr, "weight_decay": h.weight_decay, "grad_clip": h.grad_clip}
         if d.done:
             metrics["schedule_lr"] = json.dumps([x["lr"] for x in env.log.schedule])
@@ -122,5 +123,6 @@ def _best_member(cfg: InstanceSetConfig, inst, results) -> dict[str, Any]:
     if not finals:
         return {"compute_steps": compute, "test_loss": float("nan"), "val_loss": float("nan")}
     best = min(finals, key=lambda m: m["eval_loss"])
-    return {"compute_steps": compute, "test_loss": best["test_loss"], "val_loss": best["eval_loss"],
+    return {"compute_steps": compute, "test_loss": best["test_loss"], "test_metric": best.get("test_metric"),
+            "val_loss": best["eval_loss"],
             "schedule_lr": json.loads(best["schedule_lr"]), "eval_curve": json.loads(best["eval_curve"])}

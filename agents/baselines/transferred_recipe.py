@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import optuna
 
@@ -29,17 +29,25 @@ def improvement(log: dict[str, Any]) -> float:
     return (log["initial_eval_loss"] - final) / log["initial_eval_loss"]
 
 
-def tune_transferred_recipe(env: FineTuneEnv, n_trials: int, seed: int, storage: Path, name: str) -> dict[str, Any]:
+RunRecipe = Callable[[dict, list[str], int], list[dict]]  # (recipe, instances, seed) -> their logs, in order
+
+
+def tune_transferred_recipe(env: FineTuneEnv, n_trials: int, seed: int, storage: Path, name: str,
+                            run_recipe: Optional[RunRecipe] = None) -> dict[str, Any]:
     """Optuna TPE over recipes on ``env.cfg.train`` (seed ``seed`` for every episode); returns the best
-    recipe, its objective, and the training steps the whole tuning spent."""
+    recipe, its objective, and the training steps the whole tuning spent. ``run_recipe`` runs one
+    trial's episodes elsewhere (agents.compare --workers: on Ray actors); by default, in ``env``."""
     cfg = env.cfg
     train = list(cfg.train)
+
+    def here(recipe: dict, names: list[str], seed: int) -> list[dict]:
+        r = RecipeConfig(**recipe)
+        return [run_episode(env, recipe_plan(env, r, n), n, seed) for n in names]
 
     def objective(trial: optuna.Trial) -> float:
         recipe = suggest_recipe(trial, cfg.bounds, train)
         gains, steps = [], 0
-        for inst in train:
-            log = run_episode(env, recipe_plan(env, recipe, inst.name), inst.name, seed)
+        for log in (run_recipe or here)(recipe.model_dump(mode="json"), [i.name for i in train], seed):
             gains.append(improvement(log))
             steps += len(log["schedule"])
         trial.set_user_attr("compute_steps", steps)

@@ -46,11 +46,18 @@ def search_at_budgets(study: optuna.Study, budgets: list[int]) -> dict[int, dict
         best = best_trial(study, b)
         out[b] = {"compute_steps": sum(int(t.user_attrs.get("compute_steps", 0)) for t in finished[:b]),
                   "test_loss": best.user_attrs["test_loss"] if best else float("nan"),
+                  "test_metric": best.user_attrs.get("test_metric") if best else None,
                   "val_loss": best.value if best else float("nan"),
                   "params": best.params if best else None,
                   "eval_curve": best.user_attrs.get("eval_curve") if best else None,
                   "schedule_lr": best.user_attrs.get("schedule_lr") if best else None}
     return out
+
+
+def one_run(log: dict[str, Any]) -> dict[str, Any]:
+    """A one-run method's record: its cost, test loss and task metric, and the whole episode log."""
+    return {"compute_steps": len(log["schedule"]), "test_loss": log["test_loss"], "test_metric": log["test_metric"],
+            "log": log}
 
 
 def self_tuning_config(cfg, name: str):
@@ -90,7 +97,7 @@ def self_tuning_run(env: FineTuneEnv, instance: str, seed: int) -> dict[str, Any
     own = SELF_TUNING[env.cfg.session.optimizer]
     log = run_episode(env, HoldPlan(Hparams(own["lr"], own["weight_decay"], env.cfg.default_recipe.grad_clip)),
                       instance, seed)
-    return {1: {"compute_steps": len(log["schedule"]), "test_loss": log["test_loss"], "log": log}}
+    return {1: one_run(log)}
 
 
 def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: int, budgets: list[int],
@@ -103,13 +110,13 @@ def compare_one(env: FineTuneEnv, controller: Controller, instance: str, seed: i
     cfg = env.cfg
     res: dict[str, dict] = {}
     log = run_episode(env, PolicyPlan(controller.act), instance, seed)
-    res["policy"] = {1: {"compute_steps": len(log["schedule"]), "test_loss": log["test_loss"], "log": log}}
+    res["policy"] = {1: one_run(log)}
     fixed = [("default_recipe", cfg.default_recipe), ("hand_schedule", hand_schedule(cfg))]
     if transferred is not None:  # tuned once on the training instances, applied unchanged here
         fixed.append(("transferred_recipe", transferred))
     for method, recipe in fixed:
         log = run_episode(env, recipe_plan(env, recipe, instance), instance, seed)
-        res[method] = {1: {"compute_steps": len(log["schedule"]), "test_loss": log["test_loss"], "log": log}}
+        res[method] = {1: one_run(log)}
     n = max(budgets)
     for method, sampler, pruner in (("random_search", "random", "none"), ("optuna_tpe", "tpe", "median")):
         name = f"{instance}-seed{seed}-{method}" + (f"-{study_tag}" if study_tag else "")
