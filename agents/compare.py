@@ -216,6 +216,9 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
                 for b, s in by_b.items():
                     mlflow.log_metric("test_loss_mean", s["test_loss_mean"], step=int(b))
                     mlflow.log_metric("compute_steps", s["compute_steps"], step=int(b))
+                    gain = summary["search_gain_captured"][m][b]["iqm"]
+                    if gain == gain:  # nan where no instance had a gain to capture
+                        mlflow.log_metric("search_gain_captured_iqm", gain, step=int(b))
         for f in plots + [out / "summary.md", out / "summary.json", out / "summary.csv"]:
             mlflow.log_artifact(str(f))
     print((out / "summary.md").read_text())

@@ -23,6 +23,12 @@ from trainers.config import (HPARAM_NAMES, REPO_ROOT, ConfigError, InstanceSetCo
                              parse_config, read_structured_file)
 
 
+def model_setting(model: str) -> str:
+    """A model folder as an absolute path (Ray Tune's trials and Ray actors do not run in this
+    directory); a preset name as it is."""
+    return str(Path(model).resolve()) if Path(model).is_dir() else model
+
+
 def user_config(base: InstanceSetConfig, data: str, model: Optional[str], steps: Optional[int]) -> InstanceSetConfig:
     """The agent's environment, retargeted at a user's JSONL file and (optionally) model folder.
     The file is read here, so a bad one stops before any engine is built."""
@@ -38,13 +44,13 @@ def user_config(base: InstanceSetConfig, data: str, model: Optional[str], steps:
         inst["total_steps"] = steps
     d = deep_merge(d, {"heldout": [inst]})
     if model:
-        d["session"]["model"] = model
+        d["session"]["model"] = model_setting(model)
     return parse_config(d, source="agents.tune arguments")
 
 
 def with_model(cfg: InstanceSetConfig, model: str) -> InstanceSetConfig:
     """The same instance set on another model (a Hugging Face folder or a preset)."""
-    return parse_config(deep_merge(cfg.model_dump(mode="json"), {"session": {"model": model}}))
+    return parse_config(deep_merge(cfg.model_dump(mode="json"), {"session": {"model": model_setting(model)}}))
 
 
 def save_run(out: Path, log: dict, cfg: InstanceSetConfig, env, agent: Optional[str], save_model: bool) -> None:

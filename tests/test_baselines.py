@@ -377,6 +377,22 @@ def test_compare_on_a_users_file_searches_the_agents_starting_ranges(tmp_path):
     assert lr.low < lr.high
 
 
+def test_a_model_folder_given_relative_reaches_ray_workers_as_an_absolute_path(tmp_path, monkeypatch):
+    """Ray Tune runs each PBT member in its own trial folder, and actors need not share the
+    driver's directory: a model folder named relative to it is stored absolute, a preset as named."""
+    from agents.learners.agent_folder import Controller
+    from agents.tune import user_config, with_model
+
+    (tmp_path / "my-model").mkdir()
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text('{"text": "some words to model"}\n' * 30)
+    monkeypatch.chdir(tmp_path)
+    base = Controller(REPO_ROOT / "results" / "agents" / "ppo-tiny-seed0").env_config
+    assert user_config(base, "mine.jsonl", "my-model", None).session.model == str(tmp_path / "my-model")
+    assert with_model(base, "my-model").session.model == str(tmp_path / "my-model")
+    assert with_model(base, "smollm2-135m").session.model == "smollm2-135m"
+
+
 def test_the_transferred_recipes_objective_weighs_instances_alike():
     from agents.baselines.transferred_recipe import improvement
 
