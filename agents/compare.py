@@ -140,7 +140,7 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     def workers():
         nonlocal pool
         if pool is None:
-            from agents.parallel.compare_workers import ComparisonPool
+            from agents.evaluation.compare_workers import ComparisonPool
 
             pool = ComparisonPool(str(Path(args.agent).resolve()), cfg.model_dump(mode="json"), args.workers)
         return pool

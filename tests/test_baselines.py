@@ -146,7 +146,7 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
     # actors, with a second seed and the transferred recipe tuned again: the runs are the same as
     # in one process (the 123.0 is gone), each saved under its own instance and seed.
     from agents.learners.agent_folder import Controller
-    from agents.parallel.compare_workers import ComparisonPool
+    from agents.evaluation.compare_workers import ComparisonPool
 
     calls = {"compare_pairs": 0, "run_recipe": 0}
     for name in calls:
