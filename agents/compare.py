@@ -122,7 +122,7 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
         args.instances = args.instances or [cfg.heldout[-1].name]
     elif args.model:
         cfg = with_model(cfg, args.model)
-    names = args.instances or [i.name for i in cfg.heldout]
+    names = list(dict.fromkeys(args.instances or [i.name for i in cfg.heldout]))  # a name given twice runs once
     if not names:
         raise ConfigError(f"{Path(args.agent) / 'env_config.yaml'}: no held-out instances to compare on; "
                           "name some with --instances")
@@ -146,6 +146,8 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
         return pool
 
     try:
+        if args.workers > 1:  # started here, so that a bad --workers or a failed Ray start stops before any run
+            workers()
         if args.transfer_trials:
             transferred = transferred_recipe(env, args.transfer_trials, out,
                                              (lambda *a: workers().run_recipe(*a)) if args.workers > 1 else None)

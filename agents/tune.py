@@ -26,7 +26,9 @@ from trainers.config import (HPARAM_NAMES, REPO_ROOT, ConfigError, InstanceSetCo
 def model_setting(model: str) -> str:
     """A model folder as an absolute path (Ray Tune's trials and Ray actors do not run in this
     directory); a preset name as it is."""
-    return str(Path(model).resolve()) if Path(model).is_dir() else model
+    from trainers.models import PRESETS
+
+    return model if model in PRESETS or not Path(model).is_dir() else str(Path(model).resolve())
 
 
 def user_config(base: InstanceSetConfig, data: str, model: Optional[str], steps: Optional[int]) -> InstanceSetConfig:

@@ -83,6 +83,24 @@ def test_budget_to_match_is_computed_from_the_numbers():
     assert s["optuna_budget_to_match_policy"] == 4
 
 
+def test_a_failed_run_is_scored_as_the_base_model_and_the_table_counts_its_metric_apart():
+    runs = [_run({"policy": {1: 1.0}, "optuna_tpe": {1: 1.2, 4: 1.1}, "pbt": {4: float("nan")}}, seed=0),
+            _run({"policy": {1: 1.4}, "optuna_tpe": {1: 1.3, 4: 1.2}, "pbt": {4: 1.25}}, seed=1)]
+    for r, metric in zip(runs, (0.5, 0.7)):
+        r["results"]["policy"][1]["log"] = {"initial_test_loss": 2.0, "metric_name": "exact_match"}
+        for m, by_b in r["results"].items():
+            for x in by_b.values():
+                x["test_metric"] = None if m == "pbt" and r["seed"] == 0 else metric
+    s = summarise_comparison(runs, [1, 4])
+    assert s["failed_runs_scored_as_base_model"] == [{"instance": "a", "seed": 0, "method": "pbt", "budget": 4}]
+    assert s["methods"]["pbt"]["4"]["test_loss_mean"] == pytest.approx((2.0 + 1.25) / 2)  # not nan
+    cell = s["per_instance"]["a"]["methods"]["pbt@4"]
+    assert (cell["n_seeds"], cell["n_metric"], cell["test_metric"]) == (2, 1, 0.7)
+    assert s["per_instance"]["a"]["methods"]["policy@1"]["test_metric"] == pytest.approx(0.6)
+    assert s["per_instance"]["a"]["metric_name"] == "exact_match"
+    assert runs[0]["results"]["pbt"][4]["test_loss"] != runs[0]["results"]["pbt"][4]["test_loss"]  # input untouched
+
+
 def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypatch, capsys):
     d = dict(fast_cfg_dict, train=fast_cfg_dict["train"][:2], heldout=fast_cfg_dict["heldout"][:1])
     cfg = tmp_path / "fast.yaml"
@@ -126,10 +144,12 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
     if inst not in s["search_gain_instances_left_out"]:  # the reference search's own gain is the unit
         assert gain["optuna_tpe"]["2"]["per_instance"][inst] == pytest.approx(1.0)
         assert gain["default_recipe"]["1"]["per_instance"][inst] == 0.0
-    # the per-instance table a user reads: every method at every budget, losses as in the runs
+    # the per-instance table carries every method's task metric, from its selected run
+    per_run = json.loads((out / "per_run" / f"{inst}-seed0.json").read_text())["results"]
     row = s["per_instance"][inst]["methods"]
-    assert row["policy@1"]["test_loss"] == s["methods"]["policy"]["1"]["test_loss_mean"]
-    assert row["optuna_tpe@2"]["test_loss"] == tpe["2"]["test_loss_mean"] and row["optuna_tpe@2"]["n_seeds"] == 1
+    assert set(row) == {f"{m}@{b}" for m, by_b in s["methods"].items() for b in by_b}
+    assert row["optuna_tpe@2"]["test_metric"] == per_run["optuna_tpe"]["2"]["test_metric"]
+    assert row["policy@1"]["test_metric"] == per_run["policy"]["1"]["log"]["test_metric"]
     # a second run resumes from the saved instance x seed instead of recomputing it
     saved = out / "per_run" / f"{d['heldout'][0]['name']}-seed0.json"
     record = json.loads(saved.read_text())
@@ -175,12 +195,47 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
             assert seed0[m][b]["test_loss"] == expected, (m, b)
     assert seed1["policy"]["1"]["log"]["seed"] == 1 and seed0["policy"]["1"]["log"]["seed"] == 0
     # more workers than the cluster has cores would wait for ever: refused in one line
+    import ray
+
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         compare.main(["--agent", str(folder), "--budgets", "1", "--seeds", "1", "--pbt-populations",
-                      "--transfer-trials", "0", "--workers", "999", "--name", "too-many",
+                      "--transfer-trials", "2", "--workers", "999", "--name", "too-many",
                       "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert exc.value.code == 2
-    assert "--workers 999" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: --workers 999: this Ray cluster can hold")
+    assert "Traceback" not in err
+    assert not ray.is_initialized()  # the Ray it started is stopped again
+    assert not list((tmp_path / "compare" / "too-many").rglob("*.db"))  # refused before any trial
+
+    # PBT is merged into each saved pair: a new population size runs only that population, under
+    # a folder named after the instance's key; a comparison without PBT leaves the saved ones be
+    from agents import compare as compare_module
+    from agents.baselines import pbt as pbt_module
+    from agents.evaluation.headroom import record_key
+
+    ran = []
+
+    def fake_pbt(cfg, instance, seed, population, storage):
+        ran.append((instance, seed, population, storage))
+        return {"compute_steps": population * steps, "test_loss": 1.0 + population, "test_metric": None}
+
+    monkeypatch.setattr(pbt_module, "run_pbt", fake_pbt)
+    base = ["--agent", str(folder), "--budgets", "1", "2", "--seeds", "2", "--transfer-trials", "2",
+            "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    compare.main(base + ["--pbt-populations", "2"])
+    folder_key = out / "studies" / "pbt" / compare_module.digest(record_key(parse_config(d), inst))
+    assert sorted(ran) == [(inst, 0, 2, folder_key), (inst, 1, 2, folder_key)]
+    ran.clear()
+    with_4 = compare.main(base + ["--pbt-populations", "2", "4"])
+    assert sorted(ran) == [(inst, 0, 4, folder_key), (inst, 1, 4, folder_key)]
+    assert with_4["methods"]["pbt"]["4"]["test_loss_mean"] == 5.0 and with_4["methods"]["pbt"]["2"]["test_loss_mean"] == 3.0
+    ran.clear()
+    without = compare.main(base + ["--pbt-populations"])
+    assert not ran and "pbt" not in without["methods"]
+    assert set(json.loads(saved.read_text())["results"]["pbt"]) == {"2", "4"}
 
     # the whole comparison on a user's file (as agents.tune --data): it is the one instance compared
     mine = tmp_path / "mine.jsonl"
@@ -213,14 +268,12 @@ def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
     assert again["compute_steps"] == res["compute_steps"]
 
 
-def test_pbt_experiments_are_named_by_population_and_the_instances_key(tmp_path):
+def test_pbt_experiments_are_named_by_population_and_seed(tmp_path):
     from agents.baselines.pbt import experiment_path
 
     assert experiment_path(tmp_path, "a", 0, 2) != experiment_path(tmp_path, "a", 0, 4)
     assert experiment_path(tmp_path, "a", 0, 2) != experiment_path(tmp_path, "a", 1, 2)
-    # compare puts them under a folder named after the instance's key (model, data, episode)
-    src = (REPO_ROOT / "agents" / "compare.py").read_text()
-    assert 'storage_dir / "pbt" / digest(instance_keys[inst])' in src
+    # (compare's folder per instance key: test_compare_end_to_end_writes_every_file)
 
 
 def test_pbt_seeds_the_rngs_its_initial_population_is_drawn_from(fast_cfg_dict, tmp_path, monkeypatch):

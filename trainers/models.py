@@ -171,6 +171,9 @@ def ensure_smollm2() -> Path:
 
 
 # ---------------------------------------------------------------- loading
+PRESETS = ("tiny-gpt", "smollm2-135m")  # model names model_path builds itself; anything else is a folder
+
+
 def model_path(spec: str) -> Path:
     """'tiny-gpt' | 'smollm2-135m' | a Hugging Face model folder."""
     if spec == "tiny-gpt":

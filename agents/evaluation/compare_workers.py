@@ -14,6 +14,7 @@ process (tests/test_baselines.py checks this); only the order in which jobs fini
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -62,22 +63,27 @@ class ComparisonPool:
         from agents.parallel.ray_cluster import init_ray, worker_resources
         from trainers.config import ConfigError
 
+        self.actors: list = []
         self.started_ray = init_ray()
-        ask = worker_resources()
-        kind = "GPU" if "num_gpus" in ask else "CPU"
-        have = int(ray.cluster_resources().get(kind, 0))
-        if workers > have:  # an actor that never gets its resource would leave the pool waiting for ever
+        try:
+            ask = worker_resources()
+            resources = ray.cluster_resources()
+            # an actor that never gets what it asks for would leave the pool waiting for ever
+            have = int(min(resources.get("GPU", 0) if "num_gpus" in ask else math.inf, resources.get("CPU", 0)))
+            if workers > have:
+                raise ConfigError(f"--workers {workers}: this Ray cluster can hold {have} workers "
+                                  f"({'one GPU and ' if 'num_gpus' in ask else ''}one CPU each); give at most {have}")
+            actor = ray.remote(max_restarts=0, **ask)(ComparisonWorker)
+            self.actors = [actor.remote(agent, cfg_dict) for _ in range(workers)]
+            self.pool = ActorPool(self.actors)
+        except BaseException:
             self.close()
-            raise ConfigError(f"--workers {workers}: this Ray cluster has {have} {kind}s; "
-                              f"give at most {have} (one {kind} per worker)")
-        actor = ray.remote(max_restarts=0, **worker_resources())(ComparisonWorker)
-        self.actors = [actor.remote(agent, cfg_dict) for _ in range(workers)]
-        self.pool = ActorPool(self.actors)
+            raise
 
     def close(self) -> None:
         import ray
 
-        for a in getattr(self, "actors", []):
+        for a in self.actors:
             ray.kill(a)
         self.actors = []
         if self.started_ray:

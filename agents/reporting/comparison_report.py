@@ -48,7 +48,7 @@ def per_instance_table(per_run: list[dict]) -> dict[str, dict]:
                     cell["test_metric"].append(x["test_metric"])
     for row in out.values():
         for cell in row["methods"].values():
-            cell["n_seeds"] = len(cell["test_loss"])
+            cell["n_seeds"], cell["n_metric"] = len(cell["test_loss"]), len(cell["test_metric"])
             cell["test_loss"] = sum(cell["test_loss"]) / len(cell["test_loss"])
             cell["test_metric"] = sum(cell["test_metric"]) / len(cell["test_metric"]) if cell["test_metric"] else None
     return out
@@ -158,8 +158,10 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
             paired = "" if m == "policy" else f"{s['policy_minus_this_mean']:+.4f} ± {s['policy_minus_this_ci95']:.4f}"
             lines.append(f"| {m} | {b} | {s['compute_steps']:.0f} | {s['test_loss_mean']:.4f} ± {s['test_loss_ci95']:.4f} "
                          f"| {paired} | {s['n_runs']} |")
+    undefined = math.isnan(summary["search_gain_captured"]["policy"]["1"]["iqm"])
     lines += ["", f"optuna_budget_to_match_policy: {summary['optuna_budget_to_match_policy']} "
-                  "(smallest Optuna budget whose search gain captured (IQM over instances) is at least the policy's "
+                  + ("(undefined: no instance had a search gain to capture) " if undefined else "")
+                  + "(smallest Optuna budget whose search gain captured (IQM over instances) is at least the policy's "
                   "single run's; "
                   "null = none of the budgets tried)",
               "", "The paired column is the policy's test loss minus this method's on the same instance and seed: "
@@ -185,7 +187,9 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
         cells = []
         for c in cols:
             x = row["methods"][c]
-            cells.append(f"{x['test_loss']:.3f}" + (f" ({x['test_metric']:.3f})" if x["test_metric"] is not None else ""))
+            metric = "" if x["test_metric"] is None else f" ({x['test_metric']:.3f}" + (
+                f", {x['n_metric']} of {x['n_seeds']} seeds" if x["n_metric"] < x["n_seeds"] else "") + ")"
+            cells.append(f"{x['test_loss']:.3f}{metric}")
         lines.append(f"| {inst} | {row['metric_name'] or '—'} | " + " | ".join(cells) + " |")
     lines += [""]
     write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
