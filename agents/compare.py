@@ -74,7 +74,7 @@ def with_set_ranges(cfg):
     return parse_config(d, source="agents.compare --data")
 
 
-def transferred_recipe(env, n_trials: int, out: Path, run_recipe=None) -> dict:
+def transferred_recipe(env, n_trials: int, out: Path, runner=None) -> dict:
     """Tune the transferred recipe once (or read it back when the instance set and trial count are
     the same as last time); its cost is reported apart from the per-instance compute."""
     from agents.baselines.transferred_recipe import tune_transferred_recipe
@@ -89,7 +89,7 @@ def transferred_recipe(env, n_trials: int, out: Path, run_recipe=None) -> dict:
         if saved.get("tag") == tag:
             return saved["result"]
     result = tune_transferred_recipe(env, n_trials, 0, out / "studies" / f"transferred-{tag}.db", f"transferred-{tag}",
-                                     run_recipe)
+                                     runner)
     write_json_atomic(path, {"tag": tag, "result": result})
     return result
 
@@ -200,9 +200,10 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
                 saved[n] = run_pbt(cfg, inst, seed, n, storage_dir / "pbt" / digest(instance_keys[inst]))
                 save_results(saved_path(inst, seed), run_key(inst), results[inst, seed])
     for r in results.values():  # what this invocation asked for (other populations stay saved)
-        r["pbt"] = {n: r["pbt"][n] for n in pops} if pops else None
-        if r["pbt"] is None:
-            del r["pbt"]
+        if pops:
+            r["pbt"] = {n: r["pbt"][n] for n in pops}
+        else:
+            r.pop("pbt", None)
     per_run = [{"instance": i, "seed": s, "results": results[i, s]} for i, s in pairs]
     summary = summarise_comparison(per_run, args.budgets)
     summary.update({"command": command, "seeds": list(range(args.seeds)), "instances": names,

@@ -29,25 +29,28 @@ def improvement(log: dict[str, Any]) -> float:
     return (log["initial_eval_loss"] - final) / log["initial_eval_loss"]
 
 
+def run_recipe(env: FineTuneEnv, recipe: dict, names: list[str], seed: int) -> list[dict]:
+    """One recipe (as JSON) on each named instance in ``env``: the tuning's default runner, and
+    what each Ray actor runs for agents.compare --workers."""
+    r = RecipeConfig(**recipe)
+    return [run_episode(env, recipe_plan(env, r, n), n, seed) for n in names]
+
+
 RunRecipe = Callable[[dict, list[str], int], list[dict]]  # (recipe, instances, seed) -> their logs, in order
 
 
 def tune_transferred_recipe(env: FineTuneEnv, n_trials: int, seed: int, storage: Path, name: str,
-                            run_recipe: Optional[RunRecipe] = None) -> dict[str, Any]:
+                            runner: Optional[RunRecipe] = None) -> dict[str, Any]:
     """Optuna TPE over recipes on ``env.cfg.train`` (seed ``seed`` for every episode); returns the best
-    recipe, its objective, and the training steps the whole tuning spent. ``run_recipe`` runs one
+    recipe, its objective, and the training steps the whole tuning spent. ``runner`` runs one
     trial's episodes elsewhere (agents.compare --workers: on Ray actors); by default, in ``env``."""
     cfg = env.cfg
     train = list(cfg.train)
 
-    def here(recipe: dict, names: list[str], seed: int) -> list[dict]:
-        r = RecipeConfig(**recipe)
-        return [run_episode(env, recipe_plan(env, r, n), n, seed) for n in names]
-
     def objective(trial: optuna.Trial) -> float:
         recipe = suggest_recipe(trial, cfg.bounds, train)
         gains, steps = [], 0
-        for log in (run_recipe or here)(recipe.model_dump(mode="json"), [i.name for i in train], seed):
+        for log in (runner or (lambda *a: run_recipe(env, *a)))(recipe.model_dump(mode="json"), [i.name for i in train], seed):
             gains.append(improvement(log))
             steps += len(log["schedule"])
         trial.set_user_attr("compute_steps", steps)

@@ -33,11 +33,9 @@ class ComparisonWorker:
         self._self_tuning: Optional[dict] = None  # built at the first pair: the tuning phase needs none
 
     def recipe_episodes(self, recipe: dict, instances: list[str], seed: int) -> list[dict]:
-        from envs.episode import recipe_plan, run_episode
-        from trainers.config import RecipeConfig
+        from agents.baselines.transferred_recipe import run_recipe
 
-        r = RecipeConfig(**recipe)
-        return [run_episode(self.env, recipe_plan(self.env, r, name), name, seed) for name in instances]
+        return run_recipe(self.env, recipe, instances, seed)
 
     def compare_pair(self, instance: str, seed: int, budgets: list[int], storage_dir: str, study_tag: str,
                      transferred: Optional[dict]) -> tuple[str, int, dict]:

@@ -20,17 +20,16 @@ def score_failed_runs(per_run: list[dict]) -> tuple[list[dict], list[dict]]:
     """A selected run without a finite test loss (a PBT population none of whose members finished)
     is scored as the environment scores a diverged run: no better than the base model, whose test
     loss the policy's log holds. Returns the rescored runs and what was rescored."""
-    import copy
-
-    per_run = copy.deepcopy(per_run)
-    rescored = []
-    for r in per_run:
-        for m, by_b in r["results"].items():
+    out, rescored = [], []
+    for r in per_run:  # only the rescored records are copied (the others carry whole episode logs)
+        results = {m: dict(by_b) for m, by_b in r["results"].items()}
+        for m, by_b in results.items():
             for b, x in by_b.items():
                 if not math.isfinite(x["test_loss"]):
-                    x["test_loss"] = r["results"]["policy"][1]["log"]["initial_test_loss"]
+                    by_b[b] = dict(x, test_loss=r["results"]["policy"][1]["log"]["initial_test_loss"])
                     rescored.append({"instance": r["instance"], "seed": r["seed"], "method": m, "budget": b})
-    return per_run, rescored
+        out.append(dict(r, results=results))
+    return out, rescored
 
 
 def per_instance_table(per_run: list[dict]) -> dict[str, dict]:
