@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -109,8 +110,9 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     from agents.reporting import mlflow_tracking
     from agents.reporting.comparison_report import summarise_comparison, write_outputs
     from envs.finetune_env import FineTuneEnv
-    from trainers.provenance import utc_now
+    from trainers.provenance import machine_info, utc_now
 
+    started = time.monotonic()
     command = "python -m agents.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     mlflow_tracking.check_tracking_uri(None if getattr(args, 'no_mlflow', False) else args.tracking_uri)
     controller = Controller(args.agent)
@@ -207,7 +209,9 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
     per_run = [{"instance": i, "seed": s, "results": results[i, s]} for i, s in pairs]
     summary = summarise_comparison(per_run, args.budgets)
     summary.update({"command": command, "seeds": list(range(args.seeds)), "instances": names,
-                    "agent_fingerprint": key["agent"], "measured_at": utc_now(),
+                    "agent_fingerprint": key["agent"], "measured_at": utc_now(), "machine": machine_info(),
+                    # this invocation only: a resumed comparison's earlier invocations are not counted
+                    "wall_seconds_this_invocation": round(time.monotonic() - started, 1),
                     "left_out": self_tuning_envs_left_out(cfg),
                     "transferred_recipe_tuning": transferred})
     plots = write_outputs(out, summary, per_run, command, args.budgets)

@@ -1,6 +1,7 @@
 """Optuna, random search, PBT and `compare` on the real engine with tiny budgets."""
 import json
 import math
+import os
 
 import optuna
 import pytest
@@ -116,6 +117,8 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
               "gain_vs_compute.png", "trajectories.png"]:
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
+    assert s["machine"]["cpu_count"] == os.cpu_count() and s["wall_seconds_this_invocation"] > 0  # where, how long
+    assert f"{os.cpu_count()} CPUs" in (out / "summary.md").read_text()
     steps = d["episode"]["total_steps"]
     assert s["methods"]["policy"]["1"]["compute_steps"] == steps
     assert s["methods"]["random_search"]["2"]["compute_steps"] == 2 * steps  # no pruner: two full runs

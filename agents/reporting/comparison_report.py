@@ -149,7 +149,13 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
         for b, s in by_b.items():
             w.writerow([m, b, f"{s['compute_steps']:.0f}", f"{s['test_loss_mean']:.5f}", f"{s['test_loss_ci95']:.5f}", s["n_runs"]])
     write_text_atomic(out / "summary.csv", table.getvalue())
-    lines = [f"# Comparison at matched compute", "", f"Command: `{command}`", "",
+    lines = [f"# Comparison at matched compute", "", f"Command: `{command}`", ""]
+    if summary.get("machine"):
+        m = summary["machine"]
+        lines += [f"Machine: {m['platform']}, {m['cpu_count']} CPUs, GPU {m['cuda'] or 'none'}; torch {m['torch']}; "
+                  f"commit {m['git_commit']}; written {summary.get('measured_at')}, "
+                  f"{summary.get('wall_seconds_this_invocation', float('nan')):.0f} s in this invocation", ""]
+    lines += [
              "| method | budget (runs) | training steps | test loss (mean ± 95% CI) | policy − this, paired (mean ± 95% CI) | runs |",
              "|---|---|---|---|---|---|"]
     for m, by_b in summary["methods"].items():
