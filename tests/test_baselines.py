@@ -399,6 +399,10 @@ def test_search_gain_captured_is_the_share_of_the_largest_searchs_gain():
     assert set(g["policy"]["1"]["per_instance"]) == {"a", "b"}
     assert s["search_gain_instances_left_out"] == ["flat", "worse"]
     assert s["search_gain_reference"] == "optuna_tpe best of 8"
+    # the denominators are reported, so a reader sees where a small loss difference is a large score
+    assert s["search_gain_loss"]["a"]["default_recipe_minus_search"] == pytest.approx(1.0)
+    assert s["search_gain_loss"]["b"]["relative_to_default_recipe"] == pytest.approx(0.75 / 3.0)
+    assert s["search_gain_loss"]["worse"]["default_recipe_minus_search"] == pytest.approx(-0.2)
 
 
 def test_compare_data_refuses_a_bad_file_in_one_line(tmp_path, capsys):

@@ -87,6 +87,7 @@ def summarise_comparison(per_run: list[dict], budgets: list[int]) -> dict:
     return {"methods": methods, "optuna_budget_to_match_policy": match, "search_gain_captured": gain["by_method"],
             "search_gain_reference": gain["reference"], "search_gain_interval": gain["interval"],
             "search_gain_instances_left_out": gain["instances_without_gain"],
+            "search_gain_loss": gain["search_gain_loss"],
             "per_instance": per_instance_table(per_run), "failed_runs_scored_as_base_model": rescored, "runs": runs}
 
 
@@ -123,7 +124,12 @@ def search_gain_captured(per_run: list[dict]) -> dict:
                         "resamples (seeds within each instance; the instances and each instance's denominator are "
                         "held fixed, so the interval is narrower than one that also resampled the search's gain); "
                         "beside it, mean_over_instances: " + HIERARCHICAL_METHOD.format(reps="10,000"),
-            "instances_without_gain": sorted(i for i, d in denom.items() if not d > 1e-9)}
+            "instances_without_gain": sorted(i for i, d in denom.items() if not d > 1e-9),
+            # the denominators: where the search gained little, a small loss difference is a large score
+            "search_gain_loss": {i: {"default_recipe_minus_search": d,
+                                     "relative_to_default_recipe": d / (sum(r["results"]["default_recipe"][1]["test_loss"]
+                                                                            for r in by_inst[i]) / len(by_inst[i]))}
+                                 for i, d in denom.items()}}
 
 
 def _save_compute_plot(fig, ax, ylabel: str, title: str, path: Path) -> Path:
@@ -173,6 +179,11 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
                   "negative means the policy's single run was better.",
               "", f"## Search gain captured (1.0 = {summary['search_gain_reference']}, 0 = the default recipe)", "",
               f"{summary['search_gain_interval']}.", "",
+              "The search's gain on each instance, the score's denominator (default recipe − search, test loss, "
+              "mean over seeds; where it is small, a small difference in loss is a large score): "
+              + ", ".join(f"{i} {g['default_recipe_minus_search']:.4f} ({100 * g['relative_to_default_recipe']:.1f}% "
+                          f"of the default recipe's loss)" for i, g in summary.get("search_gain_loss", {}).items())
+              + ".", "",
               "| method | budget | IQM [95% interval] | mean over instances [95% interval] | per instance |",
               "|---|---|---|---|---|"]
     for m, by_b in summary["search_gain_captured"].items():
