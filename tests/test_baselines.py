@@ -73,6 +73,13 @@ def test_budget_to_match_is_computed_from_the_numbers():
     assert s["methods"]["optuna_tpe"]["4"]["policy_minus_this_mean"] == pytest.approx(((1.0 - 0.99) + (1.2 - 1.2)) / 2)
     assert s["methods"]["optuna_tpe"]["8"]["policy_minus_this_mean"] == pytest.approx(((1.0 - 0.9) + (1.2 - 1.0)) / 2)
     assert len(s["runs"]) == 2 * 5
+    # the paired interval is at the instance level: seeds that share an instance are not independent,
+    # so two instances whose seeds agree give the range of the two instances, not a narrow t interval
+    two = [_run({"policy": {1: 1.0}, "optuna_tpe": {1: 0.9}}, "a", seed) for seed in range(3)] + \
+          [_run({"policy": {1: 1.0}, "optuna_tpe": {1: 0.7}}, "b", seed) for seed in range(3)]
+    d = summarise_comparison(two, [1])["methods"]["optuna_tpe"]["1"]
+    assert d["policy_minus_this_mean"] == pytest.approx(0.2)
+    assert (d["policy_minus_this_ci95_low"], d["policy_minus_this_ci95_high"]) == pytest.approx((0.1, 0.3))
     worse = [_run({"policy": {1: 0.5}, "optuna_tpe": {1: 1.3, 4: 1.0}})] * 2
     assert summarise_comparison(worse, [1, 4])["optuna_budget_to_match_policy"] is None
     # matched on the search gain captured, not on the mean loss, which the loss-6 instance decides:

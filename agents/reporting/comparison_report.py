@@ -67,13 +67,17 @@ def summarise_comparison(per_run: list[dict], budgets: list[int]) -> dict:
             per_inst: dict[str, list[float]] = {}
             for r, x in zip(per_run, rows):
                 per_inst.setdefault(r["instance"], []).append(x["test_loss"])
-            # same instance and seed on both sides: the instances' spread cancels out
-            diffs = [r["results"]["policy"][1]["test_loss"] - x["test_loss"] for r, x in zip(per_run, rows)]
-            d_mean, d_ci = mean_ci95(diffs)
+            # same instance and seed on both sides: the instances' spread cancels out. Seeds share an
+            # instance, so the interval resamples instances, then seeds within them
+            diffs: dict[str, list[float]] = {}
+            for r, x in zip(per_run, rows):
+                diffs.setdefault(r["instance"], []).append(r["results"]["policy"][1]["test_loss"] - x["test_loss"])
+            d_mean, d_lo, d_hi = hierarchical_bootstrap_mean(diffs)
             methods.setdefault(m, {})[str(b)] = {
                 "compute_steps": sum(x["compute_steps"] for x in rows) / len(rows),
                 "test_loss_mean": mean, "test_loss_ci95": ci, "n_runs": len(rows),
-                "policy_minus_this_mean": d_mean, "policy_minus_this_ci95": d_ci,
+                "policy_minus_this_mean": d_mean, "policy_minus_this_ci95_low": d_lo,
+                "policy_minus_this_ci95_high": d_hi,
                 "per_instance": {k: sum(v) / len(v) for k, v in per_inst.items()},
             }
     gain = search_gain_captured(per_run)
@@ -162,11 +166,13 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
                   f"commit {m['git_commit']}; written {summary.get('measured_at')}, "
                   f"{summary.get('wall_seconds_this_invocation', float('nan')):.0f} s in this invocation", ""]
     lines += [
-             "| method | budget (runs) | training steps | test loss (mean ± 95% CI) | policy − this, paired (mean ± 95% CI) | runs |",
+             "| method | budget (runs) | training steps | test loss (mean ± 95% t over runs) | policy − this, paired "
+             "(mean over instances [95% two-level bootstrap]) | runs |",
              "|---|---|---|---|---|---|"]
     for m, by_b in summary["methods"].items():
         for b, s in by_b.items():
-            paired = "" if m == "policy" else f"{s['policy_minus_this_mean']:+.4f} ± {s['policy_minus_this_ci95']:.4f}"
+            paired = "" if m == "policy" else (f"{s['policy_minus_this_mean']:+.4f} [{s['policy_minus_this_ci95_low']:+.4f}, "
+                                               f"{s['policy_minus_this_ci95_high']:+.4f}]")
             lines.append(f"| {m} | {b} | {s['compute_steps']:.0f} | {s['test_loss_mean']:.4f} ± {s['test_loss_ci95']:.4f} "
                          f"| {paired} | {s['n_runs']} |")
     undefined = math.isnan(summary["search_gain_captured"]["policy"]["1"]["iqm"])
@@ -176,7 +182,10 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
                   "single run's; "
                   "null = none of the budgets tried)",
               "", "The paired column is the policy's test loss minus this method's on the same instance and seed: "
-                  "negative means the policy's single run was better.",
+                  "negative means the policy's single run was better. Its interval resamples instances, then seeds "
+                  "within them (runs that share an instance are not independent). The test-loss column's interval "
+                  "is a t interval over runs as if they were independent: it describes the spread, it does not "
+                  "compare methods.",
               "", f"## Search gain captured (1.0 = {summary['search_gain_reference']}, 0 = the default recipe)", "",
               f"{summary['search_gain_interval']}.", "",
               "The search's gain on each instance, the score's denominator (default recipe − search, test loss, "
@@ -232,7 +241,10 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
             continue
         xs = [s["compute_steps"] for s in by_b.values()]
         ys = [-s["policy_minus_this_mean"] for s in by_b.values()]
-        es = [0 if math.isnan(s["policy_minus_this_ci95"]) else s["policy_minus_this_ci95"] for s in by_b.values()]
+        # the interval of -(policy - this): its ends swap
+        es = [[0.0, 0.0] if math.isnan(s["policy_minus_this_ci95_low"]) else
+               [y + s["policy_minus_this_ci95_high"], -s["policy_minus_this_ci95_low"] - y] for s, y in zip(by_b.values(), ys)]
+        es = [[max(e[0], 0.0) for e in es], [max(e[1], 0.0) for e in es]]
         ax.errorbar(xs, ys, yerr=es, marker="o", ms=5, capsize=3, color=f"C{j}", label=m)
     plots.append(_save_compute_plot(fig, ax, "test loss minus the policy's (paired)",
                                     "above 0: the policy's single run was better (95% CI)", out / "paired_vs_compute.png"))
