@@ -1,7 +1,6 @@
 """Optuna, random search, PBT and `compare` on the real engine with tiny budgets."""
 import json
 import math
-import os
 
 import optuna
 import pytest
@@ -80,6 +79,16 @@ def test_budget_to_match_is_computed_from_the_numbers():
     d = summarise_comparison(two, [1])["methods"]["optuna_tpe"]["1"]
     assert d["policy_minus_this_mean"] == pytest.approx(0.2)
     assert (d["policy_minus_this_ci95_low"], d["policy_minus_this_ci95_high"]) == pytest.approx((0.1, 0.3))
+    # and the seeds are resampled within each instance: with seeds that differ, the interval reaches
+    # past the instance means (0.1 and 0.3) toward the seeds' own extremes
+    spread = [_run({"policy": {1: 1.0}, "optuna_tpe": {1: 1.0 - g}}, i, k)
+              for i, gains in (("a", (0.0, 0.1, 0.2)), ("b", (0.2, 0.3, 0.4))) for k, g in enumerate(gains)]
+    d = summarise_comparison(spread, [1])["methods"]["optuna_tpe"]["1"]
+    assert d["policy_minus_this_ci95_low"] < 0.1 - 1e-9 and d["policy_minus_this_ci95_high"] > 0.3 + 1e-9
+    # beside it, the t interval over the two instance means (0.1, 0.3): sd 0.1414, so 0.2 +- t(1) * 0.1414 / sqrt(2)
+    half = 12.7062 * 0.1
+    assert (d["policy_minus_this_t95_low"], d["policy_minus_this_t95_high"]) == pytest.approx((0.2 - half, 0.2 + half),
+                                                                                               rel=1e-3)
     worse = [_run({"policy": {1: 0.5}, "optuna_tpe": {1: 1.3, 4: 1.0}})] * 2
     assert summarise_comparison(worse, [1, 4])["optuna_budget_to_match_policy"] is None
     # matched on the search gain captured, not on the mean loss, which the loss-6 instance decides:
@@ -124,8 +133,9 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
               "gain_vs_compute.png", "trajectories.png"]:
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
-    assert s["machine"]["cpu_count"] == os.cpu_count() and s["wall_seconds_this_invocation"] > 0  # where, how long
-    assert f"{os.cpu_count()} CPUs" in (out / "summary.md").read_text()
+    # where and from which code the numbers came, in both files
+    assert {"platform", "cpu_count", "torch", "git_commit"} <= set(s["machine"]) and "wall_seconds_this_invocation" in s
+    assert f"commit {s['machine']['git_commit']};" in (out / "summary.md").read_text()
     steps = d["episode"]["total_steps"]
     assert s["methods"]["policy"]["1"]["compute_steps"] == steps
     assert s["methods"]["random_search"]["2"]["compute_steps"] == 2 * steps  # no pruner: two full runs
@@ -387,6 +397,20 @@ def test_every_search_draws_from_the_instances_starting_ranges(config):
         assert (lr.lower, lr.upper) == tuple(inst.init_lr)
 
 
+def test_the_plots_error_bars_are_measured_from_where_each_point_is_drawn():
+    from agents.reporting.comparison_report import clamped_errors, negated_interval_errors
+
+    # -(policy - this) for policy - this = 0.2 in [0.1, 0.5]: drawn at -0.2, reaching -0.5 below and -0.1 above
+    below, above = negated_interval_errors([0.2], [0.1], [0.5])
+    assert (below[0], above[0]) == pytest.approx((0.3, 0.1))
+    assert negated_interval_errors([0.2], [math.nan], [math.nan]) == [[0.0], [0.0]]
+    # a point below the frame is drawn on its edge; its bar's top stays where the interval ends
+    shown, err = clamped_errors([-2.5, 0.8], [-10.0, 0.6], [-0.4, 1.0], floor=-0.96)
+    assert shown == [-0.96, 0.8]
+    assert [s + e for s, e in zip(shown, err[1])] == pytest.approx([-0.4, 1.0])
+    assert [s - e for s, e in zip(shown, err[0])] == pytest.approx([-10.0, 0.6])  # the frame cuts it, not the code
+
+
 def test_search_gain_captured_is_the_share_of_the_largest_searchs_gain():
     runs = [_run({"default_recipe": {1: 2.0}, "policy": {1: 1.5}, "optuna_tpe": {1: 2.5, 8: 1.0}}, "a", 0),
             _run({"default_recipe": {1: 2.2}, "policy": {1: 1.2}, "optuna_tpe": {1: 2.5, 8: 1.2}}, "a", 1),
@@ -408,7 +432,7 @@ def test_search_gain_captured_is_the_share_of_the_largest_searchs_gain():
     assert s["search_gain_reference"] == "optuna_tpe best of 8"
     # the denominators are reported, so a reader sees where a small loss difference is a large score
     assert s["search_gain_loss"]["a"]["default_recipe_minus_search"] == pytest.approx(1.0)
-    assert s["search_gain_loss"]["b"]["relative_to_default_recipe"] == pytest.approx(0.75 / 3.0)
+    assert s["search_gain_loss"]["a"]["relative_to_default_recipe"] == pytest.approx(1.0 / 2.1)  # mean of 2.0, 2.2
     assert s["search_gain_loss"]["worse"]["default_recipe_minus_search"] == pytest.approx(-0.2)
 
 

@@ -73,11 +73,15 @@ def summarise_comparison(per_run: list[dict], budgets: list[int]) -> dict:
             for r, x in zip(per_run, rows):
                 diffs.setdefault(r["instance"], []).append(r["results"]["policy"][1]["test_loss"] - x["test_loss"])
             d_mean, d_lo, d_hi = hierarchical_bootstrap_mean(diffs)
+            # a percentile bootstrap over few instances runs narrow; a t interval over the instance
+            # means is the cautious second opinion (as in the held-out report)
+            t_mean, t_half = mean_ci95([sum(v) / len(v) for v in diffs.values()])
             methods.setdefault(m, {})[str(b)] = {
                 "compute_steps": sum(x["compute_steps"] for x in rows) / len(rows),
                 "test_loss_mean": mean, "test_loss_ci95": ci, "n_runs": len(rows),
                 "policy_minus_this_mean": d_mean, "policy_minus_this_ci95_low": d_lo,
                 "policy_minus_this_ci95_high": d_hi,
+                "policy_minus_this_t95_low": t_mean - t_half, "policy_minus_this_t95_high": t_mean + t_half,
                 "per_instance": {k: sum(v) / len(v) for k, v in per_inst.items()},
             }
     gain = search_gain_captured(per_run)
@@ -136,18 +140,45 @@ def search_gain_captured(per_run: list[dict]) -> dict:
                                  for i, d in denom.items()}}
 
 
+SPREAD_NOTE = ("one-run methods all spend the same steps;\nthey are drawn a few % apart along x "
+               "so that each can be seen")
+
+
+def negated_interval_errors(means: list[float], lows: list[float], highs: list[float]) -> list[list[float]]:
+    """Error-bar lengths [below, above] for -x, given x's mean and interval: the ends swap."""
+    below = [0.0 if math.isnan(h) else max(h - m, 0.0) for m, h in zip(means, highs)]
+    above = [0.0 if math.isnan(lo) else max(m - lo, 0.0) for m, lo in zip(means, lows)]
+    return [below, above]
+
+
+def clamped_errors(values: list[float], lows: list[float], highs: list[float], floor: float
+                   ) -> tuple[list[float], list[list[float]]]:
+    """Points below `floor` drawn at `floor`, with error bars measured from where they are drawn
+    (an interval end below the frame is cut by the frame, not moved)."""
+    shown = [max(v, floor) for v in values]
+    return shown, [[max(y - lo, 0.0) for y, lo in zip(shown, lows)], [max(hi - y, 0.0) for y, hi in zip(shown, highs)]]
+
+
+def one_run_spread(position: int, count: int, step: float = 0.035) -> float:
+    """x factor that sets apart one-run methods of equal compute on a log axis (stated on the plot)."""
+    return 1.0 + step * (position - (count - 1) / 2)
+
+
 def _save_compute_plot(fig, ax, ylabel: str, title: str, path: Path) -> Path:
     """The shared frame of the plots against compute: log steps on x, a legend."""
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())  # 40, 100, 400 rather than 4 x 10^1
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    lo, hi = ax.get_xlim()
+    ax.set_xticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000) if lo <= t <= hi])
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # 50, 100, 200 rather than 10^2
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training steps spent per instance (log)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend() is None:
+        ax.legend(fontsize=8)
     return save_figure(fig, path)
 
 
@@ -171,12 +202,13 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
                   f"{summary.get('wall_seconds_this_invocation', float('nan')):.0f} s in this invocation", ""]
     lines += [
              "| method | budget (runs) | training steps | test loss (mean ± 95% t over runs) | policy − this, paired "
-             "(mean over instances [95% two-level bootstrap]) | runs |",
+             "(mean over instances [95% two-level bootstrap]; t [95% t over instance means]) | runs |",
              "|---|---|---|---|---|---|"]
     for m, by_b in summary["methods"].items():
         for b, s in by_b.items():
             paired = "" if m == "policy" else (f"{s['policy_minus_this_mean']:+.4f} [{s['policy_minus_this_ci95_low']:+.4f}, "
-                                               f"{s['policy_minus_this_ci95_high']:+.4f}]")
+                                               f"{s['policy_minus_this_ci95_high']:+.4f}]; t [{s['policy_minus_this_t95_low']:+.4f}, "
+                                               f"{s['policy_minus_this_t95_high']:+.4f}]")
             lines.append(f"| {m} | {b} | {s['compute_steps']:.0f} | {s['test_loss_mean']:.4f} ± {s['test_loss_ci95']:.4f} "
                          f"| {paired} | {s['n_runs']} |")
     undefined = math.isnan(summary["search_gain_captured"]["policy"]["1"]["iqm"])
@@ -186,8 +218,10 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
                   "single run's; "
                   "null = none of the budgets tried)",
               "", "The paired column is the policy's test loss minus this method's on the same instance and seed: "
-                  "negative means the policy's single run was better. Its interval resamples instances, then seeds "
-                  "within them (runs that share an instance are not independent). The test-loss column's interval "
+                  "negative means the policy's single run was better. Its first interval resamples instances, then "
+                  "seeds within them (runs that share an instance are not independent); a percentile bootstrap over "
+                  "few instances runs narrow, so beside it is a t interval over the instance means. A difference is "
+                  "clear only where both exclude 0. The test-loss column's interval "
                   "is a t interval over runs as if they were independent: it describes the spread, it does not "
                   "compare methods.",
               "", f"## Search gain captured (1.0 = {summary['search_gain_reference']}, 0 = the default recipe)", "",
@@ -233,23 +267,25 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
         es = [0 if math.isnan(s["test_loss_ci95"]) else s["test_loss_ci95"] for s in by_b.values()]
         ax.errorbar(xs, ys, yerr=es, marker="o" if len(xs) > 1 else "*", ms=6 if len(xs) > 1 else 12, capsize=3, label=m)
     plots.append(_save_compute_plot(fig, ax, "test loss of the selected run",
-                                    "test loss against compute (held-out instances)", out / "loss_vs_compute.png"))
+                                    "test loss against compute (95% t over runs: their spread, not a comparison)",
+                                    out / "loss_vs_compute.png"))
 
     # The instances' spread swamps the plot above; paired on instance and seed, it cancels out.
     fig, ax = plt.subplots(figsize=(6.4, 4))
     policy_steps = summary["methods"]["policy"]["1"]["compute_steps"]
     ax.axhline(0.0, color="C0", lw=1)
     ax.plot([policy_steps], [0.0], "*", ms=14, color="C0", label="policy (one run)")
+    one_run = [m for m, by_b in summary["methods"].items() if list(by_b) == ["1"]]
     for j, (m, by_b) in enumerate(summary["methods"].items()):
         if m == "policy":
             continue
-        xs = [s["compute_steps"] for s in by_b.values()]
-        ys = [-s["policy_minus_this_mean"] for s in by_b.values()]
-        # the interval of -(policy - this): its ends swap
-        es = [[0.0, 0.0] if math.isnan(s["policy_minus_this_ci95_low"]) else
-               [y + s["policy_minus_this_ci95_high"], -s["policy_minus_this_ci95_low"] - y] for s, y in zip(by_b.values(), ys)]
-        es = [[max(e[0], 0.0) for e in es], [max(e[1], 0.0) for e in es]]
-        ax.errorbar(xs, ys, yerr=es, marker="o", ms=5, capsize=3, color=f"C{j}", label=m)
+        spread = one_run_spread(one_run.index(m), len(one_run)) if m in one_run else 1.0
+        xs = [s["compute_steps"] * spread for s in by_b.values()]
+        means = [s["policy_minus_this_mean"] for s in by_b.values()]
+        es = negated_interval_errors(means, [s["policy_minus_this_ci95_low"] for s in by_b.values()],
+                                     [s["policy_minus_this_ci95_high"] for s in by_b.values()])
+        ax.errorbar(xs, [-v for v in means], yerr=es, marker="o", ms=5, capsize=3, color=f"C{j}", label=m)
+    ax.text(0.01, 0.98, SPREAD_NOTE, transform=ax.transAxes, fontsize=7, va="top")
     plots.append(_save_compute_plot(fig, ax, "test loss minus the policy's (paired)",
                                     "above 0: the policy's single run was better (95%, instances then seeds)", out / "paired_vs_compute.png"))
 
@@ -264,22 +300,22 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
     below: list[str] = []
     one_run = [m for m, by_b in summary["search_gain_captured"].items() if list(by_b) == ["1"]]
     for j, (m, by_b) in enumerate(summary["search_gain_captured"].items()):
-        spread = 1.0 + 0.035 * (one_run.index(m) - (len(one_run) - 1) / 2) if m in one_run else 1.0
+        spread = one_run_spread(one_run.index(m), len(one_run)) if m in one_run else 1.0
         xs = [summary["methods"][m][b]["compute_steps"] * spread for b in by_b]
         ys = [g["iqm"] for g in by_b.values()]
-        err = [[y - g["ci95_low"] for y, g in zip(ys, by_b.values())], [g["ci95_high"] - y for y, g in zip(ys, by_b.values())]]
         star = m == "policy"
-        shown = [max(y, y_lo + 0.04) for y in ys]
-        ax.errorbar(xs, shown, yerr=[[max(0.0, a - (y - s_)) for a, y, s_ in zip(err[0], ys, shown)], err[1]],
+        shown, err = clamped_errors(ys, [g["ci95_low"] for g in by_b.values()], [g["ci95_high"] for g in by_b.values()],
+                                    y_lo + 0.04)
+        ax.errorbar(xs, shown, yerr=err,
                     marker="*" if star else "o", ms=15 if star else 5, capsize=3, color=f"C{j}",
                     label=m + (" (one run)" if m in one_run else ""), zorder=3 if star else 2)
         below += [f"{m}@{b} {y:+.2f}" for b, y in zip(by_b, ys) if y < y_lo]
     ax.set_ylim(y_lo, y_hi)
+    ax.legend(fontsize=7, loc="lower right")
     steps = [x["compute_steps"] for by_b in summary["methods"].values() for x in by_b.values()]
     ax.set_xlim(min(steps) * 0.85, max(steps) * 1.2)  # set, not found: every score is nan where no instance had a gain
-    if below:
-        ax.text(0.01, 0.02, "on the bottom edge, below the frame: " + ", ".join(below), transform=ax.transAxes,
-                fontsize=7, va="bottom")
+    ax.text(0.01, 0.98, SPREAD_NOTE + ("\nbelow the frame, drawn on its edge: " + ", ".join(below) if below else ""),
+            transform=ax.transAxes, fontsize=7, va="top")
     plots.append(_save_compute_plot(fig, ax, "search gain captured (IQM, 95% interval)",
                                     f"1 = {summary['search_gain_reference']}, 0 = default recipe",
                                     out / "gain_vs_compute.png"))
