@@ -130,7 +130,7 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
                   "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     out = tmp_path / "compare" / folder.name
     for f in ["summary.md", "summary.csv", "summary.json", "loss_vs_compute.png", "paired_vs_compute.png", "per_instance.png",
-              "gain_vs_compute.png", "trajectories.png"]:
+              "gain_vs_compute.png", "trajectories.png", "policy_lr_paths.png"]:
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
     # where and from which code the numbers came, in both files

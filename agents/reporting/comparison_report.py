@@ -8,7 +8,7 @@ import io
 import math
 from pathlib import Path
 
-from agents.reporting.plots import save_figure, trajectories
+from agents.reporting.plots import lr_paths_by_instance, save_figure, trajectories
 from agents.reporting.statistics import (HIERARCHICAL_METHOD, hierarchical_bootstrap_mean, mean_ci95,
                                          stratified_bootstrap_iqm)
 
@@ -351,4 +351,17 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
             runs[f"best PBT member (of {p_max})"] = {
                 "schedule": [{"lr": v} for v in pbt[p_max]["schedule_lr"]], "eval_curve": pbt[p_max]["eval_curve"]}
     plots.append(trajectories(runs, out / "trajectories.png", f"{first['instance']} (seed {first['seed']})"))
+
+    # the policy seen controlling: its lr path from each seed's start, on every instance, beside the
+    # static recipe that was tuned once on the training instances
+    panels: dict[str, list[tuple[str, list[float], str]]] = {}
+    for r in per_run:
+        lines = panels.setdefault(r["instance"], [])
+        lrs = [h["lr"] for h in r["results"]["policy"][1]["log"]["schedule"]]
+        lines.append((f"policy, seed {r['seed']} (start {lrs[0]:.1e})", lrs, "-"))
+        recipe = r["results"].get("transferred_recipe", {}).get(1)
+        if recipe and recipe.get("log") and not any(label.startswith("transferred") for label, _, _ in lines):
+            lines.append(("transferred recipe", [h["lr"] for h in recipe["log"]["schedule"]], "k--"))
+    plots.append(lr_paths_by_instance(panels, out / "policy_lr_paths.png",
+                                      "the policy's learning rate from each seed's start, held-out instances"))
     return plots

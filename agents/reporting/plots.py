@@ -62,6 +62,31 @@ def trajectories(runs: dict[str, dict], out: Path, title: str) -> Path:
     return save_figure(fig, out)
 
 
+def lr_paths_by_instance(panels: dict[str, list[tuple[str, list[float], str]]], out: Path, title: str) -> Path:
+    """One panel per instance: learning rate against training step for each labelled run
+    (label, lr per step, line style). Seen side by side, the policy's paths from different starts
+    show whether it steers toward a common rate, and where a static recipe already sits."""
+    n = len(panels)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.0 * rows), squeeze=False, sharey=True)
+    for ax, (name, lines) in zip(axes.flat, panels.items()):
+        for label, lrs, style in lines:
+            ax.plot(range(1, len(lrs) + 1), lrs, style, label=label, lw=1.4)
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("learning rate")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("training step")
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, out)
+
+
 def final_vs_start_lr(points: Sequence[tuple[str, float, float]], out: Path, title: str) -> Path:
     """One point per held-out episode, (instance, starting lr, final lr), log-log: a controller
     that steers pulls the points off the diagonal toward a band; one that holds sits on it."""
