@@ -1,4 +1,5 @@
 """Optuna, random search, PBT and `compare` on the real engine with tiny budgets."""
+import copy
 import json
 import math
 
@@ -275,6 +276,7 @@ def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
 
     from agents.baselines.pbt import run_pbt
 
+    fast_cfg_dict = copy.deepcopy(fast_cfg_dict)  # the fixture is shared: change a copy
     fast_cfg_dict["episode"]["total_steps"] = 3 * fast_cfg_dict["episode"]["decision_interval"]  # 3 reports each
     res = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
     assert not ray.is_initialized()  # the private Ray it started is stopped again
