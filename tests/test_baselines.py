@@ -1,5 +1,4 @@
 """Optuna, random search, PBT and `compare` on the real engine with tiny budgets."""
-import copy
 import json
 import math
 
@@ -276,13 +275,8 @@ def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
 
     from agents.baselines.pbt import run_pbt
 
-    fast_cfg_dict = copy.deepcopy(fast_cfg_dict)  # the fixture is shared: change a copy
-    fast_cfg_dict["episode"]["total_steps"] = 3 * fast_cfg_dict["episode"]["decision_interval"]  # 3 reports each
     res = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
     assert not ray.is_initialized()  # the private Ray it started is stopped again
-    # a member keeps its last 2 checkpoints, not one per report (each is a whole episode state)
-    members = list((tmp_path / "pbt").glob("pbt-*/pbt_member_*"))
-    assert len(members) == 2 and all(len(list(m.glob("checkpoint_*"))) <= 2 for m in members)
     steps, interval = fast_cfg_dict["episode"]["total_steps"], fast_cfg_dict["episode"]["decision_interval"]
     # each member trains at least its first interval and at most the episode; exploits may skip steps
     assert 2 * interval <= res["compute_steps"] <= 2 * steps

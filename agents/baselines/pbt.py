@@ -95,10 +95,7 @@ def run_pbt(cfg: InstanceSetConfig, instance: str, seed: int, population: int, s
                          "grad_clip": tune.loguniform(*inst.init_grad_clip)},
             tune_config=tune.TuneConfig(scheduler=pbt, num_samples=population, metric="eval_loss", mode="min",
                                         reuse_actors=False),
-            # exploit needs a member's latest checkpoint only; keeping every one filled 3.5 GB per
-            # SmolLM2 population (a 160 MB episode state per member per decision)
-            run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=0,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+            run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=0),
         )
         results = tuner.fit()
     finally:

@@ -352,16 +352,20 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
                 "schedule": [{"lr": v} for v in pbt[p_max]["schedule_lr"]], "eval_curve": pbt[p_max]["eval_curve"]}
     plots.append(trajectories(runs, out / "trajectories.png", f"{first['instance']} (seed {first['seed']})"))
 
-    # the policy seen controlling: its lr path from each seed's start, on every instance, beside the
-    # static recipe that was tuned once on the training instances
-    panels: dict[str, list[tuple[str, list[float], str]]] = {}
+    # the policy seen controlling: its lr path from each seed's drawn start (step 0: the policy's
+    # first decision acts before the first step), on every instance, beside the static recipe
+    # that was tuned once on the training instances
+    panels: dict[str, list[tuple[str, list[int], list[float], str]]] = {}
     for r in per_run:
         lines = panels.setdefault(r["instance"], [])
-        lrs = [h["lr"] for h in r["results"]["policy"][1]["log"]["schedule"]]
-        lines.append((f"policy, seed {r['seed']} (start {lrs[0]:.1e})", lrs, "-"))
+        log = r["results"]["policy"][1]["log"]
+        start = log["initial_hparams"]["lr"]
+        lrs = [start] + [h["lr"] for h in log["schedule"]]
+        lines.append((f"policy, seed {r['seed']} (drawn start {start:.1e})", list(range(len(lrs))), lrs, "-"))
         recipe = r["results"].get("transferred_recipe", {}).get(1)
-        if recipe and recipe.get("log") and not any(label.startswith("transferred") for label, _, _ in lines):
-            lines.append(("transferred recipe", [h["lr"] for h in recipe["log"]["schedule"]], "k--"))
+        if recipe and recipe.get("log") and not any(line[0].startswith("transferred") for line in lines):
+            rl = [h["lr"] for h in recipe["log"]["schedule"]]
+            lines.append(("transferred recipe", list(range(1, len(rl) + 1)), rl, "k--"))
     plots.append(lr_paths_by_instance(panels, out / "policy_lr_paths.png",
-                                      "the policy's learning rate from each seed's start, held-out instances"))
+                                      "the policy's learning rate from each seed's drawn start (step 0), held-out instances"))
     return plots

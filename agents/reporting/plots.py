@@ -62,17 +62,18 @@ def trajectories(runs: dict[str, dict], out: Path, title: str) -> Path:
     return save_figure(fig, out)
 
 
-def lr_paths_by_instance(panels: dict[str, list[tuple[str, list[float], str]]], out: Path, title: str) -> Path:
+def lr_paths_by_instance(panels: dict[str, list[tuple[str, list[int], list[float], str]]], out: Path,
+                         title: str) -> Path:
     """One panel per instance: learning rate against training step for each labelled run
-    (label, lr per step, line style). Seen side by side, the policy's paths from different starts
-    show whether it steers toward a common rate, and where a static recipe already sits."""
+    (label, steps, lr at each, line style). Seen side by side, the policy's paths from different
+    starts show whether it steers toward a common rate, and where a static recipe already sits."""
     n = len(panels)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.0 * rows), squeeze=False, sharey=True)
     for ax, (name, lines) in zip(axes.flat, panels.items()):
-        for label, lrs, style in lines:
-            ax.plot(range(1, len(lrs) + 1), lrs, style, label=label, lw=1.4)
+        for label, steps, lrs, style in lines:
+            ax.plot(steps, lrs, style, label=label, lw=1.4, drawstyle="steps-post")
         ax.set_yscale("log")
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
