@@ -64,13 +64,12 @@ def summarise_comparison(per_run: list[dict], budgets: list[int]) -> dict:
             rows = [r["results"][m][b] for r in per_run]
             losses = [x["test_loss"] for x in rows]
             mean, ci = mean_ci95(losses)
+            # paired on instance and seed: the instances' spread cancels out. Seeds share an instance,
+            # so the interval resamples instances, then seeds within them
             per_inst: dict[str, list[float]] = {}
-            for r, x in zip(per_run, rows):
-                per_inst.setdefault(r["instance"], []).append(x["test_loss"])
-            # same instance and seed on both sides: the instances' spread cancels out. Seeds share an
-            # instance, so the interval resamples instances, then seeds within them
             diffs: dict[str, list[float]] = {}
             for r, x in zip(per_run, rows):
+                per_inst.setdefault(r["instance"], []).append(x["test_loss"])
                 diffs.setdefault(r["instance"], []).append(r["results"]["policy"][1]["test_loss"] - x["test_loss"])
             d_mean, d_lo, d_hi = hierarchical_bootstrap_mean(diffs)
             # a percentile bootstrap over few instances runs narrow; a t interval over the instance
@@ -270,12 +269,13 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
                                     "test loss against compute (95% t over runs: their spread, not a comparison)",
                                     out / "loss_vs_compute.png"))
 
+    one_run = [m for m, by_b in summary["methods"].items() if list(by_b) == ["1"]]  # spread apart on x below
+
     # The instances' spread swamps the plot above; paired on instance and seed, it cancels out.
     fig, ax = plt.subplots(figsize=(6.4, 4))
     policy_steps = summary["methods"]["policy"]["1"]["compute_steps"]
     ax.axhline(0.0, color="C0", lw=1)
     ax.plot([policy_steps], [0.0], "*", ms=14, color="C0", label="policy (one run)")
-    one_run = [m for m, by_b in summary["methods"].items() if list(by_b) == ["1"]]
     for j, (m, by_b) in enumerate(summary["methods"].items()):
         if m == "policy":
             continue
@@ -298,7 +298,6 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
     ax.axhline(1.0, color="grey", lw=1, ls="--")
     ax.axhline(0.0, color="grey", lw=1)
     below: list[str] = []
-    one_run = [m for m, by_b in summary["search_gain_captured"].items() if list(by_b) == ["1"]]
     for j, (m, by_b) in enumerate(summary["search_gain_captured"].items()):
         spread = one_run_spread(one_run.index(m), len(one_run)) if m in one_run else 1.0
         xs = [summary["methods"][m][b]["compute_steps"] * spread for b in by_b]
