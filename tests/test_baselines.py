@@ -103,6 +103,8 @@ def test_budget_to_match_is_computed_from_the_numbers():
 def test_a_failed_run_is_scored_as_the_base_model_and_the_table_counts_its_metric_apart():
     runs = [_run({"policy": {1: 1.0}, "optuna_tpe": {1: 1.2, 4: 1.1}, "pbt": {4: float("nan")}}, seed=0),
             _run({"policy": {1: 1.4}, "optuna_tpe": {1: 1.3, 4: 1.2}, "pbt": {4: 1.25}}, seed=1)]
+    runs[0]["results"]["pbt"][4]["errored_members"] = 3
+    runs[1]["results"]["pbt"][4]["errored_members"] = 0
     for r, metric in zip(runs, (0.5, 0.7)):
         r["results"]["policy"][1]["log"] = {"initial_test_loss": 2.0, "metric_name": "exact_match"}
         for m, by_b in r["results"].items():
@@ -110,6 +112,7 @@ def test_a_failed_run_is_scored_as_the_base_model_and_the_table_counts_its_metri
                 x["test_metric"] = None if m == "pbt" and r["seed"] == 0 else metric
     s = summarise_comparison(runs, [1, 4])
     assert s["failed_runs_scored_as_base_model"] == [{"instance": "a", "seed": 0, "method": "pbt", "budget": 4}]
+    assert s["pbt_errored_members"] == [{"instance": "a", "seed": 0, "population": 4, "errored": 3}]
     assert s["methods"]["pbt"]["4"]["test_loss_mean"] == pytest.approx((2.0 + 1.25) / 2)  # not nan
     cell = s["per_instance"]["a"]["methods"]["pbt@4"]
     assert (cell["n_seeds"], cell["n_metric"], cell["test_metric"]) == (2, 1, 0.7)
@@ -275,17 +278,62 @@ def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
 
     from agents.baselines.pbt import run_pbt
 
-    res = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
+    from agents.baselines.pbt import experiment_path
+
+    res = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt", keep_checkpoints=True)
     assert not ray.is_initialized()  # the private Ray it started is stopped again
     steps, interval = fast_cfg_dict["episode"]["total_steps"], fast_cfg_dict["episode"]["decision_interval"]
     # each member trains at least its first interval and at most the episode; exploits may skip steps
     assert 2 * interval <= res["compute_steps"] <= 2 * steps
     assert math.isfinite(res["test_loss"]) and math.isfinite(res["val_loss"])
-    assert len(res["schedule_lr"]) == steps
-    # the same call again restores the finished experiment instead of training a new population
-    again = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
-    assert again["test_loss"] == res["test_loss"] and again["schedule_lr"] == res["schedule_lr"]
-    assert again["compute_steps"] == res["compute_steps"]
+    assert len(res["schedule_lr"]) == steps and res["errored_members"] == 0
+    # every member checkpointed its episode state at every decision (what exploit copies from)
+    def checkpoints() -> list:
+        return list(experiment_path(tmp_path / "pbt", INSTANCE, 0, 2).glob("*/checkpoint_*/member.pt"))
+
+    assert checkpoints()
+    # the same call again restores the finished experiment instead of training a new population, and
+    # by default deletes the finished members' checkpoints; a restore without them reads the same back
+    for _ in range(2):
+        again = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
+        assert again["test_loss"] == res["test_loss"] and again["schedule_lr"] == res["schedule_lr"]
+        assert again["compute_steps"] == res["compute_steps"]
+        assert checkpoints() == []
+
+
+def test_pbt_reports_errored_members_and_keeps_their_checkpoints(fast_cfg_dict, tmp_path, monkeypatch, capsys):
+    """A member that errored is left out of the selection, said so, and its population's checkpoints
+    stay so that the next call continues it (Tuner.restore(resume_errored=True))."""
+    from ray import tune
+
+    from agents.baselines import pbt
+
+    class Results(list):  # what Tuner.fit returns: the members' results and their errors
+        errors = [RuntimeError("Traceback ...\nRuntimeError: member ran out of memory")]
+
+    class Tuner:
+        def __init__(self, *a, **k):
+            pass
+
+        @staticmethod
+        def can_restore(path):
+            return False
+
+        def fit(self):
+            return Results()
+
+    monkeypatch.setattr(tune, "Tuner", Tuner)
+    monkeypatch.setattr("agents.parallel.ray_cluster.init_ray", lambda *a, **k: False)
+    monkeypatch.setattr("agents.parallel.ray_cluster.trial_resources", lambda: {"cpu": 1})
+    checkpoint = pbt.experiment_path(tmp_path, INSTANCE, 0, 2) / "pbt_member_0" / "checkpoint_000001"
+    checkpoint.mkdir(parents=True)
+    res = pbt.run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path)
+    assert res["errored_members"] == 1 and math.isnan(res["test_loss"])
+    assert checkpoint.is_dir()
+    assert "1 of 2 PBT members errored" in capsys.readouterr().err
+    Results.errors = []  # once every member has finished, the checkpoints go
+    assert pbt.run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path)["errored_members"] == 0
+    assert not checkpoint.exists() and checkpoint.parent.is_dir()
 
 
 def test_pbt_experiments_are_named_by_population_and_seed(tmp_path):
@@ -317,7 +365,10 @@ def test_pbt_seeds_the_rngs_its_initial_population_is_drawn_from(fast_cfg_dict, 
             return False
 
         def fit(self):
-            return []
+            return NoResults()
+
+    class NoResults(list):
+        errors: list = []
 
     monkeypatch.setattr(tune, "Tuner", Recorder)
     monkeypatch.setattr("agents.parallel.ray_cluster.init_ray", lambda *a, **k: False)  # no Ray needed

@@ -7,11 +7,19 @@ member is a Ray Tune trial with declared resources. Compute is measured, not ass
 carries the training steps that member ran since its last report, and the total is summed over
 every member's reports (a member that exploits another continues from the other's step count, and
 a diverged member stops early, so it is not population x episode steps).
+
+Disk: every member checkpoints its whole episode state (model + optimizer) at every decision, and
+all are kept while the population runs (Ray Tune warns that keeping 2 or fewer can delete a
+checkpoint before another member copies it). Once every member has finished, nothing can exploit
+them any more, so ``run_pbt`` deletes them: a finished experiment is restored from its trials'
+reported metrics, which stay.
 """
 from __future__ import annotations
 
 import json
 import random
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -57,14 +65,14 @@ def experiment_path(storage: Path, instance: str, seed: int, population: int) ->
 
 
 def run_pbt(cfg: InstanceSetConfig, instance: str, seed: int, population: int, storage: Path,
-            resources: Optional[dict] = None) -> dict[str, Any]:
-    """Returns the best member by final validation loss, its test loss, and the compute spent."""
-    import numpy as np
+            resources: Optional[dict] = None, keep_checkpoints: bool = False) -> dict[str, Any]:
+    """Returns the best member by final validation loss, its test loss, and the compute spent.
+
+    Members that errored are counted in ``errored_members`` (and left out of the selection); their
+    checkpoints are kept so that calling again continues them (``resume_errored``)."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import PopulationBasedTraining
 
-    from agents.baselines.search_space import hparam_space, tune_space
     from agents.parallel.ray_cluster import init_ray, trial_resources
 
     if population < 1:
@@ -81,27 +89,50 @@ def run_pbt(cfg: InstanceSetConfig, instance: str, seed: int, population: int, s
             if len(results) != population:
                 raise ValueError(f"{experiment}: an earlier PBT run with {len(results)} members, not {population}; "
                                  "remove that folder or choose another storage folder")
-            return _best_member(cfg, inst, results)
-        # PBT's explore/exploit draws come from Python's RNG, the initial population from numpy's
-        random.seed(seed)
-        np.random.seed(seed)
-        pbt = PopulationBasedTraining(time_attr="steps_done", perturbation_interval=cfg.episode.decision_interval,
-                                      hyperparam_mutations=tune_space(hparam_space(cfg.bounds)),
-                                      quantile_fraction=0.25, resample_probability=0.25)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"cfg": cfg.model_dump(mode="json"), "instance": instance, "seed": seed,
-                         "lr": tune.loguniform(*inst.init_lr), "weight_decay": tune.loguniform(*inst.init_weight_decay),
-                         "grad_clip": tune.loguniform(*inst.init_grad_clip)},
-            tune_config=tune.TuneConfig(scheduler=pbt, num_samples=population, metric="eval_loss", mode="min",
-                                        reuse_actors=False),
-            run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=0),
-        )
-        results = tuner.fit()
+        else:
+            results = _fit_new_population(cfg, inst, seed, population, trainable, experiment)
     finally:
         if started:
             ray.shutdown()
-    return _best_member(cfg, inst, results)
+    if results.errors:
+        print(f"warning: {experiment.name}: {len(results.errors)} of {population} PBT members errored and are "
+              f"left out; the first error: {str(results.errors[0]).strip().splitlines()[-1]}", file=sys.stderr)
+    elif not keep_checkpoints:
+        delete_member_checkpoints(experiment)
+    return {**_best_member(cfg, inst, results), "errored_members": len(results.errors)}
+
+
+def _fit_new_population(cfg: InstanceSetConfig, inst, seed: int, population: int, trainable, experiment: Path):
+    import numpy as np
+    from ray import tune
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    from agents.baselines.search_space import hparam_space, tune_space
+
+    # PBT's explore/exploit draws come from Python's RNG, the initial population from numpy's
+    random.seed(seed)
+    np.random.seed(seed)
+    pbt = PopulationBasedTraining(time_attr="steps_done", perturbation_interval=cfg.episode.decision_interval,
+                                  hyperparam_mutations=tune_space(hparam_space(cfg.bounds)),
+                                  quantile_fraction=0.25, resample_probability=0.25)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cfg": cfg.model_dump(mode="json"), "instance": inst.name, "seed": seed,
+                     "lr": tune.loguniform(*inst.init_lr), "weight_decay": tune.loguniform(*inst.init_weight_decay),
+                     "grad_clip": tune.loguniform(*inst.init_grad_clip)},
+        tune_config=tune.TuneConfig(scheduler=pbt, num_samples=population, metric="eval_loss", mode="min",
+                                    reuse_actors=False),
+        run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=0),
+    )
+    return tuner.fit()
+
+
+def delete_member_checkpoints(experiment: Path) -> int:
+    """Deletes the members' checkpoint folders of a finished experiment; returns how many."""
+    folders = sorted(experiment.glob("*/checkpoint_*"))
+    for folder in folders:
+        shutil.rmtree(folder)
+    return len(folders)
 
 
 def measured_compute(results) -> int:

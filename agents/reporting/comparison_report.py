@@ -95,7 +95,15 @@ def summarise_comparison(per_run: list[dict], budgets: list[int]) -> dict:
             "search_gain_reference": gain["reference"], "search_gain_interval": gain["interval"],
             "search_gain_instances_left_out": gain["instances_without_gain"],
             "search_gain_loss": gain["search_gain_loss"],
-            "per_instance": per_instance_table(per_run), "failed_runs_scored_as_base_model": rescored, "runs": runs}
+            "per_instance": per_instance_table(per_run), "failed_runs_scored_as_base_model": rescored,
+            "pbt_errored_members": pbt_errored_members(per_run), "runs": runs}
+
+
+def pbt_errored_members(per_run: list[dict]) -> list[dict]:
+    """PBT populations with members that errored: their selection was among the members that ran."""
+    return [{"instance": r["instance"], "seed": r["seed"], "population": int(n), "errored": x["errored_members"]}
+            for r in per_run for n, x in sorted(r["results"].get("pbt", {}).items())
+            if x.get("errored_members")]
 
 
 def search_gain_captured(per_run: list[dict]) -> dict:
@@ -242,6 +250,10 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
         lines += ["", "Selected runs without a finite test loss, scored as the base model: "
                   + ", ".join(f"{x['method']}@{x['budget']} on {x['instance']} seed {x['seed']}"
                               for x in summary["failed_runs_scored_as_base_model"])]
+    if summary.get("pbt_errored_members"):
+        lines += ["", "PBT populations with members that errored (selected among the others): "
+                  + ", ".join(f"{x['errored']} of {x['population']} on {x['instance']} seed {x['seed']}"
+                              for x in summary["pbt_errored_members"])]
     cols = [f"{m}@{max(by_b, key=int)}" for m, by_b in summary["methods"].items()]
     lines += ["", "## Per instance: test loss (task metric), mean over seeds, each method at its largest budget", "",
               "| instance | metric | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
