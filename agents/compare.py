@@ -191,16 +191,15 @@ def compare(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict:
             pool.close()
     # PBT last, pair by pair: Ray Tune spreads each population over the cores. Its experiment
     # folders are named after the instance's key, so a changed model, file or episode starts afresh.
-    from agents.baselines.pbt import run_pbt
+    from agents.baselines.pbt import populations_to_run, run_pbt
 
     pops = sorted(set(args.pbt_populations))
-    todo = [p for p in pairs if any(n not in results[p].get("pbt", {}) for n in pops)]
+    todo = [p for p in pairs if populations_to_run(results[p].get("pbt", {}), pops)]
     for inst, seed in tqdm(todo, desc="PBT", unit="instance x seed", disable=not todo):
         saved = results[inst, seed].setdefault("pbt", {})
-        for n in pops:
-            if n not in saved:
-                saved[n] = run_pbt(cfg, inst, seed, n, storage_dir / "pbt" / digest(instance_keys[inst]))
-                save_results(saved_path(inst, seed), run_key(inst), results[inst, seed])
+        for n in populations_to_run(saved, pops):
+            saved[n] = run_pbt(cfg, inst, seed, n, storage_dir / "pbt" / digest(instance_keys[inst]))
+            save_results(saved_path(inst, seed), run_key(inst), results[inst, seed])
     for r in results.values():  # what this invocation asked for (other populations stay saved)
         if pops:
             r["pbt"] = {n: r["pbt"][n] for n in pops}

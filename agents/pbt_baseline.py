@@ -24,6 +24,9 @@ def build_parser() -> CommandParser:
     p.add_argument("--instance", default=None, help="default: the first held-out instance")
     p.add_argument("--population", type=positive_int, default=4, help="members (default: 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the members' checkpoints (model + optimizer at every decision) after every member "
+                        "has finished; by default they are deleted then, and the reported results stay")
     return p
 
 
@@ -32,7 +35,8 @@ def population_based_training(args: argparse.Namespace) -> dict:
 
     cfg = load_config(args.config)
     inst = cfg.pick_instance(args.instance)
-    res = run_pbt(cfg, inst, args.seed, args.population, REPO_ROOT / "results" / "runs" / "pbt")
+    res = run_pbt(cfg, inst, args.seed, args.population, REPO_ROOT / "results" / "runs" / "pbt",
+                  keep_checkpoints=args.keep_checkpoints)
     print(json.dumps({k: v for k, v in res.items() if k not in ("schedule_lr", "eval_curve")}, indent=2))
     return res
 

@@ -103,8 +103,7 @@ def test_budget_to_match_is_computed_from_the_numbers():
 def test_a_failed_run_is_scored_as_the_base_model_and_the_table_counts_its_metric_apart():
     runs = [_run({"policy": {1: 1.0}, "optuna_tpe": {1: 1.2, 4: 1.1}, "pbt": {4: float("nan")}}, seed=0),
             _run({"policy": {1: 1.4}, "optuna_tpe": {1: 1.3, 4: 1.2}, "pbt": {4: 1.25}}, seed=1)]
-    runs[0]["results"]["pbt"][4]["errored_members"] = 3
-    runs[1]["results"]["pbt"][4]["errored_members"] = 0
+    runs[0]["results"]["pbt"][4]["errored_members"] = 3  # runs[1]'s was saved before the count existed
     for r, metric in zip(runs, (0.5, 0.7)):
         r["results"]["policy"][1]["log"] = {"initial_test_loss": 2.0, "metric_name": "exact_match"}
         for m, by_b in r["results"].items():
@@ -112,7 +111,10 @@ def test_a_failed_run_is_scored_as_the_base_model_and_the_table_counts_its_metri
                 x["test_metric"] = None if m == "pbt" and r["seed"] == 0 else metric
     s = summarise_comparison(runs, [1, 4])
     assert s["failed_runs_scored_as_base_model"] == [{"instance": "a", "seed": 0, "method": "pbt", "budget": 4}]
-    assert s["pbt_errored_members"] == [{"instance": "a", "seed": 0, "population": 4, "errored": 3}]
+    assert s["pbt_errored_members"] == [{"instance": "a", "seed": 0, "population": 4, "errored": 3},
+                                        {"instance": "a", "seed": 1, "population": 4, "errored": None}]
+    runs[1]["results"]["pbt"][4]["errored_members"] = 0  # counted: none errored
+    assert summarise_comparison(runs, [1, 4])["pbt_errored_members"] == [s["pbt_errored_members"][0]]
     assert s["methods"]["pbt"]["4"]["test_loss_mean"] == pytest.approx((2.0 + 1.25) / 2)  # not nan
     cell = s["per_instance"]["a"]["methods"]["pbt@4"]
     assert (cell["n_seeds"], cell["n_metric"], cell["test_metric"]) == (2, 1, 0.7)
@@ -276,9 +278,7 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
 def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
     import ray
 
-    from agents.baselines.pbt import run_pbt
-
-    from agents.baselines.pbt import experiment_path
+    from agents.baselines.pbt import experiment_path, run_pbt
 
     res = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt", keep_checkpoints=True)
     assert not ray.is_initialized()  # the private Ray it started is stopped again
@@ -287,6 +287,7 @@ def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
     assert 2 * interval <= res["compute_steps"] <= 2 * steps
     assert math.isfinite(res["test_loss"]) and math.isfinite(res["val_loss"])
     assert len(res["schedule_lr"]) == steps and res["errored_members"] == 0
+
     # every member checkpointed its episode state at every decision (what exploit copies from)
     def checkpoints() -> list:
         return list(experiment_path(tmp_path / "pbt", INSTANCE, 0, 2).glob("*/checkpoint_*/member.pt"))
@@ -301,14 +302,25 @@ def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
         assert checkpoints() == []
 
 
-def test_pbt_reports_errored_members_and_keeps_their_checkpoints(fast_cfg_dict, tmp_path, monkeypatch, capsys):
-    """A member that errored is left out of the selection, said so, and its population's checkpoints
-    stay so that the next call continues it (Tuner.restore(resume_errored=True))."""
+def test_pbt_keeps_checkpoints_until_every_member_has_finished(fast_cfg_dict, tmp_path, monkeypatch, capsys):
+    """An errored member is left out of the selection and said so, and the population's checkpoints
+    stay so that the next call continues it (Tuner.restore(resume_errored=True)). A population that
+    Ray Tune stopped early (it catches Ctrl-C and returns normally) is not a result at all."""
+    from types import SimpleNamespace
+
     from ray import tune
 
     from agents.baselines import pbt
 
-    class Results(list):  # what Tuner.fit returns: the members' results and their errors
+    steps = fast_cfg_dict["episode"]["total_steps"]
+
+    def member(steps_done: int, test_loss: float):
+        return SimpleNamespace(metrics_dataframe=None, metrics={
+            "steps_done": steps_done, "eval_loss": test_loss, "test_loss": test_loss, "diverged": False,
+            "schedule_lr": "[]", "eval_curve": "[]"})
+
+    class Results(list):  # what Tuner.fit returns: the members' results, counted by trial status
+        num_errors, num_terminated = 1, 1
         errors = [RuntimeError("Traceback ...\nRuntimeError: member ran out of memory")]
 
     class Tuner:
@@ -319,8 +331,8 @@ def test_pbt_reports_errored_members_and_keeps_their_checkpoints(fast_cfg_dict, 
         def can_restore(path):
             return False
 
-        def fit(self):
-            return Results()
+        def fit(self):  # the errored member's last report is from mid-episode
+            return Results([member(steps, 1.5), member(steps // 2, 0.1)])
 
     monkeypatch.setattr(tune, "Tuner", Tuner)
     monkeypatch.setattr("agents.parallel.ray_cluster.init_ray", lambda *a, **k: False)
@@ -328,12 +340,27 @@ def test_pbt_reports_errored_members_and_keeps_their_checkpoints(fast_cfg_dict, 
     checkpoint = pbt.experiment_path(tmp_path, INSTANCE, 0, 2) / "pbt_member_0" / "checkpoint_000001"
     checkpoint.mkdir(parents=True)
     res = pbt.run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path)
-    assert res["errored_members"] == 1 and math.isnan(res["test_loss"])
+    assert res["errored_members"] == 1 and res["test_loss"] == 1.5  # selected among the finished
     assert checkpoint.is_dir()
-    assert "1 of 2 PBT members errored" in capsys.readouterr().err
-    Results.errors = []  # once every member has finished, the checkpoints go
+    err = capsys.readouterr().err
+    assert "1 of 2 PBT members errored" in err and "RuntimeError: member ran out of memory" in err
+    # stopped early: members neither finished nor errored
+    Results.num_errors, Results.num_terminated, Results.errors = 0, 1, []
+    with pytest.raises(KeyboardInterrupt, match="1 of 2 members unfinished"):
+        pbt.run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path)
+    assert checkpoint.is_dir()
+    Results.num_terminated = 2  # once every member has finished, the checkpoints go
     assert pbt.run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path)["errored_members"] == 0
     assert not checkpoint.exists() and checkpoint.parent.is_dir()
+
+
+def test_compare_reruns_a_pbt_population_whose_members_errored():
+    from agents.baselines.pbt import populations_to_run
+
+    saved = {2: {"test_loss": 1.0, "errored_members": 0}, 4: {"test_loss": 1.0, "errored_members": 1},
+             8: {"test_loss": 1.0}}  # 8: saved before errors were counted, by code that selected all the same
+    assert populations_to_run(saved, [2, 4, 8, 16]) == [4, 16]
+    assert populations_to_run(saved, [2]) == []
 
 
 def test_pbt_experiments_are_named_by_population_and_seed(tmp_path):
@@ -369,6 +396,7 @@ def test_pbt_seeds_the_rngs_its_initial_population_is_drawn_from(fast_cfg_dict, 
 
     class NoResults(list):
         errors: list = []
+        num_errors, num_terminated = 0, 2
 
     monkeypatch.setattr(tune, "Tuner", Recorder)
     monkeypatch.setattr("agents.parallel.ray_cluster.init_ray", lambda *a, **k: False)  # no Ray needed

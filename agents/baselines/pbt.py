@@ -68,8 +68,11 @@ def run_pbt(cfg: InstanceSetConfig, instance: str, seed: int, population: int, s
             resources: Optional[dict] = None, keep_checkpoints: bool = False) -> dict[str, Any]:
     """Returns the best member by final validation loss, its test loss, and the compute spent.
 
-    Members that errored are counted in ``errored_members`` (and left out of the selection); their
-    checkpoints are kept so that calling again continues them (``resume_errored``)."""
+    The members' checkpoints are deleted only once every member has finished (unless
+    ``keep_checkpoints``). Members that errored are left out of the selection and counted in
+    ``errored_members``; the population's checkpoints then stay, so that calling again continues
+    them (``resume_errored``). A population that Ray Tune stopped early (it catches Ctrl-C and
+    returns) raises KeyboardInterrupt with its checkpoints kept: it is not a result."""
     import ray
     from ray import tune
 
@@ -84,7 +87,7 @@ def run_pbt(cfg: InstanceSetConfig, instance: str, seed: int, population: int, s
         experiment = experiment_path(storage, instance, seed, population)
         if tune.Tuner.can_restore(str(experiment)):
             # an earlier run of the same population: finished members are read back, unfinished
-            # ones continue from their checkpoints
+            # and errored ones continue from their checkpoints
             results = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True).fit()
             if len(results) != population:
                 raise ValueError(f"{experiment}: an earlier PBT run with {len(results)} members, not {population}; "
@@ -94,12 +97,25 @@ def run_pbt(cfg: InstanceSetConfig, instance: str, seed: int, population: int, s
     finally:
         if started:
             ray.shutdown()
-    if results.errors:
-        print(f"warning: {experiment.name}: {len(results.errors)} of {population} PBT members errored and are "
-              f"left out; the first error: {str(results.errors[0]).strip().splitlines()[-1]}", file=sys.stderr)
+    # by trial status, not by error files (ResultGrid.errors misses an error whose file is missing)
+    errored, finished = results.num_errors, results.num_terminated
+    if errored:
+        first = next((str(e).strip().splitlines() for e in results.errors if str(e).strip()), ["(no message)"])[-1]
+        print(f"warning: {experiment}: {errored} of {population} PBT members errored and are left out of the "
+              f"selection; the first error: {first}. The members' checkpoints are kept: run the same command "
+              "again to continue them, or remove that folder to start afresh.", file=sys.stderr)
+    elif finished < population:
+        raise KeyboardInterrupt(f"{experiment}: PBT stopped with {population - finished} of {population} members "
+                                "unfinished; their checkpoints are kept, and the same command continues them")
     elif not keep_checkpoints:
         delete_member_checkpoints(experiment)
-    return {**_best_member(cfg, inst, results), "errored_members": len(results.errors)}
+    return {**_best_member(cfg, inst, results), "errored_members": errored}
+
+
+def populations_to_run(saved: dict, populations: list[int]) -> list[int]:
+    """The population sizes still to run for one instance x seed: those not saved, and those saved
+    with errored members (the next run_pbt continues them from their kept checkpoints)."""
+    return [n for n in populations if n not in saved or saved[n].get("errored_members")]
 
 
 def _fit_new_population(cfg: InstanceSetConfig, inst, seed: int, population: int, trainable, experiment: Path):

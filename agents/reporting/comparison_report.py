@@ -100,10 +100,11 @@ def summarise_comparison(per_run: list[dict], budgets: list[int]) -> dict:
 
 
 def pbt_errored_members(per_run: list[dict]) -> list[dict]:
-    """PBT populations with members that errored: their selection was among the members that ran."""
-    return [{"instance": r["instance"], "seed": r["seed"], "population": int(n), "errored": x["errored_members"]}
+    """PBT populations with members that errored (their selection was among the members that ran),
+    and those saved before the count existed (``errored`` None: not recorded, not zero)."""
+    return [{"instance": r["instance"], "seed": r["seed"], "population": int(n), "errored": x.get("errored_members")}
             for r in per_run for n, x in sorted(r["results"].get("pbt", {}).items())
-            if x.get("errored_members")]
+            if x.get("errored_members") is None or x["errored_members"] > 0]
 
 
 def search_gain_captured(per_run: list[dict]) -> dict:
@@ -250,10 +251,14 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
         lines += ["", "Selected runs without a finite test loss, scored as the base model: "
                   + ", ".join(f"{x['method']}@{x['budget']} on {x['instance']} seed {x['seed']}"
                               for x in summary["failed_runs_scored_as_base_model"])]
-    if summary.get("pbt_errored_members"):
+    errored = [x for x in summary.get("pbt_errored_members", []) if x["errored"]]
+    unrecorded = [x for x in summary.get("pbt_errored_members", []) if x["errored"] is None]
+    if errored:
         lines += ["", "PBT populations with members that errored (selected among the others): "
                   + ", ".join(f"{x['errored']} of {x['population']} on {x['instance']} seed {x['seed']}"
-                              for x in summary["pbt_errored_members"])]
+                              for x in errored)]
+    if unrecorded:
+        lines += ["", f"PBT populations saved before errored members were counted (not recorded): {len(unrecorded)}"]
     cols = [f"{m}@{max(by_b, key=int)}" for m, by_b in summary["methods"].items()]
     lines += ["", "## Per instance: test loss (task metric), mean over seeds, each method at its largest budget", "",
               "| instance | metric | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
