@@ -243,9 +243,14 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
 
     ran = []
 
+    erroring = {(0, 4)}  # this population's first run has a member that errored
+
     def fake_pbt(cfg, instance, seed, population, storage):
         ran.append((instance, seed, population, storage))
-        return {"compute_steps": population * steps, "test_loss": 1.0 + population, "test_metric": None}
+        errored = int((seed, population) in erroring)
+        erroring.discard((seed, population))
+        return {"compute_steps": population * steps, "test_loss": 1.0 + population, "test_metric": None,
+                "errored_members": errored}
 
     monkeypatch.setattr(pbt_module, "run_pbt", fake_pbt)
     base = ["--agent", str(folder), "--budgets", "1", "2", "--seeds", "2", "--transfer-trials", "2",
@@ -257,6 +262,11 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
     with_4 = compare.main(base + ["--pbt-populations", "2", "4"])
     assert sorted(ran) == [(inst, 0, 4, folder_key), (inst, 1, 4, folder_key)]
     assert with_4["methods"]["pbt"]["4"]["test_loss_mean"] == 5.0 and with_4["methods"]["pbt"]["2"]["test_loss_mean"] == 3.0
+    assert with_4["pbt_errored_members"] == [{"instance": inst, "seed": 0, "population": 4, "errored": 1}]
+    ran.clear()
+    # the population with an errored member is continued by the same command, and only it
+    again = compare.main(base + ["--pbt-populations", "2", "4"])
+    assert ran == [(inst, 0, 4, folder_key)] and again["pbt_errored_members"] == []
     ran.clear()
     without = compare.main(base + ["--pbt-populations"])
     assert not ran and "pbt" not in without["methods"]
@@ -305,7 +315,8 @@ def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
 def test_pbt_keeps_checkpoints_until_every_member_has_finished(fast_cfg_dict, tmp_path, monkeypatch, capsys):
     """An errored member is left out of the selection and said so, and the population's checkpoints
     stay so that the next call continues it (Tuner.restore(resume_errored=True)). A population that
-    Ray Tune stopped early (it catches Ctrl-C and returns normally) is not a result at all."""
+    Ray Tune stopped early is not a result at all: Ray catches Ctrl-C, marks the stopped members
+    TERMINATED and returns normally, so "finished" is read from each member's last report."""
     from types import SimpleNamespace
 
     from ray import tune
@@ -314,14 +325,20 @@ def test_pbt_keeps_checkpoints_until_every_member_has_finished(fast_cfg_dict, tm
 
     steps = fast_cfg_dict["episode"]["total_steps"]
 
-    def member(steps_done: int, test_loss: float):
-        return SimpleNamespace(metrics_dataframe=None, metrics={
-            "steps_done": steps_done, "eval_loss": test_loss, "test_loss": test_loss, "diverged": False,
-            "schedule_lr": "[]", "eval_curve": "[]"})
+    def member(test_loss: float, finished: bool = True, error=None):
+        metrics = {"steps_done": steps if finished else steps // 2, "eval_loss": test_loss, "test_loss": test_loss,
+                   "diverged": False}
+        if finished:  # pbt_member's report at its episode's end
+            metrics.update(schedule_lr="[]", eval_curve="[]")
+        return SimpleNamespace(metrics_dataframe=None, metrics=metrics, error=error)
 
-    class Results(list):  # what Tuner.fit returns: the members' results, counted by trial status
-        num_errors, num_terminated = 1, 1
-        errors = [RuntimeError("Traceback ...\nRuntimeError: member ran out of memory")]
+    oom = RuntimeError("Traceback ...\nRuntimeError: member ran out of memory")
+    fits = iter([
+        ([member(1.5), member(0.1, finished=False, error=oom)], 1),  # one errored mid-episode
+        ([member(1.5), member(0.1, finished=False)], 1),  # an error Ray lost the file of: counted by status
+        ([member(1.5), member(0.1, finished=False)], 0),  # stopped early (Ctrl-C): status TERMINATED
+        ([member(1.5), member(0.1)], 0),  # every member finished
+    ])
 
     class Tuner:
         def __init__(self, *a, **k):
@@ -331,26 +348,30 @@ def test_pbt_keeps_checkpoints_until_every_member_has_finished(fast_cfg_dict, tm
         def can_restore(path):
             return False
 
-        def fit(self):  # the errored member's last report is from mid-episode
-            return Results([member(steps, 1.5), member(steps // 2, 0.1)])
+        def fit(self):
+            members, errored = next(fits)
+            results = type("Results", (list,), {"num_errors": errored})(members)
+            results.errors = [m.error for m in members if m.error]
+            return results
 
     monkeypatch.setattr(tune, "Tuner", Tuner)
     monkeypatch.setattr("agents.parallel.ray_cluster.init_ray", lambda *a, **k: False)
     monkeypatch.setattr("agents.parallel.ray_cluster.trial_resources", lambda: {"cpu": 1})
     checkpoint = pbt.experiment_path(tmp_path, INSTANCE, 0, 2) / "pbt_member_0" / "checkpoint_000001"
     checkpoint.mkdir(parents=True)
-    res = pbt.run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path)
+    cfg = parse_config(fast_cfg_dict)
+    res = pbt.run_pbt(cfg, INSTANCE, 0, 2, tmp_path)
     assert res["errored_members"] == 1 and res["test_loss"] == 1.5  # selected among the finished
     assert checkpoint.is_dir()
     err = capsys.readouterr().err
     assert "1 of 2 PBT members errored" in err and "RuntimeError: member ran out of memory" in err
-    # stopped early: members neither finished nor errored
-    Results.num_errors, Results.num_terminated, Results.errors = 0, 1, []
+    assert pbt.run_pbt(cfg, INSTANCE, 0, 2, tmp_path)["errored_members"] == 1
+    assert "the first error: (no message)" in capsys.readouterr().err and checkpoint.is_dir()
     with pytest.raises(KeyboardInterrupt, match="1 of 2 members unfinished"):
-        pbt.run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path)
+        pbt.run_pbt(cfg, INSTANCE, 0, 2, tmp_path)
     assert checkpoint.is_dir()
-    Results.num_terminated = 2  # once every member has finished, the checkpoints go
-    assert pbt.run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path)["errored_members"] == 0
+    res = pbt.run_pbt(cfg, INSTANCE, 0, 2, tmp_path)  # once every member has finished, the checkpoints go
+    assert res["errored_members"] == 0 and res["test_loss"] == 0.1
     assert not checkpoint.exists() and checkpoint.parent.is_dir()
 
 
@@ -375,6 +396,7 @@ def test_pbt_seeds_the_rngs_its_initial_population_is_drawn_from(fast_cfg_dict, 
     """Ray Tune draws the initial population from numpy's global RNG and PBT's explore/exploit from
     Python's: run_pbt seeds both before the Tuner exists."""
     import random
+    from types import SimpleNamespace
 
     import numpy as np
     from ray import tune
@@ -392,11 +414,12 @@ def test_pbt_seeds_the_rngs_its_initial_population_is_drawn_from(fast_cfg_dict, 
             return False
 
         def fit(self):
-            return NoResults()
+            return FinishedPopulation(SimpleNamespace(metrics={"schedule_lr": "[]"}, metrics_dataframe=None, error=None)
+                                      for _ in range(2))
 
-    class NoResults(list):
+    class FinishedPopulation(list):
         errors: list = []
-        num_errors, num_terminated = 0, 2
+        num_errors = 0
 
     monkeypatch.setattr(tune, "Tuner", Recorder)
     monkeypatch.setattr("agents.parallel.ray_cluster.init_ray", lambda *a, **k: False)  # no Ray needed
@@ -569,3 +592,27 @@ def test_the_transferred_recipes_objective_weighs_instances_alike():
     assert improvement({"eval_curve": [(0, 6.0), (8, 4.5)], "initial_eval_loss": 6.0, "diverged": False}) == 0.25
     assert improvement({"eval_curve": [(0, 1.0), (8, 0.75)], "initial_eval_loss": 1.0, "diverged": False}) == 0.25
     assert improvement({"eval_curve": [(0, 1.0), (8, float("nan"))], "initial_eval_loss": 1.0, "diverged": True}) == -1.0
+
+
+def test_pbt_stopped_by_ctrl_c_is_not_a_result_and_keeps_its_checkpoints(fast_cfg_dict, tmp_path, monkeypatch):
+    """Ray Tune catches Ctrl-C, marks the stopped members TERMINATED and returns normally: run_pbt
+    must not take that for a finished population, delete its checkpoints, or report a result."""
+    import os
+    import signal
+
+    from ray import tune
+
+    from agents.baselines.pbt import experiment_path, run_pbt
+
+    class CtrlCAfterFirstReport(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    class RunConfig(tune.RunConfig):  # run_pbt's own, with the callback added
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, callbacks=[CtrlCAfterFirstReport()], **kwargs)
+
+    monkeypatch.setattr(tune, "RunConfig", RunConfig)
+    with pytest.raises(KeyboardInterrupt, match="members unfinished"):
+        run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
+    assert list(experiment_path(tmp_path / "pbt", INSTANCE, 0, 2).glob("*/checkpoint_*/member.pt"))

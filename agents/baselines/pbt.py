@@ -68,11 +68,12 @@ def run_pbt(cfg: InstanceSetConfig, instance: str, seed: int, population: int, s
             resources: Optional[dict] = None, keep_checkpoints: bool = False) -> dict[str, Any]:
     """Returns the best member by final validation loss, its test loss, and the compute spent.
 
-    The members' checkpoints are deleted only once every member has finished (unless
+    The members' checkpoints are deleted only once every member has finished its episode (unless
     ``keep_checkpoints``). Members that errored are left out of the selection and counted in
     ``errored_members``; the population's checkpoints then stay, so that calling again continues
     them (``resume_errored``). A population that Ray Tune stopped early (it catches Ctrl-C and
-    returns) raises KeyboardInterrupt with its checkpoints kept: it is not a result."""
+    returns, marking the stopped members TERMINATED) raises KeyboardInterrupt with its checkpoints
+    kept: it is not a result."""
     import ray
     from ray import tune
 
@@ -97,19 +98,27 @@ def run_pbt(cfg: InstanceSetConfig, instance: str, seed: int, population: int, s
     finally:
         if started:
             ray.shutdown()
-    # by trial status, not by error files (ResultGrid.errors misses an error whose file is missing)
-    errored, finished = results.num_errors, results.num_terminated
+    # Errors by trial status (ResultGrid.errors misses an error whose file is missing). "Finished"
+    # from each member's own last report: after Ctrl-C, Ray marks the stopped members TERMINATED too
+    errored = results.num_errors
+    unfinished = population - errored - finished_members(results)
+    if unfinished > 0:
+        raise KeyboardInterrupt(f"{experiment}: PBT stopped with {unfinished} of {population} members unfinished; "
+                                "their checkpoints are kept, and the same command continues them")
     if errored:
         first = next((str(e).strip().splitlines() for e in results.errors if str(e).strip()), ["(no message)"])[-1]
         print(f"warning: {experiment}: {errored} of {population} PBT members errored and are left out of the "
               f"selection; the first error: {first}. The members' checkpoints are kept: run the same command "
               "again to continue them, or remove that folder to start afresh.", file=sys.stderr)
-    elif finished < population:
-        raise KeyboardInterrupt(f"{experiment}: PBT stopped with {population - finished} of {population} members "
-                                "unfinished; their checkpoints are kept, and the same command continues them")
     elif not keep_checkpoints:
         delete_member_checkpoints(experiment)
     return {**_best_member(cfg, inst, results), "errored_members": errored}
+
+
+def finished_members(results) -> int:
+    """Members whose last report is their episode's end (pbt_member adds ``schedule_lr`` only there,
+    also when the member diverged and stopped), without an error."""
+    return sum(1 for r in results if r.error is None and r.metrics and "schedule_lr" in r.metrics)
 
 
 def populations_to_run(saved: dict, populations: list[int]) -> list[int]:
