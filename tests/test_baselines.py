@@ -290,7 +290,7 @@ def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
 
     from agents.baselines.pbt import experiment_path, run_pbt
 
-    res = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt", keep_checkpoints=True)
+    res = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
     assert not ray.is_initialized()  # the private Ray it started is stopped again
     steps, interval = fast_cfg_dict["episode"]["total_steps"], fast_cfg_dict["episode"]["decision_interval"]
     # each member trains at least its first interval and at most the episode; exploits may skip steps
@@ -298,18 +298,16 @@ def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
     assert math.isfinite(res["test_loss"]) and math.isfinite(res["val_loss"])
     assert len(res["schedule_lr"]) == steps and res["errored_members"] == 0
 
-    # every member checkpointed its episode state at every decision (what exploit copies from)
-    def checkpoints() -> list:
-        return list(experiment_path(tmp_path / "pbt", INSTANCE, 0, 2).glob("*/checkpoint_*/member.pt"))
-
-    assert checkpoints()
-    # the same call again restores the finished experiment instead of training a new population, and
-    # by default deletes the finished members' checkpoints; a restore without them reads the same back
-    for _ in range(2):
-        again = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
-        assert again["test_loss"] == res["test_loss"] and again["schedule_lr"] == res["schedule_lr"]
-        assert again["compute_steps"] == res["compute_steps"]
-        assert checkpoints() == []
+    # every member checkpointed its episode state at every decision (what exploit copies from; the
+    # Ctrl-C test below finds them where this looks), and once all had finished they were deleted
+    member_folders = list(experiment_path(tmp_path / "pbt", INSTANCE, 0, 2).glob("pbt_member_*"))
+    assert len(member_folders) == 2
+    assert not [f for m in member_folders for f in m.glob("checkpoint_*/member.pt")]
+    # the same call again restores the finished experiment, without its checkpoints, instead of
+    # training a new population
+    again = run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
+    assert again["test_loss"] == res["test_loss"] and again["schedule_lr"] == res["schedule_lr"]
+    assert again["compute_steps"] == res["compute_steps"]
 
 
 def test_pbt_keeps_checkpoints_until_every_member_has_finished(fast_cfg_dict, tmp_path, monkeypatch, capsys):
@@ -337,6 +335,7 @@ def test_pbt_keeps_checkpoints_until_every_member_has_finished(fast_cfg_dict, tm
         ([member(1.5), member(0.1, finished=False, error=oom)], 1),  # one errored mid-episode
         ([member(1.5), member(0.1, finished=False)], 1),  # an error Ray lost the file of: counted by status
         ([member(1.5), member(0.1, finished=False)], 0),  # stopped early (Ctrl-C): status TERMINATED
+        ([member(1.5), member(0.1)], 0),  # every member finished (asked to keep the checkpoints)
         ([member(1.5), member(0.1)], 0),  # every member finished
     ])
 
@@ -369,6 +368,8 @@ def test_pbt_keeps_checkpoints_until_every_member_has_finished(fast_cfg_dict, tm
     assert "the first error: (no message)" in capsys.readouterr().err and checkpoint.is_dir()
     with pytest.raises(KeyboardInterrupt, match="1 of 2 members unfinished"):
         pbt.run_pbt(cfg, INSTANCE, 0, 2, tmp_path)
+    assert checkpoint.is_dir()
+    pbt.run_pbt(cfg, INSTANCE, 0, 2, tmp_path, keep_checkpoints=True)
     assert checkpoint.is_dir()
     res = pbt.run_pbt(cfg, INSTANCE, 0, 2, tmp_path)  # once every member has finished, the checkpoints go
     assert res["errored_members"] == 0 and res["test_loss"] == 0.1
@@ -615,4 +616,4 @@ def test_pbt_stopped_by_ctrl_c_is_not_a_result_and_keeps_its_checkpoints(fast_cf
     monkeypatch.setattr(tune, "RunConfig", RunConfig)
     with pytest.raises(KeyboardInterrupt, match="members unfinished"):
         run_pbt(parse_config(fast_cfg_dict), INSTANCE, 0, 2, tmp_path / "pbt")
-    assert list(experiment_path(tmp_path / "pbt", INSTANCE, 0, 2).glob("*/checkpoint_*/member.pt"))
+    assert list(experiment_path(tmp_path / "pbt", INSTANCE, 0, 2).glob("pbt_member_*/checkpoint_*/member.pt"))
