@@ -152,12 +152,10 @@ def _fit_new_population(cfg: InstanceSetConfig, inst, seed: int, population: int
     return tuner.fit()
 
 
-def delete_member_checkpoints(experiment: Path) -> int:
-    """Deletes the members' checkpoint folders of a finished experiment; returns how many."""
-    folders = sorted(experiment.glob("*/checkpoint_*"))
-    for folder in folders:
+def delete_member_checkpoints(experiment: Path) -> None:
+    """Deletes the members' checkpoint folders of a finished experiment."""
+    for folder in experiment.glob("pbt_member_*/checkpoint_*"):
         shutil.rmtree(folder)
-    return len(folders)
 
 
 def measured_compute(results) -> int:

@@ -9,7 +9,8 @@ import math
 from pathlib import Path
 
 from agents.reporting.plots import lr_paths_by_instance, save_figure, trajectories
-from agents.reporting.statistics import (HIERARCHICAL_METHOD, hierarchical_bootstrap_mean, mean_ci95,
+from agents.reporting.statistics import (HIERARCHICAL_METHOD, hierarchical_bootstrap_mean,
+                                         instance_level_intervals, mean_ci95,
                                          stratified_bootstrap_iqm)
 
 REFERENCE_SEARCH = "optuna_tpe"  # search_gain_captured's 1.0: its largest budget's selected run
@@ -71,16 +72,11 @@ def summarise_comparison(per_run: list[dict], budgets: list[int]) -> dict:
             for r, x in zip(per_run, rows):
                 per_inst.setdefault(r["instance"], []).append(x["test_loss"])
                 diffs.setdefault(r["instance"], []).append(r["results"]["policy"][1]["test_loss"] - x["test_loss"])
-            d_mean, d_lo, d_hi = hierarchical_bootstrap_mean(diffs)
-            # a percentile bootstrap over few instances runs narrow; a t interval over the instance
-            # means is the cautious second opinion (as in the held-out report)
-            t_mean, t_half = mean_ci95([sum(v) / len(v) for v in diffs.values()])
+            paired = instance_level_intervals(diffs)
             methods.setdefault(m, {})[str(b)] = {
                 "compute_steps": sum(x["compute_steps"] for x in rows) / len(rows),
                 "test_loss_mean": mean, "test_loss_ci95": ci, "n_runs": len(rows),
-                "policy_minus_this_mean": d_mean, "policy_minus_this_ci95_low": d_lo,
-                "policy_minus_this_ci95_high": d_hi,
-                "policy_minus_this_t95_low": t_mean - t_half, "policy_minus_this_t95_high": t_mean + t_half,
+                **{f"policy_minus_this_{k}": v for k, v in paired.items()},
                 "per_instance": {k: sum(v) / len(v) for k, v in per_inst.items()},
             }
     gain = search_gain_captured(per_run)
@@ -121,6 +117,8 @@ def search_gain_captured(per_run: list[dict]) -> dict:
         by_inst.setdefault(r["instance"], []).append(r)
     denom = {i: sum(r["results"]["default_recipe"][1]["test_loss"] - r["results"][REFERENCE_SEARCH][ref_b]["test_loss"]
                     for r in rs) / len(rs) for i, rs in by_inst.items()}
+    default_loss = {i: sum(r["results"]["default_recipe"][1]["test_loss"] for r in rs) / len(rs)
+                    for i, rs in by_inst.items()}
     out: dict[str, dict] = {}
     for m, by_budget in per_run[0]["results"].items():
         for b in sorted(by_budget):
@@ -142,9 +140,7 @@ def search_gain_captured(per_run: list[dict]) -> dict:
                         "beside it, mean_over_instances: " + HIERARCHICAL_METHOD.format(reps="10,000"),
             "instances_without_gain": sorted(i for i, d in denom.items() if not d > 1e-9),
             # the denominators: where the search gained little, a small loss difference is a large score
-            "search_gain_loss": {i: {"default_recipe_minus_search": d,
-                                     "relative_to_default_recipe": d / (sum(r["results"]["default_recipe"][1]["test_loss"]
-                                                                            for r in by_inst[i]) / len(by_inst[i]))}
+            "search_gain_loss": {i: {"default_recipe_minus_search": d, "relative_to_default_recipe": d / default_loss[i]}
                                  for i, d in denom.items()}}
 
 
@@ -373,13 +369,14 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
     # that was tuned once on the training instances
     panels: dict[str, list[tuple[str, list[int], list[float], str]]] = {}
     for r in per_run:
+        new_panel = r["instance"] not in panels
         lines = panels.setdefault(r["instance"], [])
         log = r["results"]["policy"][1]["log"]
         start = log["initial_hparams"]["lr"]
         lrs = [start] + [h["lr"] for h in log["schedule"]]
         lines.append((f"policy, seed {r['seed']} (drawn start {start:.1e})", list(range(len(lrs))), lrs, "-"))
         recipe = r["results"].get("transferred_recipe", {}).get(1)
-        if recipe and recipe.get("log") and not any(line[0].startswith("transferred") for line in lines):
+        if new_panel and recipe and recipe.get("log"):  # the same recipe on every seed: drawn once
             rl = [h["lr"] for h in recipe["log"]["schedule"]]
             lines.append(("transferred recipe", list(range(1, len(rl) + 1)), rl, "k--"))
     plots.append(lr_paths_by_instance(panels, out / "policy_lr_paths.png",

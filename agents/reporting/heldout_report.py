@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from agents.reporting.plots import final_vs_start_lr, trajectories
-from agents.reporting.statistics import HIERARCHICAL_METHOD, hierarchical_bootstrap_mean, mean_ci95
+from agents.reporting.statistics import HIERARCHICAL_METHOD, instance_level_intervals, mean_ci95
 from trainers.atomic_files import write_json_atomic, write_text_atomic
 from trainers.provenance import utc_now
 
@@ -71,17 +71,15 @@ def paired_instance_level(runs: dict[str, list[dict]]) -> dict:
         if not runs.get("policy") or not runs.get(baseline):
             continue
         per_inst = paired_differences(runs, baseline)
-        mean, lo, hi = hierarchical_bootstrap_mean(per_inst, reps=BOOTSTRAP_REPS)
-        inst_means = [sum(v) / len(v) for v in per_inst.values()]
-        t_mean, t_half = mean_ci95(inst_means)
-        finite = math.isfinite(hi) and math.isfinite(t_half)
-        out[baseline] = {"mean": mean, "ci95_low": lo, "ci95_high": hi, "n_instances": len(per_inst),
-                         "n_seeds": max(len(v) for v in per_inst.values()),
-                         "per_instance_mean": dict(zip(per_inst, inst_means)),
+        iv = instance_level_intervals(per_inst, reps=BOOTSTRAP_REPS)
+        finite = math.isfinite(iv["ci95_high"]) and math.isfinite(iv["t95_high"])
+        out[baseline] = {"mean": iv["mean"], "ci95_low": iv["ci95_low"], "ci95_high": iv["ci95_high"],
+                         "n_instances": len(per_inst), "n_seeds": max(len(v) for v in per_inst.values()),
+                         "per_instance_mean": {i: sum(v) / len(v) for i, v in per_inst.items()},
                          # a percentile bootstrap over few instances runs narrow: a t interval over
                          # the instance means stands beside it, and "better" needs both
-                         "t_ci95_over_instances": [t_mean - t_half, t_mean + t_half],
-                         "policy_better": bool(hi < 0 and t_mean + t_half < 0) if finite else None,
+                         "t_ci95_over_instances": [iv["t95_low"], iv["t95_high"]],
+                         "policy_better": bool(iv["ci95_high"] < 0 and iv["t95_high"] < 0) if finite else None,
                          "method": HIERARCHICAL_METHOD.format(reps=BOOTSTRAP_REPS) +
                          "; t_ci95_over_instances: Student t over the instance means (n_instances - 1 dof)"}
     return out
