@@ -51,7 +51,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         import ray
 
         from agents.parallel.ray_cluster import init_ray
-        from trainers.bench import write_record
+        from trainers.bench_session import write_record
 
         cfg_dict = load_config(args.config).model_dump(mode="json")
         init_ray(num_cpus=max(args.n_envs, 1))

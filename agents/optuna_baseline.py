@@ -53,7 +53,7 @@ def search(args: argparse.Namespace) -> None:
     pruner = args.pruner or "median"
     if pruner == "asha":
         raise ConfigError("--pruner asha needs --ray (ASHA is Ray Tune's scheduler)")
-    from agents.baselines.optuna_search import best_trial, compute_steps, run_study
+    from agents.baselines.optuna_search import best_trial, compute_steps, finished_trials, run_study
     from envs.finetune_env import FineTuneEnv
 
     name = args.study_name or f"{cfg.name}-{instance}-seed{args.seed}-{pruner}"
@@ -62,7 +62,7 @@ def search(args: argparse.Namespace) -> None:
     env = FineTuneEnv(cfg, split="all", evaluate_test=True)
     study = run_study(env, instance, args.seed, args.trials, storage, name, pruner, args.seed)
     best = best_trial(study)
-    print(f"study {name}: {len(study.trials)} trials, {compute_steps(study)} training steps")
+    print(f"study {name}: {len(study.trials)} trials, {compute_steps(finished_trials(study))} training steps")
     if best:
         print(f"best validation loss {best.value:.4f} with {best.params}; its test loss {best.user_attrs['test_loss']:.4f}")
     print(f"storage: {storage}  (optuna-dashboard {storage})")

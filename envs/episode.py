@@ -1,5 +1,5 @@
 """The one episode loop. Every way of running a fine-tuning episode goes through it: the learned
-policy, a static recipe, the drawn start held constant, a replayed schedule, an Optuna or Ray Tune
+policy, a static recipe, the drawn start held (held_start), a replayed schedule, an Optuna or Ray Tune
 trial, a PBT member, and held-out validation during training. So differences in their results
 come from the hyperparameters alone, never from how the loop was written.
 
@@ -10,7 +10,7 @@ A plan says which hyperparameters each training step of the next decision interv
 
     PolicyPlan(act)        a controller, obs -> action, its deltas applied exactly as env.step does
     SchedulePlan(steps)    per-step hyperparameters fixed in advance (recipes, replays, trials)
-    HoldPlan(h)            one set held for the whole episode; HoldPlan() holds the drawn start
+    ConstantPlan(h)        one set held for the whole episode; ConstantPlan() holds the drawn start
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class SchedulePlan(Plan):
         return self.steps[env.steps_done : env.steps_done + env.interval_steps()]
 
 
-class HoldPlan(Plan):
+class ConstantPlan(Plan):
     def __init__(self, hparams: Optional[Hparams] = None) -> None:
         self.initial = hparams
         self._held: Optional[Hparams] = None

@@ -28,7 +28,7 @@ def tracking_uri(tmp_path_factory):
 
 
 def _train(algo, fast_yaml, out, uri, extra=()):
-    args = train_agent.parse_args(["--algo", algo, "--config", str(fast_yaml), "--total-steps", "8",
+    args = train_agent.parse_args(["--algo", algo, "--config", str(fast_yaml), "--decisions", "8",
                                    "--out", str(out), "--tracking-uri", uri, "--eval-seeds", "1",
                                    "--validate-every", "4", "--checkpoint-every", "4", *extra])
     return train_agent.train(args)
@@ -47,26 +47,26 @@ def test_learner_trains_saves_and_evaluates(algo, fast_yaml, tmp_path_factory, t
     curve = (folder / "training_curve.csv").read_text().splitlines()
     assert len(curve) - 1 == 8 // 2  # 2 decisions per 8-step episode
     held = json.loads((folder / "heldout.json").read_text())["summary"]
-    for method in ("policy", "default_recipe", "initial_constant"):
+    for method in ("policy", "default_recipe", "held_start"):
         s = held[method]
         assert s["n_runs"] == 2 and math.isfinite(s["test_loss_mean"])
         assert set(s["per_instance"]) == {"bbc-tech-lm", "bbc-sport-lm-small"}
-    for key in ("policy_minus_recipe", "policy_minus_initial_constant"):
+    for key in ("policy_minus_recipe", "policy_minus_held_start"):
         assert held[key]["n_pairs"] == 2
-    for baseline in ("default_recipe", "initial_constant"):  # the instance-level headline
+    for baseline in ("default_recipe", "held_start"):  # the instance-level headline
         p = held["paired"][baseline]
         assert (p["n_instances"], p["n_seeds"]) == (2, 1) and p["ci95_low"] <= p["mean"] <= p["ci95_high"]
         assert p["mean"] == pytest.approx(held[{"default_recipe": "policy_minus_recipe"}.get(
-            baseline, "policy_minus_initial_constant")]["test_loss_diff_mean"])  # one seed: the same mean
+            baseline, "policy_minus_held_start")]["test_loss_diff_mean"])  # one seed: the same mean
         assert "bootstrap" in p["method"]
     runs = json.loads((folder / "heldout.json").read_text())["runs"]
-    start = np.log([r["schedule"][0]["lr"] for r in runs["initial_constant"]])  # the drawn start, held
+    start = np.log([r["schedule"][0]["lr"] for r in runs["held_start"]])  # the drawn start, held
     assert np.allclose(start, np.log([r["initial_hparams"]["lr"] for r in runs["policy"]]))
     final = np.log([r["schedule"][-1]["lr"] for r in runs["policy"]])
     assert held["lr_contraction"] == pytest.approx(final.std() / start.std())
     assert (folder / "lr_final_vs_start.png").is_file()
     # no control really holds the drawn starting point: one distinct hyperparameter set per run
-    for run in json.loads((folder / "heldout.json").read_text())["runs"]["initial_constant"]:
+    for run in json.loads((folder / "heldout.json").read_text())["runs"]["held_start"]:
         assert len({tuple(sorted(h.items())) for h in run["schedule"]}) == 1
     assert len(meta["heldout_validation"]) == 2
     # the folder alone is enough to act
@@ -99,7 +99,7 @@ def test_resume_continues_from_checkpoint(algo, fast_yaml, tmp_path, tracking_ur
     state, files = _checkpoint(folder)
     assert state["num_timesteps"] == 8 and all(f.is_file() for f in files.values())
     assert sorted(p.name for p in (folder / "checkpoint").iterdir()) == sorted(["state.json", *state["files"].values()])
-    args = train_agent.parse_args(["--algo", algo, "--config", str(fast_yaml), "--total-steps", "12",
+    args = train_agent.parse_args(["--algo", algo, "--config", str(fast_yaml), "--decisions", "12",
                                    "--out", str(tmp_path), "--tracking-uri", tracking_uri, "--resume",
                                    "--no-heldout", "--validate-every", "0"])
     folder = train_agent.train(args)
@@ -118,7 +118,7 @@ def test_ppo_resume_starts_from_the_checkpointed_weights_and_statistics(fast_yam
     folder = _train("ppo", fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])
     first = load_file(str(folder / "policy.safetensors"))
     first_stats = json.loads((folder / "obs_normalization.json").read_text())
-    args = train_agent.parse_args(["--algo", "ppo", "--config", str(fast_yaml), "--total-steps", "8",
+    args = train_agent.parse_args(["--algo", "ppo", "--config", str(fast_yaml), "--decisions", "8",
                                    "--out", str(tmp_path), "--tracking-uri", tracking_uri, "--resume",
                                    "--no-heldout", "--validate-every", "0"])
     folder = train_agent.train(args)
@@ -207,7 +207,7 @@ def test_steering_summary_tells_holding_from_steering():
     starts = [1e-5, 1e-4, 1e-3, 1e-2, 3e-5, 3e-3]
 
     def runs(final):
-        return {"initial_constant": [{"instance": f"i{k % 2}", "seed": k, "schedule": [{"lr": s}] * 3}
+        return {"held_start": [{"instance": f"i{k % 2}", "seed": k, "schedule": [{"lr": s}] * 3}
                                      for k, s in enumerate(starts)],
                 # the policy's first step already carries its first action: not the start
                 "policy": [{"instance": f"i{k % 2}", "seed": k, "schedule": [{"lr": 2 * s}, {"lr": final(s)}]}
@@ -231,11 +231,19 @@ def test_reused_baselines_are_the_runs_a_fresh_evaluation_makes(fast_yaml, tmp_p
     reused = evaluate.main(["--agent", str(b), "--seeds", "1", "--no-mlflow", "--baselines-from", str(a)])
     assert reused["baselines_from"]["folder"] == str(a)
     reused_runs = json.loads((b / "heldout.json").read_text())["runs"]
-    for m in ("default_recipe", "initial_constant"):
+    for m in ("default_recipe", "held_start"):
         assert [r["test_loss"] for r in reused_runs[m]] == [r["test_loss"] for r in fresh_runs[m]]
         assert reused[m]["test_loss_mean"] == fresh[m]["test_loss_mean"]
     assert [r["test_loss"] for r in reused_runs["policy"]] == [r["test_loss"] for r in fresh_runs["policy"]]
-    # two worker processes, each with its own engine, make the same runs in the same order
+    # the runs are saved as they finish: an evaluation run again reads them back, recomputing nothing
+    saved = sorted((b / "heldout_runs").glob("*.json"))
+    stamps = [f.stat().st_mtime_ns for f in saved]
+    evaluate.main(["--agent", str(b), "--seeds", "1", "--no-mlflow"])
+    assert len(saved) == 2 and [f.stat().st_mtime_ns for f in saved] == stamps
+    # two worker processes, each with its own engine, make the same runs in the same order (from scratch)
+    import shutil
+
+    shutil.rmtree(b / "heldout_runs")
     evaluate.main(["--agent", str(b), "--seeds", "1", "--no-mlflow", "--workers", "2"])
     parallel_runs = json.loads((b / "heldout.json").read_text())["runs"]
     for m in fresh_runs:

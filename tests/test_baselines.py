@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from agents import compare, train_agent
-from agents.baselines.optuna_search import compute_steps, run_study, run_trial
-from agents.reporting.comparison_report import summarise_comparison
+from agents.baselines.optuna_search import compute_steps, finished_trials, run_study, run_trial
+from agents.reporting.comparison_summary import summarise_comparison
 from envs.finetune_env import FineTuneEnv
 from trainers.config import REPO_ROOT, parse_config
 
@@ -38,19 +38,30 @@ def test_study_resumes_after_a_kill_without_repeating_trials(fast_env, tmp_path)
     # a sampler re-created with the study's seed would replay the first draw: the new trial is new
     assert done[2].params not in [p for _, p, _ in first]
     assert all(t.user_attrs["compute_steps"] == 8 for t in done)
-    assert compute_steps(resumed) == 24
+    assert compute_steps(finished_trials(resumed)) == 24
 
 
 def test_pruned_trials_count_the_steps_they_ran(fast_env, tmp_path):
     # prunes every trial at its first report (validation loss is always > 0)
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0),
                                 storage=f"sqlite:///{tmp_path / 'p.db'}")
-    fast_env.evaluate_test = True
     study.optimize(lambda t: run_trial(t, fast_env, INSTANCE, 0), n_trials=2)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
     interval = fast_env.cfg.episode.decision_interval
     assert [t.user_attrs["compute_steps"] for t in study.trials] == [interval, interval]
-    assert compute_steps(study) == 2 * interval
+    assert compute_steps(finished_trials(study)) == 2 * interval
+
+
+def _typed(runs: list[dict]) -> list:
+    """The runs as the report reads them: PairResults of RunRecords."""
+    from agents.reporting.records import PairResult, RunRecord
+
+    return [PairResult(r["instance"], r["seed"], {m: {b: RunRecord.from_json(x) for b, x in by_b.items()}
+                                                  for m, by_b in r["results"].items()}) for r in runs]
+
+
+def _summarise(runs: list[dict], budgets: list[int]) -> dict:
+    return summarise_comparison(_typed(runs), budgets)
 
 
 def _run(method_losses: dict, instance: str = "a", seed: int = 0) -> dict:
@@ -63,7 +74,7 @@ def _run(method_losses: dict, instance: str = "a", seed: int = 0) -> dict:
 def test_budget_to_match_is_computed_from_the_numbers():
     runs = [_run({"policy": {1: 1.0}, "optuna_tpe": {1: 1.3, 4: 0.99, 8: 0.9}}),
             _run({"policy": {1: 1.2}, "optuna_tpe": {1: 1.3, 4: 1.2, 8: 1.0}})]
-    s = summarise_comparison(runs, [1, 4, 8])
+    s = _summarise(runs, [1, 4, 8])
     assert s["methods"]["policy"]["1"]["test_loss_mean"] == pytest.approx(1.1)
     assert s["methods"]["optuna_tpe"]["4"]["test_loss_mean"] == pytest.approx(1.095)
     assert s["methods"]["optuna_tpe"]["4"]["compute_steps"] == 32
@@ -76,26 +87,26 @@ def test_budget_to_match_is_computed_from_the_numbers():
     # so two instances whose seeds agree give the range of the two instances, not a narrow t interval
     two = [_run({"policy": {1: 1.0}, "optuna_tpe": {1: 0.9}}, "a", seed) for seed in range(3)] + \
           [_run({"policy": {1: 1.0}, "optuna_tpe": {1: 0.7}}, "b", seed) for seed in range(3)]
-    d = summarise_comparison(two, [1])["methods"]["optuna_tpe"]["1"]
+    d = _summarise(two, [1])["methods"]["optuna_tpe"]["1"]
     assert d["policy_minus_this_mean"] == pytest.approx(0.2)
     assert (d["policy_minus_this_ci95_low"], d["policy_minus_this_ci95_high"]) == pytest.approx((0.1, 0.3))
     # and the seeds are resampled within each instance: with seeds that differ, the interval reaches
     # past the instance means (0.1 and 0.3) toward the seeds' own extremes
     spread = [_run({"policy": {1: 1.0}, "optuna_tpe": {1: 1.0 - g}}, i, k)
               for i, gains in (("a", (0.0, 0.1, 0.2)), ("b", (0.2, 0.3, 0.4))) for k, g in enumerate(gains)]
-    d = summarise_comparison(spread, [1])["methods"]["optuna_tpe"]["1"]
+    d = _summarise(spread, [1])["methods"]["optuna_tpe"]["1"]
     assert d["policy_minus_this_ci95_low"] < 0.1 - 1e-9 and d["policy_minus_this_ci95_high"] > 0.3 + 1e-9
     # beside it, the t interval over the two instance means (0.1, 0.3): sd 0.1414, so 0.2 +- t(1) * 0.1414 / sqrt(2)
     half = 12.7062 * 0.1
     assert (d["policy_minus_this_t95_low"], d["policy_minus_this_t95_high"]) == pytest.approx((0.2 - half, 0.2 + half),
                                                                                                rel=1e-3)
     worse = [_run({"policy": {1: 0.5}, "optuna_tpe": {1: 1.3, 4: 1.0}})] * 2
-    assert summarise_comparison(worse, [1, 4])["optuna_budget_to_match_policy"] is None
+    assert _summarise(worse, [1, 4])["optuna_budget_to_match_policy"] is None
     # matched on the search gain captured, not on the mean loss, which the loss-6 instance decides:
     # Optuna's best of 1 has the lower mean loss (2.95 < 3.2) but captures less of each instance's gain
     mixed = [_run({"default_recipe": {1: 6.0}, "policy": {1: 5.9}, "optuna_tpe": {1: 5.0, 4: 4.0}}, instance="lm"),
              _run({"default_recipe": {1: 1.0}, "policy": {1: 0.5}, "optuna_tpe": {1: 0.9, 4: 0.5}}, instance="cls")]
-    s = summarise_comparison(mixed, [1, 4])
+    s = _summarise(mixed, [1, 4])
     assert s["methods"]["optuna_tpe"]["1"]["test_loss_mean"] < s["methods"]["policy"]["1"]["test_loss_mean"]
     assert s["optuna_budget_to_match_policy"] == 4
 
@@ -109,18 +120,27 @@ def test_a_failed_run_is_scored_as_the_base_model_and_the_table_counts_its_metri
         for m, by_b in r["results"].items():
             for x in by_b.values():
                 x["test_metric"] = None if m == "pbt" and r["seed"] == 0 else metric
-    s = summarise_comparison(runs, [1, 4])
+    typed = _typed(runs)
+    s = summarise_comparison(typed, [1, 4])
     assert s["failed_runs_scored_as_base_model"] == [{"instance": "a", "seed": 0, "method": "pbt", "budget": 4}]
     assert s["pbt_errored_members"] == [{"instance": "a", "seed": 0, "population": 4, "errored": 3},
                                         {"instance": "a", "seed": 1, "population": 4, "errored": None}]
     runs[1]["results"]["pbt"][4]["errored_members"] = 0  # counted: none errored
-    assert summarise_comparison(runs, [1, 4])["pbt_errored_members"] == [s["pbt_errored_members"][0]]
+    assert _summarise(runs, [1, 4])["pbt_errored_members"] == [s["pbt_errored_members"][0]]
     assert s["methods"]["pbt"]["4"]["test_loss_mean"] == pytest.approx((2.0 + 1.25) / 2)  # not nan
     cell = s["per_instance"]["a"]["methods"]["pbt@4"]
     assert (cell["n_seeds"], cell["n_metric"], cell["test_metric"]) == (2, 1, 0.7)
     assert s["per_instance"]["a"]["methods"]["policy@1"]["test_metric"] == pytest.approx(0.6)
     assert s["per_instance"]["a"]["metric_name"] == "exact_match"
-    assert runs[0]["results"]["pbt"][4]["test_loss"] != runs[0]["results"]["pbt"][4]["test_loss"]  # input untouched
+    assert math.isnan(typed[0].results["pbt"][4].test_loss)  # the input is untouched
+
+
+def _entries(path):
+    return json.loads(path.read_text())["entries"]
+
+
+def _record(path, entry, budget=1):
+    return _entries(path)[entry]["record"][str(budget)]
 
 
 def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypatch, capsys):
@@ -128,11 +148,11 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
     cfg = tmp_path / "fast.yaml"
     cfg.write_text(yaml.safe_dump(d))
     folder = train_agent.train(train_agent.parse_args(
-        ["--algo", "qlearning", "--config", str(cfg), "--total-steps", "4", "--out", str(tmp_path / "agents"),
+        ["--algo", "qlearning", "--config", str(cfg), "--decisions", "4", "--out", str(tmp_path / "agents"),
          "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-heldout", "--validate-every", "0"]))
-    compare.main(["--agent", str(folder), "--budgets", "1", "2", "--seeds", "1", "--pbt-populations",
-                  "--transfer-trials", "2",
-                  "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    uri = ["--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    base = ["--agent", str(folder), "--budgets", "1", "2", "--transfer-trials", "2"] + uri
+    compare.main(base + ["--seeds", "1", "--pbt-populations"])
     out = tmp_path / "compare" / folder.name
     for f in ["summary.md", "summary.csv", "summary.json", "loss_vs_compute.png", "paired_vs_compute.png", "per_instance.png",
               "gain_vs_compute.png", "trajectories.png", "policy_lr_paths.png"]:
@@ -144,105 +164,82 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
     steps = d["episode"]["total_steps"]
     assert s["methods"]["policy"]["1"]["compute_steps"] == steps
     assert s["methods"]["random_search"]["2"]["compute_steps"] == 2 * steps  # no pruner: two full runs
-    # the transferred recipe: tuned once on the training instance (2 trials x 1 instance x 8 steps, reported
-    # apart), then one run here with exactly the tuned recipe
+    # the transferred recipe: tuned once on the training instances (2 trials x 2 instances x 8 steps,
+    # reported apart), then one run here with exactly the tuned recipe
     tuning = s["transferred_recipe_tuning"]
-    assert tuning["n_trials"] == 2 and tuning["compute_steps"] == 2 * 2 * steps  # 2 trials x 2 instances
+    assert tuning["n_trials"] == 2 and tuning["compute_steps"] == 2 * 2 * steps
     assert tuning["training_instances"] == [d["train"][0]["name"], d["train"][1]["name"]]
     assert s["methods"]["transferred_recipe"]["1"]["compute_steps"] == steps
-    per_run = json.loads((out / "per_run" / f"{d['heldout'][0]['name']}-seed0.json").read_text())
-    assert per_run["results"]["transferred_recipe"]["1"]["log"]["schedule"][-1]["weight_decay"] == pytest.approx(
+    inst = d["heldout"][0]["name"]
+    saved = out / "per_run" / f"{inst}-seed0.json"
+    assert _record(saved, "transferred_recipe")["log"]["schedule"][-1]["weight_decay"] == pytest.approx(
         tuning["recipe"]["weight_decay"])
     for name, lr in (("schedulefree_adamw", 0.0025), ("prodigy", 1.0)):  # one run each, their own lr throughout
         assert s["methods"][name]["1"]["compute_steps"] == steps
-        per_run = json.loads((out / "per_run" / f"{d['heldout'][0]['name']}-seed0.json").read_text())
-        assert {h["lr"] for h in per_run["results"][name]["1"]["log"]["schedule"]} == {lr}
+        assert {h["lr"] for h in _record(saved, name)["log"]["schedule"]} == {lr}
     assert s["methods"]["optuna_tpe"]["2"]["compute_steps"] <= 2 * steps
     for m, by_b in s["methods"].items():
         for b, row in by_b.items():
             assert row["n_runs"] == 1 and math.isfinite(row["test_loss_mean"]), (m, b)
-    tpe = s["methods"]["optuna_tpe"]
     gain = s["search_gain_captured"]
     expected = next((int(b) for b in ("1", "2") if gain["optuna_tpe"][b]["iqm"] >= gain["policy"]["1"]["iqm"]), None)
     assert s["optuna_budget_to_match_policy"] == expected
-    inst = d["heldout"][0]["name"]
     if inst not in s["search_gain_instances_left_out"]:  # the reference search's own gain is the unit
         assert gain["optuna_tpe"]["2"]["per_instance"][inst] == pytest.approx(1.0)
         assert gain["default_recipe"]["1"]["per_instance"][inst] == 0.0
     # the per-instance table carries every method's task metric, from its selected run
-    per_run = json.loads((out / "per_run" / f"{inst}-seed0.json").read_text())["results"]
     row = s["per_instance"][inst]["methods"]
     assert set(row) == {f"{m}@{b}" for m, by_b in s["methods"].items() for b in by_b}
-    assert row["optuna_tpe@2"]["test_metric"] == per_run["optuna_tpe"]["2"]["test_metric"]
-    assert row["policy@1"]["test_metric"] == per_run["policy"]["1"]["log"]["test_metric"]
-    # a second run resumes from the saved instance x seed instead of recomputing it
-    saved = out / "per_run" / f"{d['heldout'][0]['name']}-seed0.json"
-    record = json.loads(saved.read_text())
-    record["results"]["policy"]["1"]["test_loss"] = 123.0
-    saved.write_text(json.dumps(record))
-    compare.main(["--agent", str(folder), "--budgets", "1", "2", "--seeds", "1", "--pbt-populations",
-                  "--transfer-trials", "2",
-                  "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
-    again = json.loads((out / "summary.json").read_text())
+    assert row["optuna_tpe@2"]["test_metric"] == _record(saved, "optuna_tpe", 2)["test_metric"]
+    assert row["policy@1"]["test_metric"] == _record(saved, "policy")["log"]["test_metric"]
+
+    # a second run reads every saved record back instead of recomputing it
+    first = _entries(saved)
+    doctored = json.loads(saved.read_text())
+    doctored["entries"]["policy"]["record"]["1"]["test_loss"] = 123.0
+    saved.write_text(json.dumps(doctored))
+    again = compare.main(base + ["--seeds", "1", "--pbt-populations"])
     assert again["methods"]["policy"]["1"]["test_loss_mean"] == 123.0
-    assert again["methods"]["optuna_tpe"]["2"]["test_loss_mean"] == tpe["2"]["test_loss_mean"]
+    assert again["methods"]["optuna_tpe"]["2"]["test_loss_mean"] == s["methods"]["optuna_tpe"]["2"]["test_loss_mean"]
 
-    # An agent trained further (its weights' hash changes) is compared afresh, here on two Ray
-    # actors, with a second seed and the transferred recipe tuned again: the runs are the same as
-    # in one process (the 123.0 is gone), each saved under its own instance and seed.
+    # An agent trained further (its weights' hash changes) runs its policy afresh, and only that:
+    # the other methods' records do not depend on it. Here on two worker processes, with a second
+    # seed and the transferred recipe tuned again: the runs are the same as in one process.
     from agents.learners.agent_folder import Controller
-    from agents.evaluation.compare_workers import ComparisonPool
 
-    calls = {"compare_pairs": 0, "run_recipe": 0}
-    for name in calls:
-        def spy(self, *a, _name=name, _orig=getattr(ComparisonPool, name), **k):
-            calls[_name] += 1
-            return _orig(self, *a, **k)
-        monkeypatch.setattr(ComparisonPool, name, spy)
     monkeypatch.setattr(Controller, "fingerprint", lambda self: "trained-further")
     (out / "transferred_recipe.json").unlink()
     for db in (out / "studies").glob("transferred-*.db"):
         db.unlink()
-    first = json.loads(saved.read_text())["results"]
-    compare.main(["--agent", str(folder), "--budgets", "1", "2", "--seeds", "2", "--pbt-populations",
-                  "--transfer-trials", "2", "--workers", "2",
-                  "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
-    assert calls["compare_pairs"] == 1 and calls["run_recipe"] == 2  # one call per pair batch; per trial
-    on_ray = json.loads((out / "summary.json").read_text())
-    assert on_ray["transferred_recipe_tuning"] == tuning
-    assert on_ray["agent_fingerprint"] == "trained-further"
-    seed0 = json.loads(saved.read_text())["results"]
-    seed1 = json.loads((out / "per_run" / f"{inst}-seed1.json").read_text())["results"]
-    assert seed0["policy"]["1"]["test_loss"] != 123.0
-    for m, by_b in first.items():
-        for b, x in by_b.items():
-            expected = s["methods"][m][b]["test_loss_mean"] if m == "policy" else x["test_loss"]
-            assert seed0[m][b]["test_loss"] == expected, (m, b)
-    assert seed1["policy"]["1"]["log"]["seed"] == 1 and seed0["policy"]["1"]["log"]["seed"] == 0
-    # more workers than the cluster has cores would wait for ever: refused in one line
-    import ray
-
+    on_workers = compare.main(base + ["--seeds", "2", "--pbt-populations", "--workers", "2"])
+    assert on_workers["transferred_recipe_tuning"] == tuning
+    assert on_workers["agent_fingerprint"] == "trained-further"
+    now = _entries(saved)
+    assert now["policy"]["record"] == first["policy"]["record"]  # recomputed (123.0 is gone), and the same
+    assert now["policy"]["key"] != first["policy"]["key"]
+    for m in first:
+        if m != "policy":
+            assert now[m] == first[m], m  # read back, not rerun
+    seed1 = _entries(out / "per_run" / f"{inst}-seed1.json")
+    assert seed1["policy"]["record"]["1"]["log"]["seed"] == 1 and set(seed1) == set(first)
+    # more workers than the machine has cores would only queue: refused in one line, before any run
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        compare.main(["--agent", str(folder), "--budgets", "1", "--seeds", "1", "--pbt-populations",
-                      "--transfer-trials", "2", "--workers", "999", "--name", "too-many",
-                      "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+        compare.main(base + ["--seeds", "1", "--pbt-populations", "--workers", "999", "--name", "too-many"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: --workers 999: this Ray cluster can hold")
+    assert len(errors) == 1 and errors[0].startswith("error: --workers 999: this machine has")
     assert "Traceback" not in err
-    assert not ray.is_initialized()  # the Ray it started is stopped again
     assert not list((tmp_path / "compare" / "too-many").rglob("*.db"))  # refused before any trial
 
-    # PBT is merged into each saved pair: a new population size runs only that population, under
-    # a folder named after the instance's key; a comparison without PBT leaves the saved ones be
-    from agents import compare as compare_module
+    # PBT is saved beside the other methods, one entry per population: a new population size runs
+    # only that population, under a folder named after the instance's key; a population with an
+    # errored member runs again; a comparison without PBT leaves the saved ones be
     from agents.baselines import pbt as pbt_module
-    from agents.evaluation.headroom import record_key
+    from agents.methods.base import digest, instance_key
 
     ran = []
-
     erroring = {(0, 4)}  # this population's first run has a member that errored
 
     def fake_pbt(cfg, instance, seed, population, storage):
@@ -253,32 +250,29 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
                 "errored_members": errored}
 
     monkeypatch.setattr(pbt_module, "run_pbt", fake_pbt)
-    base = ["--agent", str(folder), "--budgets", "1", "2", "--seeds", "2", "--transfer-trials", "2",
-            "--out", str(tmp_path / "compare"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    compare.main(base + ["--pbt-populations", "2"])
-    folder_key = out / "studies" / "pbt" / compare_module.digest(record_key(parse_config(d), inst))
+    pbt_base = base + ["--seeds", "2"]
+    compare.main(pbt_base + ["--pbt-populations", "2"])
+    folder_key = (out / "studies" / "pbt" / digest(instance_key(parse_config(d), inst))).resolve()
     assert sorted(ran) == [(inst, 0, 2, folder_key), (inst, 1, 2, folder_key)]
     ran.clear()
-    with_4 = compare.main(base + ["--pbt-populations", "2", "4"])
+    with_4 = compare.main(pbt_base + ["--pbt-populations", "2", "4"])
     assert sorted(ran) == [(inst, 0, 4, folder_key), (inst, 1, 4, folder_key)]
     assert with_4["methods"]["pbt"]["4"]["test_loss_mean"] == 5.0 and with_4["methods"]["pbt"]["2"]["test_loss_mean"] == 3.0
     assert with_4["pbt_errored_members"] == [{"instance": inst, "seed": 0, "population": 4, "errored": 1}]
     ran.clear()
-    # the population with an errored member is continued by the same command, and only it
-    again = compare.main(base + ["--pbt-populations", "2", "4"])
+    again = compare.main(pbt_base + ["--pbt-populations", "2", "4"])
     assert ran == [(inst, 0, 4, folder_key)] and again["pbt_errored_members"] == []
     ran.clear()
-    without = compare.main(base + ["--pbt-populations"])
+    without = compare.main(pbt_base + ["--pbt-populations"])
     assert not ran and "pbt" not in without["methods"]
-    assert set(json.loads(saved.read_text())["results"]["pbt"]) == {"2", "4"}
+    assert {"pbt@2", "pbt@4"} <= set(_entries(saved))
 
     # the whole comparison on a user's file (as agents.tune --data): it is the one instance compared
     mine = tmp_path / "mine.jsonl"
     mine.write_text("".join(json.dumps({"prompt": f"{a} plus {b} is", "completion": f" {a + b}"}) + "\n"
                             for a in range(12) for b in range(12)))
     compare.main(["--agent", str(folder), "--data", str(mine), "--steps", "8", "--budgets", "1", "--seeds", "1",
-                  "--pbt-populations", "--transfer-trials", "0", "--name", "mine", "--out", str(tmp_path / "compare"),
-                  "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+                  "--pbt-populations", "--transfer-trials", "0", "--name", "mine"] + uri)
     on_mine = json.loads((tmp_path / "compare" / "mine" / "summary.json").read_text())
     assert on_mine["instances"] == ["mine"]
     assert all(math.isfinite(row["test_loss_mean"]) for by_b in on_mine["methods"].values() for row in by_b.values())
@@ -377,12 +371,14 @@ def test_pbt_keeps_checkpoints_until_every_member_has_finished(fast_cfg_dict, tm
 
 
 def test_compare_reruns_a_pbt_population_whose_members_errored():
-    from agents.baselines.pbt import populations_to_run
+    from agents.methods import RunRecord
+    from agents.methods.pbt import PBTMethod
 
-    saved = {2: {"test_loss": 1.0, "errored_members": 0}, 4: {"test_loss": 1.0, "errored_members": 1},
-             8: {"test_loss": 1.0}}  # 8: saved before errors were counted, by code that selected all the same
-    assert populations_to_run(saved, [2, 4, 8, 16]) == [4, 16]
-    assert populations_to_run(saved, [2]) == []
+    pbt = PBTMethod((2, 4))
+    assert pbt.tasks() == [("pbt@2", (2,)), ("pbt@4", (4,))]  # each population saved, and rerun, on its own
+    assert pbt.stale({4: RunRecord(1.0, None, 8, errored_members=1)})
+    assert not pbt.stale({4: RunRecord(1.0, None, 8, errored_members=0)})
+    assert not pbt.stale({8: RunRecord(1.0, None, 8)})  # saved before errors were counted: not rerun
 
 
 def test_pbt_experiments_are_named_by_population_and_seed(tmp_path):
@@ -521,7 +517,7 @@ def test_search_gain_captured_is_the_share_of_the_largest_searchs_gain():
             _run({"default_recipe": {1: 3.0}, "policy": {1: 2.25}, "optuna_tpe": {1: 3.5, 8: 2.5}}, "b", 1),
             _run({"default_recipe": {1: 1.0}, "policy": {1: 0.5}, "optuna_tpe": {1: 1.5, 8: 1.0}}, "flat", 0),
             _run({"default_recipe": {1: 1.0}, "policy": {1: 0.5}, "optuna_tpe": {1: 1.5, 8: 1.2}}, "worse", 0)]
-    s = summarise_comparison(runs, [1, 8])
+    s = _summarise(runs, [1, 8])
     g = s["search_gain_captured"]
     # a: denominator mean(1.0, 1.0) = 1.0, policy 0.5 and 1.0; b: denominator 0.75, policy 0.0 and 1.0
     assert g["policy"]["1"]["per_instance"] == pytest.approx({"a": 0.75, "b": 0.5})
@@ -555,9 +551,8 @@ def test_compare_on_a_users_file_searches_the_agents_starting_ranges(tmp_path):
     """agents.tune --data starts one run at the default recipe; a comparison on the file gives every
     method the range the agent's instances span instead of a point (a search over a point is none)."""
     from agents.baselines.search_space import recipe_space
-    from agents.compare import with_set_ranges
     from agents.learners.agent_folder import Controller
-    from agents.tune import user_config
+    from trainers.retarget import with_set_ranges, with_user_data as user_config
 
     mine = tmp_path / "mine.jsonl"
     mine.write_text('{"text": "some words to model"}\n' * 30)
@@ -575,7 +570,7 @@ def test_a_model_folder_given_relative_reaches_ray_workers_as_an_absolute_path(t
     """Ray Tune runs each PBT member in its own trial folder, and actors need not share the
     driver's directory: a model folder named relative to it is stored absolute, a preset as named."""
     from agents.learners.agent_folder import Controller
-    from agents.tune import user_config, with_model
+    from trainers.retarget import with_model, with_user_data as user_config
 
     (tmp_path / "my-model").mkdir()
     mine = tmp_path / "mine.jsonl"
@@ -588,7 +583,7 @@ def test_a_model_folder_given_relative_reaches_ray_workers_as_an_absolute_path(t
 
 
 def test_the_transferred_recipes_objective_weighs_instances_alike():
-    from agents.baselines.transferred_recipe import improvement
+    from agents.experiments.transferred_recipe import improvement
 
     assert improvement({"eval_curve": [(0, 6.0), (8, 4.5)], "initial_eval_loss": 6.0, "diverged": False}) == 0.25
     assert improvement({"eval_curve": [(0, 1.0), (8, 0.75)], "initial_eval_loss": 1.0, "diverged": False}) == 0.25

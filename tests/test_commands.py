@@ -46,29 +46,29 @@ def files(tmp_path_factory, fast_cfg_dict):
 @pytest.fixture(scope="module")
 def agent(files):
     return train_agent.train(train_agent.parse_args(
-        ["--algo", "qlearning", "--config", str(files / "fast.yaml"), "--total-steps", "2", "--out",
+        ["--algo", "qlearning", "--config", str(files / "fast.yaml"), "--decisions", "2", "--out",
          str(files / "agents"), "--tracking-uri", f"sqlite:///{files / 'mlflow.db'}", "--no-heldout",
          "--validate-every", "0"]))
 
 
 def test_train_agent_refuses_names_that_leave_out_and_deletes_nothing(capsys, files):
-    line = _run(capsys, "agents.train_agent", ["--out", str(files / "out"), "--name", "../victim", "--total-steps", "1"])
+    line = _run(capsys, "agents.train_agent", ["--out", str(files / "out"), "--name", "../victim", "--decisions", "1"])
     assert "../victim" in line and "plain folder name" in line
     assert (files / "victim" / "important.txt").read_text() == "keep"
     line = _run(capsys, "agents.train_agent", ["--config", str(files / "fast.yaml"), "--out", str(files / "out"),
-                                               "--name", "not-an-agent", "--total-steps", "1", "--no-heldout"])
+                                               "--name", "not-an-agent", "--decisions", "1", "--no-heldout"])
     assert "not-an-agent" in line and "not an agent folder" in line
     assert (files / "out" / "not-an-agent" / "notes.txt").read_text() == "keep"
 
 
 @pytest.mark.parametrize("argv,names", [
     (["--n-envs", "0"], "--n-envs"),
-    (["--total-steps", "-5"], "--total-steps"),
-    (["--config", "{files}/fast.yaml", "--total-steps", "0"], "--total-steps 0"),
+    (["--decisions", "-5"], "--decisions"),
+    (["--config", "{files}/fast.yaml", "--decisions", "0"], "--decisions 0"),
     (["--checkpoint-every", "-1"], "--checkpoint-every"),
     (["--config", "{files}/bad.yaml"], "dataset"),
     (["--config", "{files}/missing.yaml"], "missing.yaml"),
-    (["--config", "{files}/noheldout.yaml", "--total-steps", "1"], "held-out"),
+    (["--config", "{files}/noheldout.yaml", "--decisions", "1"], "held-out"),
     (["--resume", "--name", "nothing-here"], "nothing to resume"),
     (["--config", "{files}/fast.yaml", "--algo", "dqn", "--imitate", "{files}/grid.json"], "--algo dqn"),
     (["--config", "{files}/fast.yaml", "--imitate", "{files}/notjson.json"], "notjson.json"),
@@ -82,14 +82,14 @@ def test_train_agent_bad_arguments(capsys, files, argv, names):
 
 def test_train_agent_checks_what_it_would_touch_late(capsys, files, agent):
     line = _run(capsys, "agents.train_agent", ["--config", str(files / "fast.yaml"), "--out", str(files / "out"),
-                                               "--tracking-uri", "nonsense-store", "--total-steps", "1"])
+                                               "--tracking-uri", "nonsense-store", "--decisions", "1"])
     assert "nonsense-store" in line
     line = _run(capsys, "agents.train_agent", ["--config", str(files / "fast.yaml"), "--out", str(agent.parent),
                                                "--name", agent.name, "--algo", "ppo", "--resume"])
     assert "--algo qlearning, not ppo" in line
     evil = files / "evil.yaml"
     evil.write_text((files / "fast.yaml").read_text().replace("name: tiny", "name: ../evil", 1))
-    line = _run(capsys, "agents.train_agent", ["--config", str(evil), "--out", str(files / "out"), "--total-steps", "1"])
+    line = _run(capsys, "agents.train_agent", ["--config", str(evil), "--out", str(files / "out"), "--decisions", "1"])
     assert "'qlearning-../evil-seed0'" in line or "../evil" in line
     assert sorted(p.name for p in (files / "out").iterdir()) == ["not-an-agent"]
     assert (agent / "agent.json").is_file()  # the agent it refused to resume is untouched
@@ -109,8 +109,8 @@ def test_train_agent_checks_what_it_would_touch_late(capsys, files, agent):
     ("agents.tune", ["--replay", "{files}/badreplay.json"], "'instance'"),
     ("agents.tune", ["--replay", "{files}/notjson.json"], "not valid JSON"),
     ("agents.bench_parallel", ["--n-envs", "0"], "--n-envs"),
-    ("trainers.bench", ["--config", "{files}/bad.yaml"], "bad.yaml"),
-    ("envs.bench", ["--rounds", "0"], "--rounds"),
+    ("trainers.bench_session", ["--config", "{files}/bad.yaml"], "bad.yaml"),
+    ("envs.bench_env", ["--rounds", "0"], "--rounds"),
 ])
 def test_other_commands_bad_arguments(capsys, files, module, argv, names):
     assert names in _run(capsys, module, [a.format(files=files) for a in argv])
@@ -147,7 +147,7 @@ def test_compare_with_an_agent_and_a_config_without_heldout_instances(capsys, fi
 
 def test_a_replaced_agent_survives_a_run_that_fails(capsys, files, fast_cfg_dict, tmp_path):
     out = tmp_path / "agents"
-    argv = ["--algo", "qlearning", "--config", str(files / "fast.yaml"), "--total-steps", "2", "--out", str(out),
+    argv = ["--algo", "qlearning", "--config", str(files / "fast.yaml"), "--decisions", "2", "--out", str(out),
             "--name", "a", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--no-heldout", "--validate-every", "0"]
     train_agent.main(argv)
     (out / "a" / "marker.txt").write_text("the earlier agent")

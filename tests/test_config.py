@@ -56,3 +56,23 @@ def test_duplicate_instance_names_refused():
     inst = {"name": "a", "dataset": {"kind": "arithmetic"}}
     with pytest.raises(ConfigError, match="unique"):
         parse_config({"name": "x", "train": [inst], "heldout": [inst]})
+
+
+def test_instances_can_come_from_a_shared_file_with_fields_dropped(tmp_path):
+    (tmp_path / "instances").mkdir()
+    (tmp_path / "instances" / "fam.yaml").write_text(
+        "train: [{name: a, dataset: {kind: arithmetic}, trainable_layers: 2}]\n"
+        "heldout: [{name: b, dataset: {kind: bbc_lm, topic: tech}}]\n")
+    p = tmp_path / "set.yaml"
+    p.write_text("name: x\nsession: {trainable_last_layers: 1}\ninstances: {file: instances/fam.yaml}\n")
+    cfg = load_config(p)
+    assert [i.name for i in cfg.train] == ["a"] and cfg.train[0].trainable_layers == 2 and cfg.heldout[0].name == "b"
+    p.write_text("name: x\ninstances: {file: instances/fam.yaml, drop: [trainable_layers]}\n")
+    assert load_config(p).train[0].trainable_layers is None
+    for text, named in (("instances: {file: instances/nope.yaml}", "nope.yaml"),
+                        ("instances: {file: instances/fam.yaml, drop: [colour]}", "colour"),
+                        ("instances: instances/fam.yaml", "instances"),
+                        ("instances: {file: instances/fam.yaml}\ntrain: []", "one place")):
+        p.write_text("name: x\n" + text + "\n")
+        with pytest.raises(ConfigError, match=named):
+            load_config(p)

@@ -90,7 +90,7 @@ def test_absurd_learning_rate_ends_episode_with_penalty(fast_cfg_dict, tiny_sess
 
 
 def test_reset_restores_weights_and_never_reinitialises(fast_cfg_dict):
-    from trainers.bench import counting_deepspeed_initialize
+    from trainers.bench_session import counting_deepspeed_initialize
 
     with counting_deepspeed_initialize() as calls:
         env = FineTuneEnv(parse_config(fast_cfg_dict), split="all")  # its own engine: one real call

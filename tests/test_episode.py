@@ -3,7 +3,7 @@ plans apply what they promise, also when an episode is resumed from another run'
 import numpy as np
 import pytest
 
-from envs.episode import HoldPlan, PolicyPlan, SchedulePlan, decisions, run_episode
+from envs.episode import ConstantPlan, PolicyPlan, SchedulePlan, decisions, run_episode
 from envs.finetune_env import FineTuneEnv
 from trainers.config import parse_config
 from trainers.session import Hparams
@@ -31,23 +31,23 @@ def test_policy_plan_trains_exactly_as_env_step(env):
 
 
 def test_hold_plan_holds_the_drawn_start_or_the_given_set(env):
-    drawn = run_episode(env, HoldPlan(), INSTANCE, 7)
+    drawn = run_episode(env, ConstantPlan(), INSTANCE, 7)
     assert len({tuple(h.values()) for h in drawn["schedule"]}) == 1
     env.reset(seed=7, options={"instance": INSTANCE})
     assert drawn["schedule"][0] == env.session.hparams().as_dict()  # the seed's draw
     given = Hparams(3e-3, 0.02, 0.7)
-    held = run_episode(env, HoldPlan(given), INSTANCE, 7)
+    held = run_episode(env, ConstantPlan(given), INSTANCE, 7)
     assert all(h == given.as_dict() for h in held["schedule"])
 
 
 def test_hold_plan_wins_over_a_resumed_episodes_hyperparameters(env):
     """PBT's exploit: continue another member's state, with this member's (explored) values."""
     donor = Hparams(1e-3, 0.01, 1.0)
-    first = next(decisions(env, HoldPlan(donor), INSTANCE, 3))
+    first = next(decisions(env, ConstantPlan(donor), INSTANCE, 3))
     assert not first.done
     state = env.episode_state()
     explored = Hparams(4e-3, 0.05, 0.5)
-    rest = list(decisions(env, HoldPlan(explored), INSTANCE, 3, resume=state))
+    rest = list(decisions(env, ConstantPlan(explored), INSTANCE, 3, resume=state))
     log = rest[-1].info["episode_log"]
     k = env.cfg.episode.decision_interval
     assert log["schedule"][:k] == [donor.as_dict()] * k  # the donor's part of the episode

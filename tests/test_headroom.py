@@ -8,7 +8,7 @@ import math
 import pytest
 import yaml
 
-from agents.evaluation.headroom import aggregate, summarise_instance
+from agents.experiments.open_loop import aggregate, summarise_instance
 from agents.reporting.statistics import iqm, stratified_bootstrap_iqm
 
 

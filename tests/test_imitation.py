@@ -71,7 +71,7 @@ def test_imitation_warm_start_steers_a_low_start_up_and_a_high_one_down(cfg_dict
         g["instances"][name]["best_lr_refined"] = lr
     grid.write_text(json.dumps(g))
     folder = train_agent.train(train_agent.parse_args([
-        "--config", str(p), "--total-steps", "4", "--imitate", str(grid), "--imitation-episodes", "6",
+        "--config", str(p), "--decisions", "4", "--imitate", str(grid), "--imitation-episodes", "6",
         "--out", str(tmp_path / "agents"), "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}",
         "--no-heldout", "--validate-every", "0"]))
     meta = json.loads((folder / "agent.json").read_text())
@@ -97,7 +97,7 @@ def test_imitation_only_policy_is_the_warm_start_without_ppo_updates(cfg_dict, t
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps(_grid(cfg_dict, 1e-3)))
     folder = train_agent.train(train_agent.parse_args([
-        "--config", str(p), "--total-steps", "0", "--imitate", str(grid), "--imitation-episodes", "2",
+        "--config", str(p), "--decisions", "0", "--imitate", str(grid), "--imitation-episodes", "2",
         "--out", str(tmp_path / "agents"), "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}",
         "--no-heldout", "--validate-every", "0"]))
     meta = json.loads((folder / "agent.json").read_text())

@@ -1,6 +1,7 @@
 """The house rules, checked on the source: lower layers never import higher ones (trainers < envs
-< agents; inside agents, reporting and parallel import nothing above them), no import cycles
-between modules, and agents/ holds only command modules at its top level."""
+< agents; inside agents: reporting and parallel < learners and baselines < methods < experiments
+< the commands), no import cycles between modules, and agents/ holds only thin command modules at
+its top level, none importing another."""
 import ast
 from pathlib import Path
 
@@ -47,17 +48,18 @@ def test_lower_layers_never_import_higher_ones():
 
 
 def _agents_rank(module: str) -> int:
-    """Inside agents/: reporting and parallel < learners and baselines < evaluation < the commands."""
-    ranks = {"reporting": 0, "parallel": 0, "learners": 1, "baselines": 1, "evaluation": 2}
+    """Inside agents/: reporting and parallel < learners and baselines < methods < experiments < the commands."""
+    ranks = {"reporting": 0, "parallel": 0, "learners": 1, "baselines": 1, "methods": 2, "integrations": 2,
+             "experiments": 3}
     parts = module.split(".")
-    return ranks.get(parts[1], 3) if len(parts) > 1 else 3
+    return ranks.get(parts[1], 4) if len(parts) > 1 else 4
 
 
 def test_inside_agents_imports_go_down_only():
     bad = [(m, d) for m, deps in _graph().items() if m.startswith("agents.")
            for d in deps if d.startswith("agents.") and _agents_rank(d) > _agents_rank(m)]
     assert not bad, bad
-    same_rank = [(m, d) for m, deps in _graph().items() if m.startswith("agents.") and _agents_rank(m) < 3
+    same_rank = [(m, d) for m, deps in _graph().items() if m.startswith("agents.") and _agents_rank(m) < 2
                  for d in deps if d.startswith("agents.") and _agents_rank(d) == _agents_rank(m)
                  and d.split(".")[1] != m.split(".")[1]]
     assert not same_rank, same_rank  # learners and baselines do not lean on each other
@@ -96,10 +98,26 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
-def test_agents_top_level_holds_only_commands():
-    for path in (REPO / "agents").glob("*.py"):
-        if path.name == "__init__.py":
-            continue
+COMMAND_MAX_LINES = 150
+
+
+def _commands() -> list[Path]:
+    return [p for p in (REPO / "agents").glob("*.py") if p.name != "__init__.py"]
+
+
+def test_agents_top_level_holds_only_thin_commands():
+    """A command parses its arguments, checks them and calls a room below: it has a main and stays short."""
+    assert len(_commands()) >= 8
+    for path in _commands():
         tree = ast.parse(path.read_text())
         funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         assert "main" in funcs, f"{path.name} sits at agents/ top level but is not a command (no main)"
+        n = len(path.read_text().splitlines())
+        assert n <= COMMAND_MAX_LINES, f"{path.name} has {n} lines; a command stays within {COMMAND_MAX_LINES}"
+
+
+def test_no_command_imports_another_command():
+    commands = {f"agents.{p.stem}" for p in _commands()}
+    graph = _graph()
+    bad = [(c, d) for c in commands for d in graph[c] if d in commands]
+    assert not bad, bad

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from agents.evaluation.headroom import LR_GRID, best_lr_on_grid
+from agents.experiments.lr_grid import LR_GRID, best_lr_on_grid
 
 
 def _records(val_of, seeds=2, noise=0.0):
@@ -12,8 +12,17 @@ def _records(val_of, seeds=2, noise=0.0):
                       for lr in LR_GRID}} for s in range(seeds)]
 
 
-def test_grid_is_half_decades_over_the_start_range():
-    assert LR_GRID[0] == pytest.approx(1e-5) and LR_GRID[-1] == pytest.approx(1e-2) and len(LR_GRID) == 7
+@pytest.mark.parametrize("config", ["tiny", "smollm2_cpu"])
+def test_the_grid_covers_every_instances_starting_range_in_even_steps(config):
+    """A best constant lr outside the grid could not be found, and uneven steps would favour some lrs."""
+    from trainers.config import load_config
+
+    cfg = load_config(config)
+    lows = [i.init_lr[0] for i in cfg.train + cfg.heldout]
+    highs = [i.init_lr[1] for i in cfg.train + cfg.heldout]
+    assert LR_GRID[0] <= min(lows) * (1 + 1e-9) and LR_GRID[-1] >= max(highs) * (1 - 1e-9)
+    ratios = [b / a for a, b in zip(LR_GRID, LR_GRID[1:])]
+    assert max(ratios) == pytest.approx(min(ratios))
 
 
 def test_a_parabola_in_log_lr_is_found_between_grid_points():
@@ -39,14 +48,19 @@ def test_a_diverged_run_is_never_the_best_nor_bends_the_parabola():
     assert s["best_lr_refined"] == pytest.approx(1e-3, rel=1e-6)
 
 
-def test_a_record_key_ignores_the_optimizer_only_at_the_value_every_old_record_used():
-    from agents.evaluation.headroom import record_key
+def test_an_instances_key_changes_with_what_decides_its_runs():
+    """Saved records are reused only under the same key: another optimizer, data or budget is another key."""
+    from agents.methods.base import instance_key
     from trainers.config import load_config, parse_config
 
     cfg = load_config("tiny")
-    key = record_key(cfg, cfg.heldout[0].name)
-    assert "optimizer" not in key["session"]
-    d = cfg.model_dump(mode="json")
-    d["session"]["optimizer"] = "prodigy"
-    other = record_key(parse_config(d), cfg.heldout[0].name)
-    assert other["session"]["optimizer"] == "prodigy" and other != key
+    name = cfg.heldout[0].name
+    key = instance_key(cfg, name)
+    assert key == instance_key(load_config("tiny"), name)  # recomputed alike: read back
+    for change in ({"session": {"optimizer": "prodigy"}}, {"episode": {"total_steps": 61}},
+                   {"heldout": [dict(cfg.heldout[0].model_dump(mode="json"), dataset={"kind": "bbc_lm", "topic": "sport"})]
+                    + [i.model_dump(mode="json") for i in cfg.heldout[1:]]}):
+        d = cfg.model_dump(mode="json")
+        for k, v in change.items():
+            d[k] = dict(d[k], **v) if isinstance(v, dict) else v
+        assert instance_key(parse_config(d), name) != key, change

@@ -58,7 +58,7 @@ def test_training_run_round_trips_through_a_real_mlflow_server(mlflow_server, fa
     d = dict(fast_cfg_dict, train=fast_cfg_dict["train"][:1], heldout=fast_cfg_dict["heldout"][:1])
     cfg = tmp_path / "fast.yaml"
     cfg.write_text(yaml.safe_dump(d))
-    args = train_agent.parse_args(["--algo", "qlearning", "--config", str(cfg), "--total-steps", "4",
+    args = train_agent.parse_args(["--algo", "qlearning", "--config", str(cfg), "--decisions", "4",
                                    "--out", str(tmp_path / "agents"), "--tracking-uri", mlflow_server,
                                    "--eval-seeds", "1", "--validate-every", "0"])
     folder = train_agent.train(args)
@@ -66,7 +66,7 @@ def test_training_run_round_trips_through_a_real_mlflow_server(mlflow_server, fa
     api = mlflow_server + "/api/2.0/mlflow"
     run = _get(f"{api}/runs/get?run_id={run_id}")["run"]
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
-    assert params["algo"] == "qlearning" and params["total_steps"] == "4"
+    assert params["algo"] == "qlearning" and params["total_decisions"] == "4"
     hist = _get(f"{api}/metrics/get-history?run_id={run_id}&metric_key=episode_return")["metrics"]
     assert len(hist) == 2  # two 2-decision episodes
     exp_id = run["info"]["experiment_id"]
@@ -75,7 +75,7 @@ def test_training_run_round_trips_through_a_real_mlflow_server(mlflow_server, fa
     with urllib.request.urlopen(req, timeout=30) as r:
         children = json.loads(r.read()).get("runs", [])
     # held-out episodes of the policy, the default recipe and no control (initial held)
-    assert sorted(c["info"]["run_name"].split("/")[1] for c in children) == ["default_recipe", "initial_constant", "policy"]
+    assert sorted(c["info"]["run_name"].split("/")[1] for c in children) == ["default_recipe", "held_start", "policy"]
     arts = _get(f"{mlflow_server}/api/2.0/mlflow/artifacts/list?run_id={run_id}")
     names = {f["path"] for f in arts.get("files", [])}
     assert {"agent", "plots", "heldout.md"} <= names

@@ -69,7 +69,7 @@ def test_train_agent_on_a_two_node_loopback_cluster_survives_a_killed_worker(loo
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "agents"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agents.train_agent", "--algo", "ppo", "--config", str(cfg), "--total-steps", "40",
+        [sys.executable, "-m", "agents.train_agent", "--algo", "ppo", "--config", str(cfg), "--decisions", "40",
          "--n-envs", "2", "--ray-address", cluster.address, "--out", str(out), "--name", "cluster",
          "--tracking-uri", uri, "--no-heldout", "--validate-every", "0", "--checkpoint-every", "2"],
         cwd=REPO_ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

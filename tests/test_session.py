@@ -190,7 +190,11 @@ def test_self_tuning_optimizers_refuse_engines_they_cannot_run_in():
                 {"optimizer": "prodigy", "zero_stage": 2}):
         with pytest.raises(ValidationError, match=bad["optimizer"]):
             SessionConfig(**bad)
-    from agents.evaluation.matched_compute import self_tuning_envs_left_out
+    from agents.methods import COMPARED, ComparisonSetup, build
+
+    def self_tuning_envs_left_out(cfg):
+        methods = build(COMPARED, ComparisonSetup(cfg, "unused"))
+        return {m.name: r for m in methods if (r := m.ruled_out(cfg)) is not None}
     from trainers.config import load_config
 
     assert set(self_tuning_envs_left_out(load_config("smollm2_gpu"))) == {"schedulefree_adamw", "prodigy"}

@@ -318,10 +318,39 @@ def read_structured_file(path: str | Path, what: str = "file") -> Any:
         raise ConfigError(f"{p}: not valid YAML: {' '.join(str(err).split())}") from None
 
 
+def with_instance_file(data: Any, path: Path) -> Any:
+    """A config's ``instances: {file: <yaml>, drop: [fields]}``: its train and held-out instances
+    read from that file (relative to the config's folder), so that sets which differ only in how
+    they train share one list of instances; ``drop`` leaves instance fields out (a GPU set where
+    every layer trains drops ``trainable_layers``)."""
+    if not isinstance(data, dict) or "instances" not in data:
+        return data
+    spec = data.pop("instances")
+    where = f"{path}: instances"
+    if not isinstance(spec, dict) or not isinstance(spec.get("file"), str) or set(spec) - {"file", "drop"}:
+        raise ConfigError(f"{where}: expected {{file: <instance file>, drop: [fields]}}, got {spec!r}")
+    drop = spec.get("drop") or []
+    unknown = [f for f in drop if f not in InstanceSpec.model_fields] if isinstance(drop, list) else [drop]
+    if unknown:
+        raise ConfigError(f"{where}.drop: {unknown} are not instance fields ({', '.join(InstanceSpec.model_fields)})")
+    if "train" in data or "heldout" in data:
+        raise ConfigError(f"{where}: the config lists instances itself too; give them in one place")
+    inst_path = path.parent / spec["file"]
+    found = read_structured_file(inst_path, "instance file")
+    if not isinstance(found, dict) or set(found) - {"train", "heldout"}:
+        raise ConfigError(f"{inst_path}: expected a mapping with 'train' and 'heldout' lists")
+    for group in ("train", "heldout"):
+        insts = found.get(group) or []
+        if not isinstance(insts, list):
+            raise ConfigError(f"{inst_path}: {group}: expected a list of instances")
+        data[group] = [{k: v for k, v in i.items() if k not in drop} if isinstance(i, dict) else i for i in insts]
+    return data
+
+
 def load_config(name_or_path: str | Path = "tiny", overrides: Optional[dict[str, Any]] = None) -> InstanceSetConfig:
     """Load a YAML instance set by name (configs/<name>.yaml) or path, with optional overrides."""
     path = resolve_config_path(name_or_path)
-    data = read_structured_file(path, "config file")
+    data = with_instance_file(read_structured_file(path, "config file"), path)
     if overrides:
         data = deep_merge(data or {}, overrides)
     return parse_config(data, source=str(path))

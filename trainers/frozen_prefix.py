@@ -42,6 +42,7 @@ def build_tail(full: nn.Module, k: int) -> nn.Module:
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = list(cfg.layer_types)[total - k:]
     tail = type(full)(cfg)
+    tail.loss_type = full.loss_type  # a fresh module forgets what load_model_and_tokenizer named
     state = {}
     for name, tensor in full.state_dict().items():
         if name.startswith("model.layers."):

@@ -201,7 +201,15 @@ def load_model_and_tokenizer(spec: str, dtype: torch.dtype = torch.float32):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
-    return model, tok
+    return with_causal_lm_loss(model), tok
+
+
+def with_causal_lm_loss(model):
+    """Name the loss transformers should use when the class name does not (GPT2LMHeadModel): the
+    same next-token loss it falls back to, without the per-process warning a user cannot act on."""
+    if getattr(model, "loss_type", None) is None:
+        model.loss_type = "ForCausalLM"
+    return model
 
 
 def model_identity(spec: str) -> str:

@@ -87,15 +87,17 @@ def run_study(env: FineTuneEnv, instance: str, seed: int, n_trials: int, storage
     done = len(finished_trials(study))
     study.sampler = make_sampler(sampler, sampler_seed(sampler_seed_base, done))
     if n_trials - done > 0:
-        env.evaluate_test = True
+        if not env.evaluate_test:
+            raise ValueError("a search reports its selected run's test loss: build the environment with evaluate_test=True")
         study.optimize(lambda t: run_trial(t, env, instance, seed), n_trials=n_trials - done,
                        show_progress_bar=show_progress, catch=())
     return study
 
 
-def compute_steps(study: optuna.Study) -> int:
-    """Training steps the study actually spent, pruned trials included."""
-    return sum(int(t.user_attrs.get("compute_steps", 0)) for t in finished_trials(study))
+def compute_steps(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Training steps these trials actually spent, pruned ones included: the one place a search's
+    compute is counted."""
+    return sum(int(t.user_attrs.get("compute_steps", 0)) for t in trials)
 
 
 def best_trial(study: optuna.Study, first_n: Optional[int] = None) -> Optional[optuna.trial.FrozenTrial]:

@@ -32,7 +32,7 @@ def pbt_member(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from envs.episode import HoldPlan, decisions
+    from envs.episode import ConstantPlan, decisions
     from envs.finetune_env import FineTuneEnv
     from trainers.config import parse_config
     from trainers.session import Hparams
@@ -45,7 +45,7 @@ def pbt_member(config: dict[str, Any]) -> None:
     if ckpt is not None:  # exploit: continue from a better member's model and optimizer state
         with ckpt.as_directory() as d:
             resume = torch.load(Path(d) / "member.pt", weights_only=False)  # written by a member of this run
-    for d in decisions(env, HoldPlan(h), config["instance"], config["seed"], resume=resume):
+    for d in decisions(env, ConstantPlan(h), config["instance"], config["seed"], resume=resume):
         info = d.info
         metrics = {"eval_loss": info["eval_loss"] if not info["diverged"] else 1e9,
                    "steps_done": env.steps_done, "trained_steps": len(info["train_loss"]),
@@ -119,12 +119,6 @@ def finished_members(results) -> int:
     """Members whose last report is their episode's end (pbt_member adds ``schedule_lr`` only there,
     also when the member diverged and stopped), without an error."""
     return sum(1 for r in results if r.error is None and r.metrics and "schedule_lr" in r.metrics)
-
-
-def populations_to_run(saved: dict, populations: list[int]) -> list[int]:
-    """The population sizes still to run for one instance x seed: those not saved, and those saved
-    with errored members (the next run_pbt continues them from their kept checkpoints)."""
-    return [n for n in populations if n not in saved or saved[n].get("errored_members")]
 
 
 def _fit_new_population(cfg: InstanceSetConfig, inst, seed: int, population: int, trainable, experiment: Path):

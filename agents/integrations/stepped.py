@@ -176,17 +176,8 @@ def read_schedule(path: str | Path) -> list[Hparams]:
     ``ControllerCallback`` (controller_schedule.json), or by ``agents.tune`` (schedule.json): to
     replay it in your loop, set ``read_schedule(path)[step]`` before each step. (``agents.tune
     --replay`` re-runs only its own files: a run in your Trainer is no instance it can rebuild.)"""
-    from trainers.config import HPARAM_NAMES, ConfigError, read_structured_file
+    from trainers.config import read_structured_file
+    from trainers.schedules import schedule_from_json
 
     rec = read_structured_file(Path(path), "schedule file")
-    steps = rec.get("schedule") if isinstance(rec, dict) else None
-    if not isinstance(steps, list) or not steps:
-        raise ConfigError(f"{path}: field 'schedule' is missing or empty; is this a schedule file?")
-    out = []
-    for i, step in enumerate(steps):
-        if not (isinstance(step, dict) and set(step) == set(HPARAM_NAMES)
-                and all(isinstance(v, (int, float)) and v > 0 for v in step.values())):
-            raise ConfigError(f"{path}: schedule[{i}] must be {{lr, weight_decay, grad_clip}} with numbers > 0, "
-                              f"got {step!r}")
-        out.append(Hparams(**{k: float(v) for k, v in step.items()}))
-    return out
+    return schedule_from_json(rec.get("schedule") if isinstance(rec, dict) else None, str(path))

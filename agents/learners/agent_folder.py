@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import yaml
@@ -27,11 +30,72 @@ from trainers.atomic_files import write_json_atomic, write_text_atomic
 from trainers.config import ConfigError, InstanceSetConfig, parse_config, read_structured_file
 
 AGENT_JSON = "agent.json"
+STATE_FILE = "state.json"  # checkpoint/state.json: what --resume continues from
 ALGOS = ("ppo", "dqn", "qlearning")
 
 
 def is_agent_folder(folder: Path) -> bool:
     return (folder / AGENT_JSON).is_file()
+
+
+def check_agent_folder(folder: Path, resume: bool, algo: str, imitate: bool = False) -> None:
+    """Refuse anything that would touch a folder that is not a training run's to touch: a resume
+    needs a checkpoint of the same learner; a new run needs an empty folder or a finished agent."""
+    state = folder / "checkpoint" / STATE_FILE
+    if resume:
+        if not state.is_file():
+            raise ConfigError(f"--resume: {state} not found; nothing to resume")
+        saved = read_structured_file(state)
+        if not isinstance(saved, dict) or saved.get("algo") != algo or not isinstance(saved.get("files"), dict):
+            got = saved.get("algo") if isinstance(saved, dict) else None
+            raise ConfigError(f"--resume: {state} is a checkpoint of --algo {got}, not {algo}"
+                              if got else f"--resume: {state} is not a checkpoint this version can continue")
+        if imitate and not saved.get("imitation") and int(saved.get("num_timesteps", 0)) > 0:
+            raise ConfigError(f"--imitate: {state} has learned {saved['num_timesteps']} decisions without imitation; "
+                              "a warm start now would overwrite them (resume without --imitate)")
+        return
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ConfigError(f"{folder}: exists and is not a folder; choose another --name")
+    if folder.is_dir() and any(folder.iterdir()) and not is_agent_folder(folder):
+        if state.is_file():
+            raise ConfigError(f"{folder}: holds an unfinished training run; continue it with --resume, "
+                              "or choose another --name")
+        raise ConfigError(f"{folder}: exists and is not an agent folder (no agent.json); "
+                          "choose another --name or --out")
+
+
+def learned_anything(folder: Path) -> bool:
+    """Whether a folder's checkpoint holds learning worth keeping: decisions, or an imitation warm start."""
+    try:
+        saved = read_structured_file(folder / "checkpoint" / STATE_FILE)
+        return int(saved["num_timesteps"]) > 0 or bool(saved.get("imitation"))
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return False
+
+
+@contextmanager
+def replacing(folder: Path, resume: bool) -> Iterator[None]:
+    """A new run into a folder that holds a finished agent: the earlier agent waits aside until the
+    body (the training) finishes, then goes; if the body fails before the new run learned anything,
+    the earlier agent comes back."""
+    previous = None
+    if not resume and folder.exists() and any(folder.iterdir()):
+        previous = folder.with_name(f".{folder.name}.previous")
+        if previous.exists():
+            shutil.rmtree(previous)
+        folder.rename(previous)
+        print(f"replacing the earlier agent in {folder} (--name keeps both, --resume continues it); until this "
+              f"run has saved its agent the earlier one waits in {previous}", file=sys.stderr)
+    try:
+        yield
+    except BaseException:
+        if previous is not None and not learned_anything(folder):
+            shutil.rmtree(folder, ignore_errors=True)  # the new run learned nothing worth keeping
+            previous.rename(folder)
+            print(f"the earlier agent is back in {folder}", file=sys.stderr)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous)
 
 
 def write_agent_json(folder: Path, meta: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from agents.learners.agent_folder import save_env_config, write_agent_json
+from agents.learners.agent_folder import STATE_FILE, save_env_config, write_agent_json
 from agents.learners.dropped_episodes import mark_dropped
 from agents.learners.sb3_setup import (ObsNormalization, build_model, learner_hparams, resume_model, save_checkpoint,
                                        save_policy)
@@ -28,7 +28,6 @@ from envs.features import FEATURE_NAMES
 from trainers.atomic_files import write_json_atomic, write_text_atomic
 from trainers.config import InstanceSetConfig
 
-STATE_FILE = "state.json"
 CURVE_FIELDS = ["timesteps", "instance", "return", "improvement", "diverged", "final_lr"]
 
 
@@ -37,7 +36,7 @@ class TrainingOptions:
     """Everything a training run needs besides the instance set; validated by the command."""
 
     algo: str  # ppo | dqn | qlearning
-    total_steps: int  # decisions to learn from
+    decisions: int  # environment steps (decisions) to learn from
     seed: int = 0
     n_envs: int = 1
     backend: str = "inprocess"  # inprocess | subproc | ray
@@ -59,12 +58,12 @@ class TrainingMonitor:
     def __init__(self, total: int, start: int, checkpoint: Callable[[], None], checkpoint_every: int,
                  validate: Optional[Callable[[], float]], validate_every: int, curve: list[dict],
                  validation: list, dropped: list) -> None:
-        from tqdm.auto import tqdm
+        from trainers.progress import progress
 
         self.total, self.curve = total, curve
         self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
         self.validate, self.validate_every = validate, validate_every
-        self.bar = tqdm(total=total, initial=start, desc="learning the controller", unit="decision", smoothing=0.05)
+        self.bar = progress(total=total, initial=start, desc="learning the controller", unit="decision", smoothing=0.05)
         self.last = start
         self.validation: list = validation
         self.dropped: list[dict] = dropped
@@ -173,12 +172,12 @@ def warm_start(model, venv, cfg: InstanceSetConfig, opts: TrainingOptions, hp: d
     """Imitation before PPO: noisy-expert episodes on the training instances, then the policy's
     mean action and value fitted to them (agents/learners/imitation.py)."""
     import mlflow
-    from tqdm.auto import tqdm
 
     from agents.learners import imitation
+    from trainers.progress import progress
 
     targets = imitation.expert_targets(opts.imitate, cfg)
-    bar = tqdm(total=opts.imitation_episodes, desc="imitation episodes", unit="episode")
+    bar = progress(total=opts.imitation_episodes, desc="imitation episodes", unit="episode")
 
     def on_step(n: int, infos: list[dict]) -> None:
         for info in infos:
@@ -205,123 +204,154 @@ class TrainingResult:
     sessions: Any = None  # the in-process engines by depth, if any, for the final held-out evaluation to reuse
 
 
-def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) -> TrainingResult:
-    """Learn a controller into ``folder``. The final held-out evaluation is the caller's
-    (``agents.evaluation.heldout``)."""
+def read_state(folder: Path) -> dict[str, Any]:
+    """A checkpoint's state.json (what --resume continues from)."""
     import json
 
-    import mlflow
-    from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
+    return json.loads((folder / "checkpoint" / STATE_FILE).read_text())
 
-    from agents.parallel.vec_envs import make_vec_env
+
+@dataclass
+class Learner:
+    """The learner as the run drives it: the model, its deterministic action on a raw
+    observation, and how its deployable (tag None) or resumable (tag = step) files are saved."""
+
+    model: Any
+    venv: Any  # the VecEnv it learns on (VecNormalize-wrapped for SB3 learners)
+    act: Callable[[np.ndarray], Any]
+    save: Callable[[Path, Optional[str]], dict]
+
+
+def build_learner(opts: TrainingOptions, venv, hp: dict, state: dict, ckpt: Path, folder: Path) -> Learner:
+    """A new learner, or the checkpoint's one continued (tensors only: nothing is unpickled)."""
+    if opts.algo == "qlearning":
+        from agents.learners.qlearning import QLearningAgent, QLearningConfig
+
+        q = (QLearningAgent.load(ckpt / state["files"]["qtable"]) if opts.resume
+             else QLearningAgent(venv.action_space.n, QLearningConfig(), seed=opts.seed))
+
+        def save_table(dest: Path, tag: Optional[str]) -> dict:
+            name = "qtable.json" if tag is None else f"qtable-{tag}.json"
+            q.save(dest / name)
+            return {"model_file": name, "obs_normalization": None} if tag is None else {"qtable": name}
+
+        return Learner(q, venv, lambda obs: q.predict(obs, deterministic=True), save_table)
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = VecNormalize(venv, norm_obs=True, norm_reward=False, clip_obs=10.0, gamma=hp["gamma"])
+    if opts.resume:
+        ObsNormalization.load(ckpt / state["files"]["obs_normalization"]).apply_to(venv)
+        model = resume_model(opts.algo, venv, opts.seed, hp, ckpt / state["files"]["model"], int(state["num_timesteps"]))
+    else:
+        model = build_model(opts.algo, venv, opts.seed, hp)
+    model.set_logger(mlflow_sb3_logger(folder))
+
+    def act(obs: np.ndarray):
+        a, _ = model.predict(venv.normalize_obs(np.asarray(obs, dtype=np.float32)[None]), deterministic=True)
+        return a[0]
+
+    def save(dest: Path, tag: Optional[str]) -> dict:
+        return save_policy(dest, model, venv) if tag is None else save_checkpoint(dest, model, venv, tag)
+
+    return Learner(model, venv, act, save)
+
+
+def log_run_params(cfg: InstanceSetConfig, opts: TrainingOptions, hp: dict) -> None:
+    import mlflow
+
+    mlflow.log_params({"algo": opts.algo, "instance_set": cfg.name, "total_decisions": opts.decisions,
+                       "n_envs": opts.n_envs, "seed": opts.seed, "backend": opts.backend})
+    mlflow.log_params(mlflow_tracking.flat_params("learner", hp))
+    mlflow.log_params(mlflow_tracking.flat_params("env", cfg.model_dump(mode="json", exclude={"train", "heldout"})))
+    mlflow.log_param("train_instances", ",".join(i.name for i in cfg.train))
+    mlflow.log_param("heldout_instances", ",".join(i.name for i in cfg.heldout))
+
+
+def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) -> TrainingResult:
+    """Learn a controller into ``folder``, inside the active MLflow run (the caller owns it). The
+    final held-out evaluation is the caller's too (``agents.experiments.heldout``)."""
+    import mlflow
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from agents.parallel.vec_envs import in_process_sessions, make_vec_env
 
     ckpt = folder / "checkpoint"
-    state = json.loads((ckpt / STATE_FILE).read_text()) if opts.resume else {}
+    state = read_state(folder) if opts.resume else {}
     curve: list[dict] = state.get("curve", [])
     validation: list = [tuple(v) for v in state.get("validation", [])]
     dropped: list[dict] = state.get("dropped", [])
     folder.mkdir(parents=True, exist_ok=True)
-    mlflow_tracking.setup(opts.tracking_uri, "agent-training")
-    run_id = state.get("mlflow_run_id")
-    if run_id and not mlflow_tracking.run_exists(run_id):
-        run_id = None  # resumed against another store (a fresh clone, another machine): a new run
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else folder.name)
-    if state and run_id is None:
-        mlflow.set_tag("resumed_from_run", state.get("mlflow_run_id"))
+    run = mlflow.active_run()
     t_start = time.time()
     # a resumed run keeps the learner it started with (PPO's rollout length, DQN's schedule)
-    hp = state.get("learner_hparams") or learner_hparams(opts.algo, opts.n_envs, opts.total_steps,
-                                                            imitation=opts.imitate is not None)
-    if run_id is None:
-        mlflow.log_params({"algo": opts.algo, "instance_set": cfg.name, "total_steps": opts.total_steps,
-                           "n_envs": opts.n_envs, "seed": opts.seed, "backend": opts.backend})
-        mlflow.log_params(mlflow_tracking.flat_params("learner", hp))
-        mlflow.log_params(mlflow_tracking.flat_params("env", cfg.model_dump(mode="json", exclude={"train", "heldout"})))
-        mlflow.log_param("train_instances", ",".join(i.name for i in cfg.train))
-        mlflow.log_param("heldout_instances", ",".join(i.name for i in cfg.heldout))
+    hp = state.get("learner_hparams") or learner_hparams(opts.algo, opts.n_envs, opts.decisions,
+                                                         imitation=opts.imitate is not None)
+    if state.get("mlflow_run_id") != run.info.run_id:
+        log_run_params(cfg, opts, hp)
     save_env_config(folder, cfg)
 
     seed = opts.seed + len(curve)  # a resumed run does not replay the episodes it already learned from
     raw = make_vec_env(cfg, opts.n_envs, opts.backend, opts.ray_address, seed=seed, max_restarts=opts.max_restarts)
-    venv = VecMonitor(raw)
-    in_process_sessions = raw.envs[0].sessions if hasattr(raw, "envs") else None
-
-    model: Any
-    if opts.algo == "qlearning":
-        from agents.learners.qlearning import QLearningAgent, QLearningConfig
-
-        model = (QLearningAgent.load(ckpt / state["files"]["qtable"]) if opts.resume
-                 else QLearningAgent(venv.action_space.n, QLearningConfig(), seed=opts.seed))
-        act = lambda obs: model.predict(obs, deterministic=True)  # noqa: E731
-
-        def save_model(dest: Path, tag: Optional[str]) -> dict:
-            name = "qtable.json" if tag is None else f"qtable-{tag}.json"
-            model.save(dest / name)
-            return {"model_file": name, "obs_normalization": None} if tag is None else {"qtable": name}
-    else:
-        venv = VecNormalize(venv, norm_obs=True, norm_reward=False, clip_obs=10.0, gamma=hp["gamma"])
-        if opts.resume:
-            ObsNormalization.load(ckpt / state["files"]["obs_normalization"]).apply_to(venv)
-            model = resume_model(opts.algo, venv, opts.seed, hp, ckpt / state["files"]["model"],
-                                 int(state["num_timesteps"]))
-        else:
-            model = build_model(opts.algo, venv, opts.seed, hp)
-        model.set_logger(mlflow_sb3_logger(folder))
-
-        def act(obs: np.ndarray):
-            a, _ = model.predict(venv.normalize_obs(np.asarray(obs, dtype=np.float32)[None]), deterministic=True)
-            return a[0]
-
-        def save_model(dest: Path, tag: Optional[str]) -> dict:
-            return save_policy(dest, model, venv) if tag is None else save_checkpoint(dest, model, venv, tag)
+    sessions = in_process_sessions(raw)
+    learner = build_learner(opts, VecMonitor(raw), hp, state, ckpt, folder)
+    model, venv = learner.model, learner.venv
     venv.seed(seed)  # after the learner is built: SB3 seeds its env with the learner's seed on construction
+    imitation: Optional[dict] = state.get("imitation")
 
     def checkpoint() -> None:
         """The files first, under step-tagged names; then state.json, which points at them, in one
         atomic write; then the files it no longer points at. A crash at any moment leaves a whole
         checkpoint."""
         ckpt.mkdir(exist_ok=True)
-        files = save_model(ckpt, tag=f"{int(model.num_timesteps):08d}")
+        files = learner.save(ckpt, f"{int(model.num_timesteps):08d}")
         write_json_atomic(ckpt / STATE_FILE, {
             "num_timesteps": int(model.num_timesteps), "files": files, "curve": curve, "validation": validation,
             "dropped": dropped, "mlflow_run_id": run.info.run_id, "algo": opts.algo, "learner_hparams": hp,
-            "imitation": imitation},
-            indent=None)
+            "imitation": imitation}, indent=None)
         for f in ckpt.iterdir():
             if f.name != STATE_FILE and f.name not in files.values():
                 f.unlink(missing_ok=True)
 
-    imitation: Optional[dict] = state.get("imitation")
     warm = opts.imitate is not None and imitation is None
     if warm and int(state.get("num_timesteps", 0)) > 0:  # train_agent refuses this first, with the reason
         raise RuntimeError("a warm start would overwrite a policy that has already learned")
-    validator = (HeldoutValidator(cfg, act, in_process_sessions)
-                 if opts.validate_every and cfg.heldout else None)
+    validator = HeldoutValidator(cfg, learner.act, sessions) if opts.validate_every and cfg.heldout else None
     start = int(state.get("num_timesteps", 0))
-    monitor = TrainingMonitor(opts.total_steps, start, checkpoint, opts.checkpoint_every, validator,
+    monitor = TrainingMonitor(opts.decisions, start, checkpoint, opts.checkpoint_every, validator,
                               opts.validate_every, curve, validation, dropped)
     try:
         if warm:
             imitation = warm_start(model, venv, cfg, opts, hp, dropped)
             checkpoint()  # a crash from here on resumes from the warm-started policy
         if opts.algo == "qlearning":
-            model.learn(venv, opts.total_steps - start, on_step=lambda n, r, infos: monitor.on_step(n, infos))
+            model.learn(venv, opts.decisions - start, on_step=lambda n, r, infos: monitor.on_step(n, infos))
         else:
-            model.learn(total_timesteps=opts.total_steps - start, callback=sb3_callback(monitor),
+            model.learn(total_timesteps=opts.decisions - start, callback=sb3_callback(monitor),
                         reset_num_timesteps=not opts.resume)
     except BaseException:
         monitor.close()
         checkpoint()  # a crash or Ctrl-C keeps everything learned so far: rerun with --resume
         mlflow.set_tag("status", "interrupted: resume with --resume")
-        mlflow.end_run(status="KILLED")
         venv.close()
         raise
     monitor.close()
     checkpoint()
-    files = save_model(folder, tag=None)
-    _write_curve(folder / "training_curve.csv", curve)
+    meta = save_agent(folder, cfg, opts, learner, curve, validation, dropped, hp, imitation,
+                      round(time.time() - t_start, 1), run.info.run_id)
+    venv.close()
+    return TrainingResult(meta, sessions)
+
+
+def save_agent(folder: Path, cfg: InstanceSetConfig, opts: TrainingOptions, learner: Learner, curve: list[dict],
+               validation: list, dropped: list, hp: dict, imitation: Optional[dict], seconds: float,
+               run_id: str) -> dict[str, Any]:
+    """The agent folder's deployable files, curves and plots, and agent.json last (what makes it an agent folder)."""
+    import mlflow
+
     from agents.reporting.plots import learner_diagnostics, learning_curve
 
+    files = learner.save(folder, None)
+    _write_curve(folder / "training_curve.csv", curve)
     learning_curve([r["timesteps"] for r in curve], [r["return"] for r in curve], folder / "learning_curve.png",
                    f"{opts.algo.upper()} on {cfg.name}", validation)
     meta = {
@@ -330,10 +360,10 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
         "observation": list(FEATURE_NAMES),
         "env_config": "env_config.yaml", "instance_set": cfg.name,
         "training_instances": [i.name for i in cfg.train], "heldout_instances": [i.name for i in cfg.heldout],
-        "total_timesteps": int(model.num_timesteps), "seed": opts.seed, "n_envs": opts.n_envs,
+        "total_timesteps": int(learner.model.num_timesteps), "seed": opts.seed, "n_envs": opts.n_envs,
         "backend": opts.backend, "learner_hparams": hp, "training_curve": "training_curve.csv",
         "learning_curve": "learning_curve.png", "heldout_validation": validation, "dropped_episodes": dropped,
-        "training_seconds": round(time.time() - t_start, 1), "mlflow_run_id": run.info.run_id,
+        "training_seconds": seconds, "mlflow_run_id": run_id,
         "command": opts.command, "imitation": imitation, **opts.extra_meta,
     }
     diag = learner_diagnostics(folder / "learner_progress.csv", folder / "learner_diagnostics.png",
@@ -341,8 +371,7 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
     if diag is not None:
         meta["learner_diagnostics"] = diag.name
     write_agent_json(folder, meta)
-    venv.close()
     mlflow.log_artifact(str(folder / "learning_curve.png"), artifact_path="plots")
     if diag is not None:
         mlflow.log_artifact(str(diag), artifact_path="plots")
-    return TrainingResult(meta, in_process_sessions)
+    return meta

@@ -28,3 +28,13 @@ def make_vec_env(cfg: InstanceSetConfig, n_envs: int = 1, backend: str = "inproc
     if backend == "subproc" and n_envs > 1:
         return SubprocVecEnv(fns, start_method="spawn")
     return DummyVecEnv(fns)
+
+
+def in_process_sessions(venv: VecEnv) -> Optional[dict]:
+    """The DeepSpeed sessions (by trainable depth) of an in-process VecEnv's first environment, for
+    work in the same process to reuse rather than build a second engine; None when the
+    environments live in other processes (subprocesses, Ray actors). The one way engines are
+    reached from outside a training run."""
+    if isinstance(venv, DummyVecEnv):
+        return venv.envs[0].unwrapped.sessions
+    return None

@@ -1,6 +1,5 @@
-"""The comparison at matched compute, summarised: per method and budget, mean test loss and the
-paired difference against the policy; the smallest Optuna budget that matches the policy;
-summary.md / .csv / .json and the plots against compute."""
+"""The comparison at matched compute, written out: summary.json / .md / .csv and the plots
+against compute (the numbers come from ``comparison_summary``)."""
 from __future__ import annotations
 
 import csv
@@ -9,139 +8,8 @@ import math
 from pathlib import Path
 
 from agents.reporting.plots import lr_paths_by_instance, save_figure, trajectories
-from agents.reporting.statistics import (HIERARCHICAL_METHOD, hierarchical_bootstrap_mean,
-                                         instance_level_intervals, mean_ci95,
-                                         stratified_bootstrap_iqm)
-
-REFERENCE_SEARCH = "optuna_tpe"  # search_gain_captured's 1.0: its largest budget's selected run
+from agents.reporting.records import PairResult
 from trainers.atomic_files import write_json_atomic, write_text_atomic
-
-
-def score_failed_runs(per_run: list[dict]) -> tuple[list[dict], list[dict]]:
-    """A selected run without a finite test loss (a PBT population none of whose members finished)
-    is scored as the environment scores a diverged run: no better than the base model, whose test
-    loss the policy's log holds. Returns the rescored runs and what was rescored."""
-    out, rescored = [], []
-    for r in per_run:  # only the rescored records are copied (the others carry whole episode logs)
-        results = {m: dict(by_b) for m, by_b in r["results"].items()}
-        for m, by_b in results.items():
-            for b, x in by_b.items():
-                if not math.isfinite(x["test_loss"]):
-                    by_b[b] = dict(x, test_loss=r["results"]["policy"][1]["log"]["initial_test_loss"])
-                    rescored.append({"instance": r["instance"], "seed": r["seed"], "method": m, "budget": b})
-        out.append(dict(r, results=results))
-    return out, rescored
-
-
-def per_instance_table(per_run: list[dict]) -> dict[str, dict]:
-    """Instance -> method@budget -> mean test loss and task metric (exact match, where the instance
-    has one) over its seeds: what a user reads beside the aggregate."""
-    out: dict[str, dict] = {}
-    for r in per_run:
-        row = out.setdefault(r["instance"], {"metric_name": r["results"]["policy"][1].get("log", {}).get("metric_name"),
-                                             "methods": {}})
-        for m, by_b in r["results"].items():
-            for b, x in by_b.items():
-                cell = row["methods"].setdefault(f"{m}@{b}", {"test_loss": [], "test_metric": []})
-                cell["test_loss"].append(x["test_loss"])
-                if x.get("test_metric") is not None:
-                    cell["test_metric"].append(x["test_metric"])
-    for row in out.values():
-        for cell in row["methods"].values():
-            cell["n_seeds"], cell["n_metric"] = len(cell["test_loss"]), len(cell["test_metric"])
-            cell["test_loss"] = sum(cell["test_loss"]) / len(cell["test_loss"])
-            cell["test_metric"] = sum(cell["test_metric"]) / len(cell["test_metric"]) if cell["test_metric"] else None
-    return out
-
-
-def summarise_comparison(per_run: list[dict], budgets: list[int]) -> dict:
-    """Per method and budget: mean test loss with a 95% interval over instance x seed runs, the
-    search gain captured per instance and aggregated, and the smallest Optuna budget that matches
-    the policy's single run on it (computed, never assumed)."""
-    per_run, rescored = score_failed_runs(per_run)
-    methods: dict[str, dict] = {}
-    for m, by_budget in per_run[0]["results"].items():
-        for b in sorted(by_budget):
-            rows = [r["results"][m][b] for r in per_run]
-            losses = [x["test_loss"] for x in rows]
-            mean, ci = mean_ci95(losses)
-            # paired on instance and seed: the instances' spread cancels out. Seeds share an instance,
-            # so the interval resamples instances, then seeds within them
-            per_inst: dict[str, list[float]] = {}
-            diffs: dict[str, list[float]] = {}
-            for r, x in zip(per_run, rows):
-                per_inst.setdefault(r["instance"], []).append(x["test_loss"])
-                diffs.setdefault(r["instance"], []).append(r["results"]["policy"][1]["test_loss"] - x["test_loss"])
-            paired = instance_level_intervals(diffs)
-            methods.setdefault(m, {})[str(b)] = {
-                "compute_steps": sum(x["compute_steps"] for x in rows) / len(rows),
-                "test_loss_mean": mean, "test_loss_ci95": ci, "n_runs": len(rows),
-                **{f"policy_minus_this_{k}": v for k, v in paired.items()},
-                "per_instance": {k: sum(v) / len(v) for k, v in per_inst.items()},
-            }
-    gain = search_gain_captured(per_run)
-    # on the headline score, so that no one kind of task (loss 1 or loss 6) decides it
-    policy_gain = gain["by_method"]["policy"]["1"]["iqm"]
-    match = next((b for b in sorted(budgets)
-                  if gain["by_method"][REFERENCE_SEARCH][str(b)]["iqm"] >= policy_gain), None)
-    runs = [{"instance": r["instance"], "seed": r["seed"], "method": m, "budget": b,
-             "compute_steps": x["compute_steps"], "test_loss": x["test_loss"]}
-            for r in per_run for m, by_budget in r["results"].items() for b, x in sorted(by_budget.items())]
-    return {"methods": methods, "optuna_budget_to_match_policy": match, "search_gain_captured": gain["by_method"],
-            "search_gain_reference": gain["reference"], "search_gain_interval": gain["interval"],
-            "search_gain_instances_left_out": gain["instances_without_gain"],
-            "search_gain_loss": gain["search_gain_loss"],
-            "per_instance": per_instance_table(per_run), "failed_runs_scored_as_base_model": rescored,
-            "pbt_errored_members": pbt_errored_members(per_run), "runs": runs}
-
-
-def pbt_errored_members(per_run: list[dict]) -> list[dict]:
-    """PBT populations with members that errored (their selection was among the members that ran),
-    and those saved before the count existed (``errored`` None: not recorded, not zero)."""
-    return [{"instance": r["instance"], "seed": r["seed"], "population": int(n), "errored": x.get("errored_members")}
-            for r in per_run for n, x in sorted(r["results"].get("pbt", {}).items())
-            if x.get("errored_members") is None or x["errored_members"] > 0]
-
-
-def search_gain_captured(per_run: list[dict]) -> dict:
-    """Per method and budget, how much of the largest Optuna search's gain over the default recipe
-    it gets: (loss_default_recipe - loss_method) / (loss_default_recipe - loss_Optuna_best), test
-    split. 0 = no better than the default recipe, 1 = as good as the search. Per instance the
-    denominator is the mean over its seeds (one noisy seed cannot blow the ratio up), so the
-    per-instance value is the ratio of the seed-averaged gains. Aggregated over instances x seeds
-    with the IQM and a stratified bootstrap (seeds resampled within each instance)."""
-    budgets = sorted(per_run[0]["results"][REFERENCE_SEARCH])
-    ref_b = budgets[-1]
-    by_inst: dict[str, list[dict]] = {}
-    for r in per_run:
-        by_inst.setdefault(r["instance"], []).append(r)
-    denom = {i: sum(r["results"]["default_recipe"][1]["test_loss"] - r["results"][REFERENCE_SEARCH][ref_b]["test_loss"]
-                    for r in rs) / len(rs) for i, rs in by_inst.items()}
-    default_loss = {i: sum(r["results"]["default_recipe"][1]["test_loss"] for r in rs) / len(rs)
-                    for i, rs in by_inst.items()}
-    out: dict[str, dict] = {}
-    for m, by_budget in per_run[0]["results"].items():
-        for b in sorted(by_budget):
-            per_instance = {}
-            for i, rs in by_inst.items():
-                if not denom[i] > 1e-9:
-                    continue  # the search was no better than the default recipe: no gain to capture
-                per_instance[i] = [(r["results"]["default_recipe"][1]["test_loss"] - r["results"][m][b]["test_loss"])
-                                   / denom[i] for r in rs]
-            point, lo, hi = stratified_bootstrap_iqm(per_instance) if per_instance else (math.nan,) * 3
-            mean, mlo, mhi = hierarchical_bootstrap_mean(per_instance) if per_instance else (math.nan,) * 3
-            out.setdefault(m, {})[str(b)] = {"iqm": point, "ci95_low": lo, "ci95_high": hi,
-                                             "mean_over_instances": mean, "mean_ci95_low": mlo, "mean_ci95_high": mhi,
-                                             "per_instance": {i: sum(v) / len(v) for i, v in per_instance.items()}}
-    return {"by_method": out, "reference": f"{REFERENCE_SEARCH} best of {ref_b}",
-            "interval": "IQM over instances x seeds; 95% percentile interval from 5,000 stratified bootstrap "
-                        "resamples (seeds within each instance; the instances and each instance's denominator are "
-                        "held fixed, so the interval is narrower than one that also resampled the search's gain); "
-                        "beside it, mean_over_instances: " + HIERARCHICAL_METHOD.format(reps="10,000"),
-            "instances_without_gain": sorted(i for i, d in denom.items() if not d > 1e-9),
-            # the denominators: where the search gained little, a small loss difference is a large score
-            "search_gain_loss": {i: {"default_recipe_minus_search": d, "relative_to_default_recipe": d / default_loss[i]}
-                                 for i, d in denom.items()}}
 
 
 SPREAD_NOTE = ("one-run methods all spend the same steps;\nthey are drawn a few % apart along x "
@@ -186,25 +54,41 @@ def _save_compute_plot(fig, ax, ylabel: str, title: str, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, budgets: list[int]) -> list[Path]:
-    
-
+def write_outputs(out: Path, summary: dict, pairs: list[PairResult], command: str, budgets: list[int]) -> list[Path]:
+    """summary.json, summary.csv, summary.md and every plot; returns the plots' paths."""
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "summary.json", summary)
+    write_text_atomic(out / "summary.csv", summary_csv(summary))
+    write_text_atomic(out / "summary.md", summary_markdown(summary, command))
+    one_run = [m for m, by_b in summary["methods"].items() if list(by_b) == ["1"]]  # spread apart on x
+    return [loss_plot(summary, out), paired_plot(summary, one_run, out), gain_plot(summary, one_run, out),
+            per_instance_plot(summary, pairs, budgets, out), trajectories_plot(pairs[0], budgets, out),
+            policy_lr_paths_plot(pairs, out)]
+
+
+def summary_csv(summary: dict) -> str:
     table = io.StringIO()
     w = csv.writer(table)
     w.writerow(["method", "budget_runs", "compute_steps", "test_loss_mean", "test_loss_ci95", "n_runs"])
     for m, by_b in summary["methods"].items():
         for b, s in by_b.items():
             w.writerow([m, b, f"{s['compute_steps']:.0f}", f"{s['test_loss_mean']:.5f}", f"{s['test_loss_ci95']:.5f}", s["n_runs"]])
-    write_text_atomic(out / "summary.csv", table.getvalue())
+    return table.getvalue()
+
+
+def summary_markdown(summary: dict, command: str) -> str:
     lines = [f"# Comparison at matched compute", "", f"Command: `{command}`", ""]
     if summary.get("machine"):
         m = summary["machine"]
         lines += [f"Machine: {m['platform']}, {m['cpu_count']} CPUs, GPU {m['cuda'] or 'none'}; torch {m['torch']}; "
                   f"commit {m['git_commit']}; written {summary.get('measured_at')}, "
                   f"{summary.get('wall_seconds_this_invocation', float('nan')):.0f} s in this invocation", ""]
-    lines += [
+    lines += _method_table(summary) + _gain_table(summary) + _failures(summary) + _per_instance_table(summary)
+    return "\n".join(lines) + "\n"
+
+
+def _method_table(summary: dict) -> list[str]:
+    lines = [
              "| method | budget (runs) | training steps | test loss (mean ± 95% t over runs) | policy − this, paired "
              "(mean over instances [95% two-level bootstrap]; t [95% t over instance means]) | runs |",
              "|---|---|---|---|---|---|"]
@@ -227,8 +111,13 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
                   "few instances runs narrow, so beside it is a t interval over the instance means. A difference is "
                   "clear only where both exclude 0. The test-loss column's interval "
                   "is a t interval over runs as if they were independent: it describes the spread, it does not "
-                  "compare methods.",
-              "", f"## Search gain captured (1.0 = {summary['search_gain_reference']}, 0 = the default recipe)", "",
+                  "compare methods.",]
+    return lines
+
+
+def _gain_table(summary: dict) -> list[str]:
+    lines = [
+"", f"## Search gain captured (1.0 = {summary['search_gain_reference']}, 0 = the default recipe)", "",
               f"{summary['search_gain_interval']}.", "",
               "The search's gain on each instance, the score's denominator (default recipe − search, test loss, "
               "mean over seeds; where it is small, a small difference in loss is a large score): "
@@ -243,6 +132,11 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
             lines.append(f"| {m} | {b} | {g['iqm']:+.2f} [{g['ci95_low']:+.2f}, {g['ci95_high']:+.2f}] "
                          f"| {g['mean_over_instances']:+.2f} [{g['mean_ci95_low']:+.2f}, {g['mean_ci95_high']:+.2f}] "
                          f"| {per} |")
+    return lines
+
+
+def _failures(summary: dict) -> list[str]:
+    lines: list[str] = []
     if summary["failed_runs_scored_as_base_model"]:
         lines += ["", "Selected runs without a finite test loss, scored as the base model: "
                   + ", ".join(f"{x['method']}@{x['budget']} on {x['instance']} seed {x['seed']}"
@@ -255,6 +149,11 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
                               for x in errored)]
     if unrecorded:
         lines += ["", f"PBT populations saved before errored members were counted (not recorded): {len(unrecorded)}"]
+    return lines
+
+
+def _per_instance_table(summary: dict) -> list[str]:
+    lines: list[str] = []
     cols = [f"{m}@{max(by_b, key=int)}" for m, by_b in summary["methods"].items()]
     lines += ["", "## Per instance: test loss (task metric), mean over seeds, each method at its largest budget", "",
               "| instance | metric | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
@@ -267,24 +166,27 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
             cells.append(f"{x['test_loss']:.3f}{metric}")
         lines.append(f"| {inst} | {row['metric_name'] or '—'} | " + " | ".join(cells) + " |")
     lines += [""]
-    write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
+    return lines
 
+
+def loss_plot(summary: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    plots = []
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for m, by_b in summary["methods"].items():
         xs = [s["compute_steps"] for s in by_b.values()]
         ys = [s["test_loss_mean"] for s in by_b.values()]
         es = [0 if math.isnan(s["test_loss_ci95"]) else s["test_loss_ci95"] for s in by_b.values()]
         ax.errorbar(xs, ys, yerr=es, marker="o" if len(xs) > 1 else "*", ms=6 if len(xs) > 1 else 12, capsize=3, label=m)
-    plots.append(_save_compute_plot(fig, ax, "test loss of the selected run",
-                                    "test loss against compute (95% t over runs: their spread, not a comparison)",
-                                    out / "loss_vs_compute.png"))
+    return _save_compute_plot(fig, ax, "test loss of the selected run",
+                              "test loss against compute (95% t over runs: their spread, not a comparison)",
+                              out / "loss_vs_compute.png")
 
-    one_run = [m for m, by_b in summary["methods"].items() if list(by_b) == ["1"]]  # spread apart on x below
 
-    # The instances' spread swamps the plot above; paired on instance and seed, it cancels out.
+def paired_plot(summary: dict, one_run: list[str], out: Path) -> Path:
+    """The instances' spread swamps the loss plot; paired on instance and seed, it cancels out."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6.4, 4))
     policy_steps = summary["methods"]["policy"]["1"]["compute_steps"]
     ax.axhline(0.0, color="C0", lw=1)
@@ -299,13 +201,18 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
                                      [s["policy_minus_this_ci95_high"] for s in by_b.values()])
         ax.errorbar(xs, [-v for v in means], yerr=es, marker="o", ms=5, capsize=3, color=f"C{j}", label=m)
     ax.text(0.01, 0.98, SPREAD_NOTE, transform=ax.transAxes, fontsize=7, va="top")
-    plots.append(_save_compute_plot(fig, ax, "test loss minus the policy's (paired)",
-                                    "above 0: the policy's single run was better (95%, instances then seeds)", out / "paired_vs_compute.png"))
+    return _save_compute_plot(fig, ax, "test loss minus the policy's (paired)",
+                              "above 0: the policy's single run was better (95%, instances then seeds)",
+                              out / "paired_vs_compute.png")
 
-    # the headline: how much of the big search's gain each method gets, against what it spent.
-    # The one-run methods share one compute: they are spread a little along x so each can be seen,
-    # and a point below the frame (a search's first random trial can lose far more than the
-    # default recipe) is drawn on its edge with its value written beside it.
+
+def gain_plot(summary: dict, one_run: list[str], out: Path) -> Path:
+    """The headline: how much of the big search's gain each method gets, against what it spent.
+    The one-run methods share one compute: they are spread a little along x so each can be seen,
+    and a point below the frame (a search's first random trial can lose far more than the default
+    recipe) is drawn on its edge with its value written beside it."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7.2, 4.4))
     y_lo, y_hi = -1.0, 1.6
     ax.axhline(1.0, color="grey", lw=1, ls="--")
@@ -318,8 +225,7 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
         star = m == "policy"
         shown, err = clamped_errors(ys, [g["ci95_low"] for g in by_b.values()], [g["ci95_high"] for g in by_b.values()],
                                     y_lo + 0.04)
-        ax.errorbar(xs, shown, yerr=err,
-                    marker="*" if star else "o", ms=15 if star else 5, capsize=3, color=f"C{j}",
+        ax.errorbar(xs, shown, yerr=err, marker="*" if star else "o", ms=15 if star else 5, capsize=3, color=f"C{j}",
                     label=m + (" (one run)" if m in one_run else ""), zorder=3 if star else 2)
         below += [f"{m}@{b} {y:+.2f}" for b, y in zip(by_b, ys) if y < y_lo]
     ax.set_ylim(y_lo, y_hi)
@@ -328,11 +234,14 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
     ax.set_xlim(min(steps) * 0.85, max(steps) * 1.2)  # set, not found: every score is nan where no instance had a gain
     ax.text(0.01, 0.98, SPREAD_NOTE + ("\nbelow the frame, drawn on its edge: " + ", ".join(below) if below else ""),
             transform=ax.transAxes, fontsize=7, va="top")
-    plots.append(_save_compute_plot(fig, ax, "search gain captured (IQM, 95% interval)",
-                                    f"1 = {summary['search_gain_reference']}, 0 = default recipe",
-                                    out / "gain_vs_compute.png"))
+    return _save_compute_plot(fig, ax, "search gain captured (IQM, 95% interval)",
+                              f"1 = {summary['search_gain_reference']}, 0 = default recipe", out / "gain_vs_compute.png")
 
-    insts = sorted({r["instance"] for r in per_run})
+
+def per_instance_plot(summary: dict, pairs: list[PairResult], budgets: list[int], out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    insts = sorted({p.instance for p in pairs})
     bmax = str(max(budgets))
     shown = [("policy", "1"), ("default_recipe", "1"), ("hand_schedule", "1"), ("random_search", bmax), ("optuna_tpe", bmax)]
     if "pbt" in summary["methods"]:
@@ -348,37 +257,40 @@ def write_outputs(out: Path, summary: dict, per_run: list[dict], command: str, b
     ax.set_ylim(bottom=lo * 0.95)
     ax.set_ylabel("mean test loss")
     ax.legend(fontsize=7)
-    plots.append(save_figure(fig, out / "per_instance.png"))
+    return save_figure(fig, out / "per_instance.png")
 
-    first = per_run[0]
-    opt = first["results"]["optuna_tpe"][max(budgets)]
-    runs = {"policy": first["results"]["policy"][1]["log"]}
-    if opt.get("schedule_lr"):
-        runs[f"best Optuna trial (of {max(budgets)})"] = {
-            "schedule": [{"lr": v} for v in opt["schedule_lr"]], "eval_curve": opt["eval_curve"]}
-    pbt = first["results"].get("pbt")
+
+def trajectories_plot(first: PairResult, budgets: list[int], out: Path) -> Path:
+    """The first pair's lr and validation curves: the policy, the best Optuna trial, the best PBT member."""
+    runs = {"policy": first.one_run("policy").log}
+    opt = first.results["optuna_tpe"][max(budgets)]
+    if opt.schedule_lr:
+        runs[f"best Optuna trial (of {max(budgets)})"] = {"schedule": [{"lr": v} for v in opt.schedule_lr],
+                                                           "eval_curve": opt.eval_curve}
+    pbt = first.results.get("pbt")
     if pbt:
         p_max = max(pbt)
-        if pbt[p_max].get("schedule_lr"):
-            runs[f"best PBT member (of {p_max})"] = {
-                "schedule": [{"lr": v} for v in pbt[p_max]["schedule_lr"]], "eval_curve": pbt[p_max]["eval_curve"]}
-    plots.append(trajectories(runs, out / "trajectories.png", f"{first['instance']} (seed {first['seed']})"))
+        if pbt[p_max].schedule_lr:
+            runs[f"best PBT member (of {p_max})"] = {"schedule": [{"lr": v} for v in pbt[p_max].schedule_lr],
+                                                     "eval_curve": pbt[p_max].eval_curve}
+    return trajectories(runs, out / "trajectories.png", f"{first.instance} (seed {first.seed})")
 
-    # the policy seen controlling: its lr path from each seed's drawn start (step 0: the policy's
-    # first decision acts before the first step), on every instance, beside the static recipe
-    # that was tuned once on the training instances
+
+def policy_lr_paths_plot(pairs: list[PairResult], out: Path) -> Path:
+    """The policy seen controlling: its lr path from each seed's drawn start (step 0: its first
+    decision acts before the first step), on every instance, beside the recipe tuned once on the
+    training instances."""
     panels: dict[str, list[tuple[str, list[int], list[float], str]]] = {}
-    for r in per_run:
-        new_panel = r["instance"] not in panels
-        lines = panels.setdefault(r["instance"], [])
-        log = r["results"]["policy"][1]["log"]
+    for p in pairs:
+        new_panel = p.instance not in panels
+        lines = panels.setdefault(p.instance, [])
+        log = p.one_run("policy").log
         start = log["initial_hparams"]["lr"]
         lrs = [start] + [h["lr"] for h in log["schedule"]]
-        lines.append((f"policy, seed {r['seed']} (drawn start {start:.1e})", list(range(len(lrs))), lrs, "-"))
-        recipe = r["results"].get("transferred_recipe", {}).get(1)
-        if new_panel and recipe and recipe.get("log"):  # the same recipe on every seed: drawn once
-            rl = [h["lr"] for h in recipe["log"]["schedule"]]
+        lines.append((f"policy, seed {p.seed} (drawn start {start:.1e})", list(range(len(lrs))), lrs, "-"))
+        recipe = p.results.get("transferred_recipe", {}).get(1)
+        if new_panel and recipe and recipe.log:  # the same recipe on every seed: drawn once
+            rl = [h["lr"] for h in recipe.log["schedule"]]
             lines.append(("transferred recipe", list(range(1, len(rl) + 1)), rl, "k--"))
-    plots.append(lr_paths_by_instance(panels, out / "policy_lr_paths.png",
-                                      "the policy's learning rate from each seed's drawn start (step 0), held-out instances"))
-    return plots
+    return lr_paths_by_instance(panels, out / "policy_lr_paths.png",
+                                "the policy's learning rate from each seed's drawn start (step 0), held-out instances")

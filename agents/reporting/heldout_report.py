@@ -1,5 +1,5 @@
 """The held-out table: the policy against the default recipe and against no control (its drawn
-start held), per instance and paired on instance and seed; written as heldout.json / heldout.md
+start held: held_start), per instance and paired on instance and seed; written as heldout.json / heldout.md
 with one trajectory plot per instance, and logged to MLflow."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from agents.reporting.statistics import HIERARCHICAL_METHOD, instance_level_inte
 from trainers.atomic_files import write_json_atomic, write_text_atomic
 from trainers.provenance import utc_now
 
-METHODS = ("policy", "default_recipe", "initial_constant")  # what agents.evaluation.heldout runs
+METHODS = ("policy", "default_recipe", "held_start")  # what the held-out evaluation runs (agents.methods.HELDOUT)
 # (baseline, key in the summary) for the paired differences reported against the policy
-PAIRED = (("default_recipe", "policy_minus_recipe"), ("initial_constant", "policy_minus_initial_constant"))
+PAIRED = (("default_recipe", "policy_minus_recipe"), ("held_start", "policy_minus_held_start"))
 
 
 BOOTSTRAP_REPS = 10000
@@ -24,7 +24,7 @@ def lr_points(runs: dict[str, list[dict]]) -> list[tuple[str, float, float]]:
     set before the policy's first action: as the episode logged it, or else as the no-control run
     of the same instance and seed holds it (the policy's first step already has its first action
     applied, so an episode with neither is left out)."""
-    held = {(r["instance"], r["seed"]): r["schedule"][0]["lr"] for r in runs.get("initial_constant", []) if r["schedule"]}
+    held = {(r["instance"], r["seed"]): r["schedule"][0]["lr"] for r in runs.get("held_start", []) if r["schedule"]}
     points = []
     for r in runs.get("policy", []):
         start = (r.get("initial_hparams") or {}).get("lr", held.get((r["instance"], r["seed"])))
@@ -175,12 +175,12 @@ def write_heldout_report(folder: Path, runs: dict[str, list[dict]], command: str
     write_json_atomic(folder / "heldout.json", {"summary": summary, "runs": runs})
     write_text_atomic(folder / "heldout.md", heldout_markdown(summary, f"Held-out evaluation of {folder.name}", command))
     plots = []
-    labels = {"policy": "policy", "default_recipe": "default recipe", "initial_constant": "no control (initial held)"}
+    labels = {"policy": "policy", "default_recipe": "default recipe", "held_start": "held start (no control)"}
     for inst in sorted({r["instance"] for r in runs["policy"]}):
         seed = next(r["seed"] for r in runs["policy"] if r["instance"] == inst)  # the first seed of each instance
         picked = {labels[m]: next(r for r in runs[m] if r["instance"] == inst and r["seed"] == seed) for m in METHODS}
         plots.append(trajectories(picked, folder / f"trajectory_{inst}.png", f"{inst} (seed {seed})"))
-    if runs.get("policy") and runs.get("initial_constant"):
+    if runs.get("policy") and runs.get("held_start"):
         plots.append(final_vs_start_lr(lr_points(runs), folder / "lr_final_vs_start.png",
                                        f"{folder.name}: final vs starting lr on held-out instances"))
     if log_to_mlflow:
@@ -198,3 +198,34 @@ def write_heldout_report(folder: Path, runs: dict[str, list[dict]], command: str
         for p in plots:
             mlflow.log_artifact(str(p), artifact_path="plots")
     return summary
+
+
+HEADLINE_AGENT = "results/agents/ppo-smollm2_cpu"  # the README's headline controller
+
+
+def verdict_lines(folder: Path, summary: dict, headline: Path | None = None) -> list[str]:
+    """What a newcomer should read last: does this controller steer on its held-out instances
+    (lr_contraction < 1), how it fares against the default recipe, and which plot to open. A run
+    that does not steer says plainly that it is a plumbing run and points to the headline one."""
+    import json
+
+    c = summary.get("lr_contraction")
+    paired = (summary.get("paired") or {}).get("default_recipe") or {}
+    vs = (f"; policy - default recipe = {paired['mean']:+.4f} test loss per instance "
+          f"[{paired['ci95_low']:+.4f}, {paired['ci95_high']:+.4f}], 95% two-level bootstrap, "
+          f"{paired['n_instances']} instances x {paired['n_seeds']} seeds" if "mean" in paired else "")
+    if c is not None and c < 1:
+        lines = [f"the controller steers: on held-out instances its final lr spreads {c:.2f}x as widely as its "
+                 f"starting lr (lr_contraction {c:.3f} < 1){vs}"]
+    else:
+        shown = "undefined" if c is None else f"{c:.3f} >= 1"
+        lines = [f"this is a plumbing run: its controller does not steer on held-out instances "
+                 f"(lr_contraction {shown}){vs}"]
+        head = headline or Path(__file__).resolve().parents[2] / HEADLINE_AGENT
+        meta = head / "agent.json"
+        if meta.is_file():
+            cmd = json.loads(meta.read_text()).get("command", "")
+            lines.append(f"the headline controller is {HEADLINE_AGENT} (README); it was made by: {cmd}")
+    if (folder / "lr_final_vs_start.png").is_file():
+        lines.append(f"open the plot: {folder / 'lr_final_vs_start.png'} (final lr against starting lr, per episode)")
+    return lines

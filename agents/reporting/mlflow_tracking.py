@@ -6,8 +6,9 @@ Default store: results/mlflow.db with artifacts in results/mlartifacts (no serve
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from trainers.config import REPO_ROOT
 
@@ -119,3 +120,25 @@ def log_episode(log: dict, run_name: str, tags: Optional[dict[str, str]] = None)
         if log.get("test_metric") is not None:
             final["test_metric"] = log["test_metric"]
         mlflow.log_metrics({k: v for k, v in final.items() if v == v})
+
+
+@contextmanager
+def tracked_run(tracking_uri: Optional[str], experiment: str, run_name: Optional[str] = None,
+                run_id: Optional[str] = None) -> Iterator[Any]:
+    """The one owner of an MLflow run: started here, ended here (KILLED when the body raises or is
+    interrupted), so no run is left open whatever happens inside. ``run_id``: continue that run
+    (a resumed training); if this store does not hold it (a fresh clone, another machine), a new
+    run is started and tagged ``resumed_from_run``."""
+    import mlflow
+
+    setup(tracking_uri, experiment)
+    missing = run_id is not None and not run_exists(run_id)
+    run = mlflow.start_run(run_id=None if missing else run_id, run_name=run_name if missing or not run_id else None)
+    if missing:
+        mlflow.set_tag("resumed_from_run", run_id)
+    try:
+        yield run
+    except BaseException:
+        mlflow.end_run(status="KILLED")
+        raise
+    mlflow.end_run()

@@ -1,6 +1,6 @@
 """Benchmark: what the environment costs on top of bare DeepSpeed training.
 
-    python -m envs.bench [--config tiny] [--json]
+    python -m envs.bench_env [--config tiny] [--json]
 
 Bare-loop steps and env-driven steps run interleaved in one process on the same engine, so the
 ratio is measured under the same machine load. Both are timed the same way: the wall time of one
@@ -8,7 +8,7 @@ decision interval's steps divided by its length (for env.step, minus its evaluat
 median over intervals. ``train_step_s_raw_single_step_median`` is the bare loop's median single
 step, for reference: it is lower because a median of single steps drops the occasional slow step.
 ``deepspeed_initialize_calls`` is counted by wrapping ``deepspeed.initialize`` for the whole run.
-The bare step and the session alone are measured by ``python -m trainers.bench``.
+The bare step and the session alone are measured by ``python -m trainers.bench_session``.
 Figures go to stdout and to results/bench.json.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainers.bench import bare_steps, counting_deepspeed_initialize, print_figures, write_record
+from trainers.bench_session import bare_steps, counting_deepspeed_initialize, print_figures, write_record
 from trainers.cli import CommandParser, positive_int, run_command
 from trainers.config import REPO_ROOT, load_config
 
@@ -80,7 +80,7 @@ def run(config: str = "tiny", rounds: int = 5, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = CommandParser(prog="python -m envs.bench", description=__doc__)
+    p = CommandParser(prog="python -m envs.bench_env", description=__doc__)
     p.add_argument("--config", default="tiny", help="instance set name or YAML path (default: tiny)")
     p.add_argument("--rounds", type=positive_int, default=5, help="episodes measured each way (default: 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     def go(args: argparse.Namespace) -> None:
         load_config(args.config)  # a bad config stops here, before any engine is built
         figures = run(args.config, args.rounds)
-        print_figures(figures, args.json, write_record(Path(args.out), argv, "envs.bench", figures))
+        print_figures(figures, args.json, write_record(Path(args.out), argv, "envs.bench_env", figures))
 
     run_command(p, go, argv)
 

@@ -1,6 +1,6 @@
 """Benchmark: the bare DeepSpeed training step of an instance set, and what the session adds.
 
-    python -m trainers.bench [--config tiny] [--json]
+    python -m trainers.bench_session [--config tiny] [--json]
 
 On the first training instance's data, in one process and on one engine:
   train_step_s_raw       a bare ``engine(...) / backward / step`` loop, wall time of one decision
@@ -9,7 +9,7 @@ On the first training instance's data, in one process and on one engine:
   reset_s                ``reset_to_base`` + ``use_data``: what an environment reset costs
   eval_s                 one validation pass
   deepspeed_initialize_calls   counted by wrapping ``deepspeed.initialize`` for the whole run
-The environment's own overhead on top of this is measured by ``python -m envs.bench``.
+The environment's own overhead on top of this is measured by ``python -m envs.bench_env``.
 Figures go to stdout and to results/bench_session_<config>.json.
 """
 from __future__ import annotations
@@ -186,7 +186,7 @@ def print_figures(figures: dict, as_json: bool, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = CommandParser(prog="python -m trainers.bench", description=__doc__)
+    p = CommandParser(prog="python -m trainers.bench_session", description=__doc__)
     p.add_argument("--config", default="tiny", help="instance set name or YAML path (default: tiny)")
     p.add_argument("--rounds", type=positive_int, default=5, help="episodes' worth of steps measured (default: 5)")
     p.add_argument("--instance", default=None, help="whose data and depth (default: the first training instance)")
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         figures = run(args.config, args.rounds, instance=args.instance)
         suffix = f"_{args.instance}" if args.instance else ""
         out = Path(args.out or REPO_ROOT / "results" / f"bench_session_{Path(args.config).stem}{suffix}.json")
-        print_figures(figures, args.json, write_record(out, argv, "trainers.bench", figures))
+        print_figures(figures, args.json, write_record(out, argv, "trainers.bench_session", figures))
 
     run_command(p, go, argv)
 

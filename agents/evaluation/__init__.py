@@ -1,1 +1,0 @@
-"""Running the methods on held-out instances: the held-out table (policy, recipe, no control) and the matched-compute comparison."""

@@ -1,0 +1,101 @@
+"""Held-out evaluation (agents.evaluate, and the end of agents.train_agent): every held-out instance
+x seed runs three methods on the same seeds (same batches and dropout):
+
+  policy          the learned controller (deterministic actions)
+  default_recipe  the instance set's declared static recipe
+  held_start      no control: the policy's own drawn start, held for the whole episode
+
+The last separates what the policy's steering buys from what its starting point gives.
+Validation drives nothing here; each run's test split is what is reported. Runs are saved in the
+agent folder's ``heldout_runs/`` as they finish, so an interrupted evaluation resumes.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Optional
+
+from agents.experiments.matched_compute import gather, method_context, method_tasks
+from agents.experiments.runner import RecordStore, WorkerPool, run_tasks
+from agents.methods import HELDOUT, ComparisonSetup, MethodContext, build
+from trainers.config import ConfigError, InstanceSetConfig
+
+STORE = "heldout_runs"
+SAME_STACK = ("python", "torch", "cpu_count", "cuda")  # what must match for another evaluation's runs to stand in
+
+
+def evaluate_heldout(agent: Path, seeds: int, pool: Optional[dict] = None, reused: Optional[dict] = None,
+                     sessions: Optional[dict] = None) -> dict[str, list[dict]]:
+    """Method -> episode logs, in (instance, seed) order. ``reused``: method -> logs taken from
+    another evaluation (``reusable_baselines``), not run again. ``sessions``: engines of this
+    process to reuse (one worker only)."""
+    from agents.learners.agent_folder import Controller
+
+    cfg = Controller(agent).env_config
+    if not cfg.heldout:
+        raise ConfigError(f"{agent / 'env_config.yaml'}: the agent's instance set has no held-out instances")
+    reused = reused or {}
+    methods = build(tuple(m for m in HELDOUT if m not in reused), ComparisonSetup(cfg, str(Path(agent).resolve())))
+    names = [i.name for i in cfg.heldout]
+    opts = pool or {}
+    if sessions is not None and opts.get("workers", 1) == 1 and opts.get("backend", "process") == "process":
+        make_context: Any = lambda: MethodContext(cfg, sessions=sessions)  # noqa: E731 (this process only)
+    else:
+        make_context = functools.partial(method_context, cfg.model_dump(mode="json"), str(Path(agent) / STORE))
+    with WorkerPool(make_context, **opts) as workers:
+        records = run_tasks(method_tasks(methods, cfg, names, seeds), RecordStore(Path(agent) / STORE), workers,
+                            desc="held-out evaluation")
+    pairs = gather(methods, names, seeds, records)
+    runs = {m.name: [p.one_run(m.name).log for p in pairs] for m in methods}
+    return {m: reused.get(m) or runs[m] for m in HELDOUT}
+
+
+def evaluate_and_report(agent: Path, seeds: int, command: str, pool: Optional[dict] = None,
+                        reused: Optional[dict] = None, extra: Optional[dict] = None, log_to_mlflow: bool = True,
+                        sessions: Optional[dict] = None) -> dict:
+    """The evaluation, then heldout.json / heldout.md and the plots in the agent folder (and, with
+    ``log_to_mlflow``, every episode as a nested run of the active MLflow run); prints the table."""
+    from agents.reporting.heldout_report import heldout_markdown, write_heldout_report
+
+    runs = evaluate_heldout(agent, seeds, pool, reused, sessions)
+    summary = write_heldout_report(agent, runs, command, log_to_mlflow=log_to_mlflow, extra=extra)
+    print("\n" + heldout_markdown(summary, f"Held-out evaluation of {agent.name}", command))
+    print(f"written: {agent / 'heldout.json'}, {agent / 'heldout.md'}")
+    return summary
+
+
+def reusable_baselines(other_folder: Path, cfg: InstanceSetConfig, seeds: int) -> tuple[dict[str, list[dict]], dict]:
+    """The default-recipe and held-start runs of another agent's held-out evaluation, when they are
+    the runs this evaluation would make: the same instance set (the action space aside, which these
+    runs do not use), measured on the same stack, and every (instance, seed) present. Each run's
+    seed fixes its start, batches and dropout, so rerunning them would give the same logs; a
+    mismatch stops with the reason instead."""
+    from agents.learners.agent_folder import Controller
+    from trainers.config import read_structured_file
+    from trainers.provenance import machine_info
+
+    other_cfg = Controller(other_folder).env_config
+    if other_cfg.model_dump(exclude={"action"}) != cfg.model_dump(exclude={"action"}):
+        raise ConfigError(f"--baselines-from {other_folder}: that agent's instance set differs from this one's "
+                          "(env_config.yaml), so its baseline runs are not this evaluation's")
+    data = read_structured_file(Path(other_folder) / "heldout.json")
+    runs = data.get("runs") if isinstance(data, dict) else None
+    theirs = ((data.get("summary") or {}).get("machine") or {}) if isinstance(data, dict) else {}
+    ours = machine_info()
+    differ = [k for k in SAME_STACK if theirs.get(k) != ours.get(k)]
+    if differ:
+        raise ConfigError(f"--baselines-from {other_folder}: heldout.json was measured on another stack or machine "
+                          f"({differ[0]}: {theirs.get(differ[0])!r} there, {ours.get(differ[0])!r} here); "
+                          "CPU kernels differ, so its runs are not this evaluation's")
+    out: dict[str, list[dict]] = {}
+    need = [(inst.name, s) for inst in cfg.heldout for s in range(seeds)]
+    for m in ("default_recipe", "held_start"):
+        have = {(r.get("instance"), r.get("seed")): r for r in (runs or {}).get(m, []) if isinstance(r, dict)}
+        missing = [j for j in need if j not in have]
+        if missing:
+            raise ConfigError(f"--baselines-from {other_folder}: heldout.json has no {m} run for instance "
+                              f"{missing[0][0]!r} seed {missing[0][1]}")
+        out[m] = [have[j] for j in need]
+    source = {"folder": str(other_folder), "methods": sorted(out), "git_commit": theirs.get("git_commit"),
+              "measured_at": (data.get("summary") or {}).get("measured_at")}
+    return out, source

@@ -1,0 +1,103 @@
+"""Headroom and the lr grid, written out: a markdown table and a plot each (the numbers come from
+agents/experiments/open_loop.py and lr_grid.py)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from agents.reporting.plots import save_figure
+from trainers.atomic_files import write_text_atomic
+
+
+def write_lr_grid_outputs(out: Path, name: str, result: dict) -> None:
+    """<name>_lr_grid.md: each instance's best constant lr; <name>_lr_grid.png: validation loss against lr."""
+    import matplotlib.pyplot as plt
+
+    lines = [f"# Best constant learning rate per instance on {name}", "", f"Command: `{result['command']}`", "",
+             f"Each lr of the grid ({', '.join(f'{x:.2g}' for x in result['lr_grid'])}) held for the whole episode "
+             f"with the default recipe's weight decay and clipping, {len(result['seeds'])} seed(s) per instance "
+             "(same batches for every lr). Best = lowest final validation loss, mean over seeds; refined = vertex of "
+             "a parabola in log10(lr) through the best grid point and its neighbours.", "",
+             "| instance | split | best lr (grid) | best lr (refined) | at grid edge | val loss at best | test loss at best |",
+             "|---|---|---|---|---|---|---|"]
+    for inst, s in result["instances"].items():
+        i = s["lrs"].index(s["best_lr_grid"])
+        lines.append(f"| {inst} | {s['split']} | {s['best_lr_grid']:.1e} | {s['best_lr_refined']:.1e} | "
+                     f"{'yes' if s['at_grid_edge'] else 'no'} | {s['mean_val_loss'][i]:.3f} | {s['mean_test_loss'][i]:.3f} |")
+    lines += ["", f"Spread of the best constant lr across the instances: {result['spread_grid']:.1f}x on the grid, "
+              f"{result['spread_refined']:.1f}x refined."]
+    write_text_atomic(out / f"{name}_lr_grid.md", "\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for i, (inst, s) in enumerate(result["instances"].items()):
+        best = min(v for v in s["mean_val_loss"] if math.isfinite(v))
+        ax.plot(s["lrs"], [v / best for v in s["mean_val_loss"]], "o-" if s["split"] == "train" else "s--",
+                ms=4, color=f"C{i % 10}", label=f"{inst} ({s['split']})")
+        ax.axvline(s["best_lr_refined"], color=f"C{i % 10}", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_ylim(0.95, 1.6)
+    ax.set_xlabel("constant lr (log); dotted: refined best")
+    ax.set_ylabel("final validation loss / instance's best (mean over seeds)")
+    ax.set_title(f"{name}: best constant lr per instance (spread {result['spread_refined']:.1f}x)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, out / f"{name}_lr_grid.png")
+
+
+def write_headroom_outputs(out: Path, name: str, result: dict) -> None:
+    """<name>.md: the per-instance table and the aggregate; <name>.png: test loss against constant lr."""
+    import matplotlib.pyplot as plt
+
+    lines = [f"# Headroom on {name}", "", f"Command: `{result['command']}`", "",
+             "Test loss averaged over the seeds' drawn starts; the best open-loop schedule is chosen by final "
+             "validation loss; the best constant lr is the geometric mean over seeds of the lr (as run, after "
+             "clipping to the hard bounds) with the best validation loss. Exact match where the task has one.", "",
+             "| instance | start lrs | hold | best open-loop | default recipe | best constant lr | exact match: base / hold / best |",
+             "|---|---|---|---|---|---|---|"]
+    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    for inst, s in result["instances"].items():
+        lrs = ", ".join(f"{x:.1e}" for x in s["start_lrs"])
+        lines.append(f"| {inst} | {lrs} | {fmt(s['hold_test_loss'])} | {fmt(s['best_open_loop_test_loss'])} | "
+                     f"{fmt(s['default_recipe_test_loss'])} | {s['best_constant_lr']:.1e} | "
+                     f"{fmt(s['base_test_metric'])} / {fmt(s['hold_test_metric'])} / {fmt(s['best_test_metric'])} |")
+    agg = result["aggregate"]
+    lines += ["", "Across instances (" + agg["interval"] + "):", ""]
+    for ref, label in (("hold", "holding the start"), ("default_recipe", "the default recipe")):
+        a = agg[f"best_open_loop_gain_over_{ref}"]
+        lines.append(f"- best open-loop schedule over {label}: IQM gain {a['iqm']:+.1%} "
+                     f"[{a['ci95_low']:+.1%}, {a['ci95_high']:+.1%}] of the reference's test loss")
+    lines.append(f"- best constant lr: the largest instance's is {agg['best_constant_lr_spread']:.1f}x the smallest's")
+    write_text_atomic(out / f"{name}.md", "\n".join(lines) + "\n")
+    fig, (ax, ax_abs) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for i, inst in enumerate(result["instances"]):
+        color = f"C{i}"
+        runs = [r for r in result["runs"] if r["instance"] == inst]
+        ys = []
+        multipliers = sorted({v["multiplier"] for r in runs for k, v in r["runs"].items() if k.startswith("constant")})
+        for m in multipliers:
+            vals = [r["runs"][f"constant x{m:g}"]["test_loss"] / r["runs"]["hold"]["test_loss"] for r in runs]
+            vals = [v for v in vals if math.isfinite(v)]
+            ys.append(sum(vals) / len(vals) if vals else float("nan"))
+        ax.plot(multipliers, ys, "o-", label=inst, ms=4, color=color)
+        # the same runs against the lr as run: where each instance's best constant lr lies
+        best = min(v["test_loss"] for r in runs for k, v in r["runs"].items()
+                   if k.startswith("constant") and math.isfinite(v["test_loss"]))
+        for j, r in enumerate(runs):
+            pts = sorted((v["lr_first"], v["test_loss"] / best) for k, v in r["runs"].items()
+                         if k.startswith("constant") and math.isfinite(v["test_loss"]))
+            ax_abs.plot(*zip(*pts), "o-", ms=3, lw=1, alpha=0.7, color=color, label=inst if j == 0 else None)
+        ax_abs.axvline(result["instances"][inst]["best_constant_lr"], color=color, ls=":", lw=1.5)
+    ax.axhline(1.0, color="grey", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("constant lr as a multiple of the drawn start (log)")
+    ax.set_ylabel("test loss / hold's test loss (mean over seeds)")
+    ax.set_title("below 1 = better than holding the start")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax_abs.set_xscale("log")
+    ax_abs.set_ylim(0.9, 3.0)
+    ax_abs.set_xlabel("constant lr as run (log); dotted: best constant lr (geometric mean over seeds)")
+    ax_abs.set_ylabel("test loss / instance's best constant run")
+    ax_abs.set_title("one line per seed (drawn start)")
+    ax_abs.grid(alpha=0.3)
+    fig.suptitle(f"headroom on {name}: constant learning rates")
+    save_figure(fig, out / f"{name}.png")

@@ -1,0 +1,248 @@
+"""results/REPORT.md and the README's headline block, written from the committed result files:
+every number in them is read from a summary that a named command wrote, never typed in.
+
+Each section names the command that produced its numbers, the machine and the wall time, as the
+result file records them. A file that is missing leaves its section out and says so.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+HEADLINE_COMPARISON = "compare/ppo-smollm2_cpu"
+HEADLINE_AGENT = "agents/ppo-smollm2_cpu"
+MAIN_JOB = "main_job.json"  # written by scripts/time_main_job.sh
+SHOWN_METHODS = ("policy", "transferred_recipe", "default_recipe", "hand_schedule", "schedulefree_adamw", "prodigy",
+                 "random_search", "optuna_tpe", "pbt")
+
+
+def _read(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _iv(lo: float, hi: float, fmt: str = "+.2f") -> str:
+    return f"[{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def _machine(m: Optional[dict]) -> str:
+    if not m:
+        return "machine not recorded"
+    gpu = m.get("cuda") or "no GPU"
+    return f"{m.get('cpu_count')} CPUs, {gpu}, torch {m.get('torch')}, commit {m.get('git_commit')}"
+
+
+def _minutes(seconds: Optional[float]) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "not recorded"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def comparison_facts(s: dict) -> dict[str, Any]:
+    """What the headline says, computed from the comparison's summary."""
+    gain = s["search_gain_captured"]
+    policy = s["methods"]["policy"]["1"]
+    tr = s["methods"].get("transferred_recipe", {}).get("1")
+    per = {i: row["methods"] for i, row in s["per_instance"].items()}
+    recipe_wins = (sum(1 for m in per.values() if m["transferred_recipe@1"]["test_loss"] < m["policy@1"]["test_loss"])
+                   if tr else None)
+    return {"n_instances": len(s["instances"]), "n_seeds": len(s["seeds"]),
+            "policy_gain": gain["policy"]["1"], "recipe_gain": gain.get("transferred_recipe", {}).get("1"),
+            "reference": s["search_gain_reference"], "budget_to_match": s["optuna_budget_to_match_policy"],
+            "policy_minus_recipe": None if tr is None else {k: tr[f"policy_minus_this_{k}"] for k in
+                                                            ("mean", "ci95_low", "ci95_high", "t95_low", "t95_high")},
+            "recipe_wins": recipe_wins, "policy_steps": policy["compute_steps"]}
+
+
+def headline(results: Path) -> str:
+    """The README's headline paragraph, from the committed comparison."""
+    s = _read(results / HEADLINE_COMPARISON / "summary.json")
+    if s is None:
+        return f"(no committed comparison: {HEADLINE_COMPARISON}/summary.json is missing)"
+    f = comparison_facts(s)
+    g, r = f["policy_gain"], f["recipe_gain"]
+    lines = [f"On {f['n_instances']} held-out SmolLM2 instances x {f['n_seeds']} seeds, the learned controller's "
+             f"single run captures **{g['iqm']:.2f}** {_iv(g['ci95_low'], g['ci95_high'])} of the gain over the default "
+             f"recipe that a {f['reference'].replace('optuna_tpe best of ', '')}-run Optuna TPE search gets "
+             "(IQM over instances x seeds, 95% stratified-bootstrap interval)."]
+    if r is not None:
+        d = f["policy_minus_recipe"]
+        if d["ci95_low"] > 0 and d["t95_low"] >= 0:
+            verdict = "so **the controller's dynamics do not pay yet**"
+        elif d["ci95_high"] < 0 and d["t95_high"] < 0:
+            verdict = "so the controller beats the recipe"
+        else:
+            verdict = "and the intervals do not tell the two apart"
+        lines.append(f"A static recipe tuned once on the training instances captures **{r['iqm']:.2f}** "
+                     f"{_iv(r['ci95_low'], r['ci95_high'])}. Controller − recipe, paired test loss: {d['mean']:+.3f} "
+                     f"(two-level bootstrap {_iv(d['ci95_low'], d['ci95_high'], '+.3f')}, t over instance means "
+                     f"{_iv(d['t95_low'], d['t95_high'], '+.3f')}); the recipe is better on {f['recipe_wins']} of "
+                     f"{f['n_instances']} instances, {verdict}.")
+    lines.append(f"Numbers: `{s['command']}` ({_machine(s.get('machine'))}); every method and interval in "
+                 "[results/REPORT.md](results/REPORT.md).")
+    return "\n".join(lines)
+
+
+def comparison_section(results: Path) -> list[str]:
+    s = _read(results / HEADLINE_COMPARISON / "summary.json")
+    if s is None:
+        return ["## The comparison at matched compute", "", f"`{HEADLINE_COMPARISON}/summary.json` is missing.", ""]
+    out = ["## The comparison at matched compute (`results/compare/ppo-smollm2_cpu/`)", "",
+           f"Command: `{s['command']}`. Machine: {_machine(s.get('machine'))}. The summary was last written "
+           f"{s.get('measured_at')} (that invocation: {_minutes(s.get('wall_seconds_this_invocation'))}, reading "
+           "saved runs back where they existed).", "",
+           f"{len(s['instances'])} held-out instances x {len(s['seeds'])} seeds, test split of the run each method "
+           "selects by validation. Gain captured = (default recipe − method) / (default recipe − "
+           f"{s['search_gain_reference']}), test loss: {s['search_gain_interval']}. Policy − method: paired test-loss "
+           "difference, mean over instances, two-level bootstrap 95% interval and t interval over instance means "
+           "(negative: the policy was better).", "",
+           "| method | budget | training steps per instance | gain captured, IQM [95%] | policy − method [bootstrap]; t |",
+           "|---|---|---|---|---|"]
+    for m in SHOWN_METHODS:
+        for b, row in s["methods"].get(m, {}).items():
+            gn = s["search_gain_captured"][m][b]
+            paired = "" if m == "policy" else (
+                f"{row['policy_minus_this_mean']:+.3f} {_iv(row['policy_minus_this_ci95_low'], row['policy_minus_this_ci95_high'], '+.3f')}; "
+                f"t {_iv(row['policy_minus_this_t95_low'], row['policy_minus_this_t95_high'], '+.3f')}")
+            out.append(f"| {m} | {b} | {row['compute_steps']:.0f} | {gn['iqm']:+.2f} {_iv(gn['ci95_low'], gn['ci95_high'])} "
+                       f"| {paired} |")
+    out += ["", f"Smallest Optuna budget whose gain captured reaches the policy's: {s['optuna_budget_to_match_policy']}.",
+            "", "Per instance, test loss (exact match where the task has one), mean over seeds:", "",
+            "| instance | policy | transferred recipe | default recipe | Optuna TPE, largest budget | PBT |",
+            "|---|---|---|---|---|---|"]
+    top = max(s["methods"]["optuna_tpe"], key=int)
+    pbt = max(s["methods"]["pbt"], key=int) if "pbt" in s["methods"] else None
+    for inst, row in s["per_instance"].items():
+        cells = [f"policy@1", "transferred_recipe@1", "default_recipe@1", f"optuna_tpe@{top}"] + (
+            [f"pbt@{pbt}"] if pbt else [])
+        shown = []
+        for c in cells:
+            x = row["methods"].get(c)
+            shown.append("—" if x is None else f"{x['test_loss']:.3f}" + (
+                f" ({x['test_metric']:.2f})" if x.get("test_metric") is not None else ""))
+        out.append(f"| {inst} | " + " | ".join(shown + ([] if pbt else ["—"])) + " |")
+    out += ["", "![gain against compute](compare/ppo-smollm2_cpu/gain_vs_compute.png)",
+            "![the policy's lr paths](compare/ppo-smollm2_cpu/policy_lr_paths.png)", ""]
+    return out
+
+
+def heldout_section(results: Path) -> list[str]:
+    out = ["## Held-out evaluations of the committed agents", "",
+           "Each agent against the default recipe and against its own drawn start held (`held_start`), paired on "
+           "instance and seed; mean over instances with a two-level bootstrap 95% interval, and a t interval over the "
+           "instance means. lr_contraction = std(log final lr) / std(log start lr) over the held-out episodes "
+           "(1: holds its start).", "",
+           "| agent | command | lr_contraction | policy − held start | policy − default recipe | machine |",
+           "|---|---|---|---|---|---|"]
+    for f in sorted((results / "agents").glob("*/heldout.json")):
+        s = json.loads(f.read_text())["summary"]
+        cells = []
+        for b in ("held_start", "default_recipe"):
+            p = s["paired"].get(b)
+            cells.append("—" if p is None else f"{p['mean']:+.3f} {_iv(p['ci95_low'], p['ci95_high'], '+.3f')}; "
+                                               f"t {_iv(*p['t_ci95_over_instances'], '+.3f')}")
+        lc = s.get("lr_contraction")
+        out.append(f"| {f.parent.name} | `{s['command']}` | {'—' if lc is None else f'{lc:.3f}'} | {cells[0]} | "
+                   f"{cells[1]} | {_machine(s.get('machine'))} |")
+    out += ["", "How each agent was trained (its `agent.json`):", ""]
+    for f in sorted((results / "agents").glob("*/agent.json")):
+        a = json.loads(f.read_text())
+        out.append(f"- {f.parent.name}: `{a.get('command', 'command not recorded')}`, "
+                   f"{_minutes(a.get('training_seconds'))} of training.")
+    return out + [""]
+
+
+def headroom_section(results: Path) -> list[str]:
+    out = ["## Headroom and the best constant learning rates", ""]
+    h = _read(results / "headroom" / "smollm2_cpu.json")
+    if h is not None:
+        a = h["aggregate"]
+        out += [f"Command: `{h['command']}` ({_machine(h.get('machine'))}; {_minutes(h.get('seconds_this_invocation'))} "
+                "in its last invocation). Best open-loop schedule from the same drawn starts, chosen by validation:", ""]
+        for ref in ("hold", "default_recipe"):
+            x = a[f"best_open_loop_gain_over_{ref}"]
+            out.append(f"- over {'holding the start' if ref == 'hold' else 'the default recipe'}: IQM gain "
+                       f"{x['iqm']:+.1%} {_iv(x['ci95_low'], x['ci95_high'], '+.1%')} of the reference's test loss")
+        out += [f"- the instances' best constant lr spans {a['best_constant_lr_spread']:.1f}x", "",
+                "Per instance: [headroom/smollm2_cpu.md](headroom/smollm2_cpu.md).", ""]
+    g = _read(results / "headroom" / "smollm2_cpu_lr_grid.json")
+    if g is not None:
+        out += [f"Command: `{g['command']}` ({_machine(g.get('machine'))}). Best constant lr per instance (refined):", "",
+                "| instance | split | best lr |", "|---|---|---|"]
+        out += [f"| {i} | {x['split']} | {x['best_lr_refined']:.1e} |" for i, x in g["instances"].items()]
+        out += ["", f"Spread across instances: {g['spread_refined']:.1f}x.", ""]
+    return out
+
+
+def benchmark_section(results: Path) -> list[str]:
+    out = ["## Benchmarks", "",
+           "Commands as each file recorded them (`trainers.bench` and `envs.bench` are now `trainers.bench_session` "
+           "and `envs.bench_env`).", ""]
+    b = _read(results / "bench.json")
+    if b:
+        out.append(f"- Environment overhead (`{b['command']}`, {_machine(b.get('machine'))}): env step / bare "
+                   f"DeepSpeed step = {b['overhead_ratio']:.3f}; reset {b['reset_s'] * 1000:.1f} ms "
+                   f"({b['reset_over_train_step']:.3f} of a step); one `deepspeed.initialize` per run "
+                   f"({b['deepspeed_initialize_calls']}).")
+    r = _read(results / "ray_parallel.json")
+    if r:
+        two = next(v for k, v in r.items() if k.endswith("_envs"))
+        out.append(f"- Ray throughput (`{r['command']}`, {_machine(r.get('machine'))}): "
+                   f"{r['one_env']['episodes_per_hour']:.0f} episodes/h with 1 actor, {two['episodes_per_hour']:.0f} "
+                   f"with {two['n_envs']}: speedup {r['speedup']:.2f}.")
+    for f in sorted(results.glob("bench_session_*.json")):
+        s = json.loads(f.read_text())
+        out.append(f"- Session step, {s.get('config')} / {s.get('instance')} (`{s['command']}`): bare step "
+                   f"{s['train_step_s_raw']:.3f} s at {s['micro_batch_size']} x {s['seq_len']} tokens.")
+    gpu = _read(results / "gpu.json")
+    if gpu:
+        out.append(f"- GPU ({gpu['device'].split(',')[0]}; `{gpu['command'].split('  ')[0]}`, {gpu['wall_s']:.0f} s): "
+                   + " ".join(gpu["findings"][:2]))
+    if (results / MAIN_JOB).is_file():
+        out.append(f"- The main job: {main_job(results)}")
+    return out + [""]
+
+
+def report(results: Path) -> str:
+    lines = ["# Results", "",
+             "Written by `python -m agents.report` from the committed result files; every number below is read "
+             "from one of them, and each section names the command that wrote it.", ""]
+    lines += comparison_section(results) + heldout_section(results) + headroom_section(results) + benchmark_section(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main_job(results: Path) -> str:
+    """The README's line on the main job, from scripts/time_main_job.sh's record of a fresh clone."""
+    job = _read(results / MAIN_JOB)
+    if job is None:
+        return f"(the main job's time is not measured yet: `bash scripts/time_main_job.sh` writes results/{MAIN_JOB})"
+    lc = job.get("lr_contraction")
+    steer = ("below 1: its final lr depends less on where it started than the start did, so it steers"
+             if lc is not None and lc < 1 else "not below 1: it does not steer, and the job is a plumbing run")
+    return (f"Measured from a fresh clone with an empty cache (`{job['command']}`; {_machine(job.get('machine'))}; "
+            f"{job.get('measured_at')}): **{_minutes(job['wall_seconds'])}** in all, of which "
+            f"{_minutes(job.get('setup_seconds'))} setup. Its controller's lr_contraction on the held-out instances "
+            f"is {'—' if lc is None else f'{lc:.2f}'} ({steer}); the policy − default recipe test loss is "
+            f"{job.get('policy_minus_default_recipe', float('nan')):+.3f}. Machines of this kind differ in speed "
+            "by up to 2.5x.")
+
+
+README_BLOCKS = {"headline": headline, "main-job": main_job}
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}: written by python -m agents.report; do not edit by hand -->", f"<!-- /{name} -->"
+
+
+def with_blocks(readme: str, results: Path) -> str:
+    """The README with every generated block rewritten (a ValueError naming a block whose markers
+    are missing)."""
+    for name, make in README_BLOCKS.items():
+        begin, end = markers(name)
+        if begin not in readme or end not in readme:
+            raise ValueError(f"no {name!r} block (the lines {begin} and {end})")
+        head, rest = readme.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        readme = f"{head}{begin}\n{make(results)}\n{end}{tail}"
+    return readme
