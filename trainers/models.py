@@ -192,6 +192,11 @@ def load_model_and_tokenizer(spec: str, dtype: torch.dtype = torch.float32):
     """The model in train mode and its tokenizer (with a pad token)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    # transformers' "Loading weights" bar redraws once per load (one per episode worker) and, in a
+    # log, is a stream of carriage returns; loads take well under a second here, so it says nothing.
+    hf_logging.disable_progress_bar()
     path = model_path(spec)
     try:
         tok = AutoTokenizer.from_pretrained(path)
