@@ -29,7 +29,8 @@ else
   echo "[bootstrap] no GPU: installing the CPU build torch==2.13.0" >&2
   $PIP install -q torch==2.13.0
 fi
-TORCH_VERSION=$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
+# -W ignore: torch warns that numpy (installed next) is missing
+TORCH_VERSION=$("$VENV/bin/python" -W ignore -c 'import torch; print(torch.__version__.split("+")[0])')
 CONSTRAINTS=$(mktemp)
 echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
 

@@ -31,25 +31,4 @@ mkdir -p results/agents
 rm -rf "results/agents/$(basename "$NAME")"
 cp -r "$NAME" "results/agents/$(basename "$NAME")"
 cp "$LOG" results/main_job.log
-"$PY" - "$NAME" "$COMMIT" $((end - start)) $((setup_done - start)) <<'EOF'
-import json, os, platform, sys, time
-from pathlib import Path
-folder, commit, wall, setup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-summary = json.loads((Path(folder) / "heldout.json").read_text())["summary"]
-out = {
-    "command": "bash run.sh (fresh clone, empty DSRL_HOME and DSRL_CACHE, PIP_NO_CACHE_DIR=1; scripts/time_main_job.sh)",
-    "job": summary["command"],
-    "commit": commit,
-    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    "wall_seconds": wall, "setup_seconds": setup,
-    "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "cuda": None,
-                "git_commit": commit, "loadavg_1_5_15min": [round(x, 2) for x in os.getloadavg()]},
-    "agent": f"results/agents/{Path(folder).name}",
-    "lr_contraction": summary.get("lr_contraction"),
-    "policy_minus_default_recipe": summary["paired"]["default_recipe"]["mean"],
-    "policy_minus_default_recipe_ci95": [summary["paired"]["default_recipe"]["ci95_low"],
-                                         summary["paired"]["default_recipe"]["ci95_high"]],
-}
-Path("results/main_job.json").write_text(json.dumps(out, indent=2) + "\n")
-print(f"written: results/main_job.json ({wall} s in all, {setup} s setup)")
-EOF
+"$PY" scripts/main_job_record.py "results/agents/$(basename "$NAME")" "$COMMIT" $((end - start)) $((setup_done - start))

@@ -48,10 +48,50 @@ def test_with_blocks_names_a_missing_block():
 def test_main_job_line_says_plainly_when_the_controller_does_not_steer(tmp_path):
     assert "not measured yet" in main_job(tmp_path)
     job = {"command": "bash run.sh", "wall_seconds": 600, "setup_seconds": 120, "measured_at": "now",
-           "lr_contraction": 1.2, "policy_minus_default_recipe": 0.03}
+           "lr_contraction": 1.2, "policy_minus_default_recipe": 0.03, "agent": "results/agents/x"}
     (tmp_path / "main_job.json").write_text(json.dumps(job))
-    assert "plumbing run" in main_job(tmp_path)
+    line = main_job(tmp_path)
+    assert "plumbing run" in line and "1.20" in line and "results/agents/x/lr_final_vs_start.png" in line
     job["lr_contraction"] = 0.5
     (tmp_path / "main_job.json").write_text(json.dumps(job))
     line = main_job(tmp_path)
     assert "steers" in line and "plumbing" not in line and "10.0 min" in line
+
+
+@pytest.mark.parametrize("heldout", sorted((REPO_ROOT / "results" / "agents").glob("*/heldout.json")),
+                         ids=lambda p: p.parent.name)
+def test_committed_heldout_summaries_are_what_their_runs_give(heldout):
+    # the summaries the README and REPORT quote are recomputed from the committed runs, not trusted
+    from agents.reporting.heldout_report import summarise_heldout
+
+    data = json.loads(heldout.read_text())
+    fresh = json.loads(json.dumps(summarise_heldout(data["runs"])))  # through JSON, as committed
+    committed = {k: v for k, v in data["summary"].items() if k in fresh}
+    assert set(fresh) <= set(data["summary"])
+    assert _close(committed, fresh)
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a))
+    return a == b
+
+
+def test_train_agents_last_lines_call_a_non_steering_run_a_plumbing_run(tmp_path):
+    from agents.reporting.heldout_report import verdict_lines
+
+    head = tmp_path / "headline"
+    head.mkdir()
+    (head / "agent.json").write_text(json.dumps({"command": "python -m agents.train_agent --config smollm2_cpu"}))
+    (tmp_path / "lr_final_vs_start.png").write_bytes(b"png")
+    paired = {"default_recipe": {"mean": 0.04, "ci95_low": 0.01, "ci95_high": 0.09, "n_instances": 3, "n_seeds": 3}}
+    lines = verdict_lines(tmp_path, {"lr_contraction": 1.19, "paired": paired}, headline=head)
+    assert lines[0].startswith("this is a plumbing run") and "1.190 >= 1" in lines[0] and "+0.0400" in lines[0]
+    assert "--config smollm2_cpu" in lines[1]
+    assert lines[-1].startswith("open the plot:") and str(tmp_path / "lr_final_vs_start.png") in lines[-1]
+    steering = verdict_lines(tmp_path, {"lr_contraction": 0.4, "paired": paired}, headline=head)
+    assert steering[0].startswith("the controller steers") and len(steering) == 2

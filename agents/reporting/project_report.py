@@ -218,14 +218,22 @@ def main_job(results: Path) -> str:
     if job is None:
         return f"(the main job's time is not measured yet: `bash scripts/time_main_job.sh` writes results/{MAIN_JOB})"
     lc = job.get("lr_contraction")
-    steer = ("below 1: its final lr depends less on where it started than the start did, so it steers"
-             if lc is not None and lc < 1 else "not below 1: it does not steer, and the job is a plumbing run")
-    return (f"Measured from a fresh clone with an empty cache (`{job['command']}`; {_machine(job.get('machine'))}; "
-            f"{job.get('measured_at')}): **{_minutes(job['wall_seconds'])}** in all, of which "
-            f"{_minutes(job.get('setup_seconds'))} setup. Its controller's lr_contraction on the held-out instances "
-            f"is {'—' if lc is None else f'{lc:.2f}'} ({steer}); the policy − default recipe test loss is "
-            f"{job.get('policy_minus_default_recipe', float('nan')):+.3f}. Machines of this kind differ in speed "
-            "by up to 2.5x.")
+    if lc is not None and lc < 1:
+        steer = (f"its controller steers: on the held-out instances its final lr spreads {lc:.2f}x as widely as "
+                 "its drawn start (lr_contraction < 1)")
+    else:
+        steer = (f"its controller does not steer (lr_contraction {'undefined' if lc is None else f'{lc:.2f}'}, "
+                 "not below 1): the job is a plumbing run")
+    lo, hi = job.get("policy_minus_default_recipe_ci95") or (float("nan"), float("nan"))
+    tlo, thi = job.get("policy_minus_default_recipe_t_ci95") or (float("nan"), float("nan"))
+    return (f"`{job['command']}`, timed on {job.get('how', 'a fresh clone')} ({_machine(job.get('machine'))}; "
+            f"{job.get('measured_at')}): **{_minutes(job['wall_seconds'])}** in all, "
+            f"{_minutes(job.get('setup_seconds'))} of it setup; machines of this kind differ in speed by up to 2.5x. "
+            f"In that run {steer}. Policy − default recipe, test loss per held-out instance: "
+            f"{job.get('policy_minus_default_recipe', float('nan')):+.3f} (two-level bootstrap [{lo:+.3f}, {hi:+.3f}], "
+            f"t over instance means [{tlo:+.3f}, {thi:+.3f}]; {job.get('n_instances', '?')} instances x "
+            f"{job.get('n_seeds', '?')} seeds, so the t interval is wide). The plot: "
+            f"`{job.get('agent', 'results/agents/<name>')}/lr_final_vs_start.png`.")
 
 
 README_BLOCKS = {"headline": headline, "main-job": main_job}
