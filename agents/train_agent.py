@@ -72,7 +72,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def prepare(args: argparse.Namespace):
     """Every check, before anything is written or deleted; returns the config, folder and options."""
     from agents.learners.agent_folder import check_agent_folder
-    from agents.learners.sb3_setup import DEFAULT_DECISIONS, action_mode_for
+    from agents.learners.sb3_setup import DEFAULT_DECISIONS, action_mode_for, whole_rollouts
     from agents.learners.training_run import TrainingOptions
     from agents.reporting.mlflow_tracking import check_tracking_uri
 
@@ -103,7 +103,8 @@ def prepare(args: argparse.Namespace):
         raise ConfigError(f"--out {out}: exists and is not a folder")
     folder = out / name
     check_agent_folder(folder, args.resume, args.algo, imitate=args.imitate is not None)
-    decisions = DEFAULT_DECISIONS[args.algo] if args.decisions is None else args.decisions
+    decisions = whole_rollouts(args.algo, args.n_envs, DEFAULT_DECISIONS[args.algo] if args.decisions is None
+                               else args.decisions)
     opts = TrainingOptions(
         algo=args.algo, decisions=decisions, seed=args.seed, n_envs=args.n_envs,
         backend="ray" if (args.ray or args.ray_address) else ("subproc" if args.subproc else "inprocess"),

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PY=${PYTHON:-python3}
 COMMIT=$(git rev-parse --short HEAD)
-if [ -n "$(git status --porcelain -- agents trainers envs configs scripts run.sh)" ]; then
+if [ -n "$(git status --porcelain -- agents trainers envs configs scripts run.sh pyproject.toml results/headroom)" ]; then
   echo "note: the clone runs commit $COMMIT; uncommitted changes to the code are not in it" >&2
 fi
 WORK=$(mktemp -d)
@@ -20,15 +20,22 @@ git clone -q "$REPO" "$WORK/clone"
 export DSRL_HOME="$WORK/home" DSRL_CACHE="$WORK/cache" PIP_NO_CACHE_DIR=1
 LOG="$WORK/run.log"
 start=$(date +%s)
-(cd "$WORK/clone" && bash scripts/bootstrap.sh) > "$LOG" 2>&1
+failed() {  # keep the log of a failed job before the temporary folder goes
+  cp "$LOG" results/main_job.failed.log
+  tail -n 20 "$LOG" >&2
+  echo "error: the main job failed; its log is results/main_job.failed.log" >&2
+  exit 1
+}
+(cd "$WORK/clone" && bash scripts/bootstrap.sh) > "$LOG" 2>&1 || failed
 setup_done=$(date +%s)
 # run.sh runs bootstrap again (now a no-op) and then the job; its own time is the job's.
-(cd "$WORK/clone" && bash run.sh) >> "$LOG" 2>&1
+(cd "$WORK/clone" && bash run.sh) >> "$LOG" 2>&1 || failed
 end=$(date +%s)
 tail -n 8 "$LOG"
 NAME=$(grep -o 'agent folder: [^;]*' "$LOG" | tail -n 1 | sed 's/agent folder: //')
+AGENT="results/agents/$(basename "$NAME")"
 mkdir -p results/agents
-rm -rf "results/agents/$(basename "$NAME")"
-cp -r "$NAME" "results/agents/$(basename "$NAME")"
+cp -r "$NAME" "$AGENT.new"  # the committed agent is replaced only once the copy is whole
+rm -rf "$AGENT" && mv "$AGENT.new" "$AGENT"
 cp "$LOG" results/main_job.log
-"$PY" scripts/main_job_record.py "results/agents/$(basename "$NAME")" "$COMMIT" $((end - start)) $((setup_done - start))
+"$PY" scripts/main_job_record.py "$AGENT" "$COMMIT" $((end - start)) $((setup_done - start))

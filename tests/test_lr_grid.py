@@ -40,12 +40,14 @@ def test_a_best_at_the_grid_edge_is_flagged_and_not_extrapolated():
 
 
 def test_a_diverged_run_is_never_the_best_nor_bends_the_parabola():
-    def val(lr):
-        return math.nan if lr > 5e-3 else (math.log10(lr) + 3) ** 2
+    def val(lr):  # falling towards 1e-2, where the run diverges
+        return math.nan if lr > 5e-3 else -math.log10(lr)
     s = best_lr_on_grid(_records(val))
-    assert s["best_lr_grid"] == pytest.approx(1e-3)
-    # its right neighbour (3.2e-3) is finite, so the parabola stands; the 1e-2 run diverged
-    assert s["best_lr_refined"] == pytest.approx(1e-3, rel=1e-6)
+    assert s["best_lr_grid"] == pytest.approx(10 ** -2.5)  # the diverged 1e-2 is not the best
+    # the best's right neighbour diverged: no parabola through an infinite loss, the grid point stands
+    assert s["best_lr_refined"] == s["best_lr_grid"] and not s["at_grid_edge"]
+    finite = best_lr_on_grid(_records(lambda lr: -math.log10(lr) + (math.log10(lr) + 2.5) ** 2 * 2))
+    assert finite["best_lr_refined"] != finite["best_lr_grid"]  # with that neighbour finite, it bends
 
 
 def test_an_instances_key_changes_with_what_decides_its_runs():

@@ -39,10 +39,17 @@ def test_a_changed_summary_makes_the_committed_files_stale(tmp_path, capsys):
     report.main(["--results", str(results), "--readme", str(readme), "--check"])  # and now current again
 
 
-def test_with_blocks_names_a_missing_block():
-    with pytest.raises(ValueError, match="'main-job'"):
-        begin, end = markers("headline")
-        with_blocks(f"intro\n{begin}\nold\n{end}\n", Path(REPO_ROOT / "results"))
+def test_with_blocks_names_a_missing_repeated_or_reversed_block():
+    hb, he = markers("headline")
+    mb, me = markers("main-job")
+    results = REPO_ROOT / "results"
+    for readme in (f"intro\n{hb}\nold\n{he}\n",                          # no main-job block
+                   f"{hb}\n{he}\n{mb}\n{me}\n{mb}\n{me}\n",              # the main-job block twice
+                   f"{hb}\n{he}\n{me}\n{mb}\n"):                         # its end before its begin
+        with pytest.raises(ValueError, match="'main-job'"):
+            with_blocks(readme, results)
+    done = with_blocks(f"top\n{hb}\nold\n{he}\nmiddle\n{mb}\nold\n{me}\nend\n", results)
+    assert "old" not in done and done.startswith("top\n") and "\nmiddle\n" in done and done.endswith("end\n")
 
 
 def test_main_job_line_says_plainly_when_the_controller_does_not_steer(tmp_path):
@@ -55,7 +62,7 @@ def test_main_job_line_says_plainly_when_the_controller_does_not_steer(tmp_path)
     job["lr_contraction"] = 0.5
     (tmp_path / "main_job.json").write_text(json.dumps(job))
     line = main_job(tmp_path)
-    assert "steers" in line and "plumbing" not in line and "10.0 min" in line
+    assert "steers" in line and "plumbing" not in line and "10.0 min" in line and "not clearly" in line
 
 
 @pytest.mark.parametrize("heldout", sorted((REPO_ROOT / "results" / "agents").glob("*/heldout.json")),
@@ -88,9 +95,11 @@ def test_train_agents_last_lines_call_a_non_steering_run_a_plumbing_run(tmp_path
     head.mkdir()
     (head / "agent.json").write_text(json.dumps({"command": "python -m agents.train_agent --config smollm2_cpu"}))
     (tmp_path / "lr_final_vs_start.png").write_bytes(b"png")
-    paired = {"default_recipe": {"mean": 0.04, "ci95_low": 0.01, "ci95_high": 0.09, "n_instances": 3, "n_seeds": 3}}
+    paired = {"default_recipe": {"mean": 0.04, "ci95_low": 0.01, "ci95_high": 0.09, "n_instances": 3, "n_seeds": 3,
+                                 "t_ci95_over_instances": [-0.02, 0.1], "policy_better": False}}
     lines = verdict_lines(tmp_path, {"lr_contraction": 1.19, "paired": paired}, headline=head)
     assert lines[0].startswith("this is a plumbing run") and "1.190 >= 1" in lines[0] and "+0.0400" in lines[0]
+    assert "[-0.0200, +0.1000]" in lines[0] and "not clearly better" in lines[0]
     assert "--config smollm2_cpu" in lines[1]
     assert lines[-1].startswith("open the plot:") and str(tmp_path / "lr_final_vs_start.png") in lines[-1]
     steering = verdict_lines(tmp_path, {"lr_contraction": 0.4, "paired": paired}, headline=head)

@@ -91,3 +91,23 @@ def test_ray_actors_give_the_same_results_and_ray_is_stopped_after():
         assert pool.map(operator.mul, list(range(5))) == [7 * j for j in range(5)]
         assert sorted(r for _, r in pool.map_unordered(operator.add, [1, 2, 3])) == [8, 9, 10]
     assert not ray.is_initialized()
+
+
+def test_a_saved_comparison_entry_without_a_budget_now_asked_for_runs_again():
+    from agents.experiments.matched_compute import record_is_stale
+    from agents.methods import RunRecord
+
+    class Method:  # what record_is_stale asks of a method: whether a complete record is stale
+        def __init__(self, verdict: bool):
+            self.verdict = verdict
+
+        def stale(self, record):
+            assert set(record) == {1, 4} and all(isinstance(r, RunRecord) for r in record.values())
+            return self.verdict
+
+    rec = RunRecord(test_loss=1.0, test_metric=None, compute_steps=8).to_json()
+    saved = {"1": rec, "4": rec}
+    task = lambda m, budgets: Task("pair.json", "random_search", {}, None, (m, "inst", 0, budgets))  # noqa: E731
+    assert not record_is_stale(task(Method(False), (1, 4)), saved)
+    assert record_is_stale(task(Method(False), (1, 4, 8)), saved)  # --budgets grew: run it again
+    assert record_is_stale(task(Method(True), (1, 4)), saved)  # the method's own rule (PBT's errored members)

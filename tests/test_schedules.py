@@ -21,8 +21,12 @@ def test_each_decay_after_warmup(decay, mid, last):
 
 def test_a_schedule_has_one_step_each_never_below_the_floor():
     r = RecipeConfig(lr=1e-3, weight_decay=0.02, grad_clip=0.7, warmup_fraction=0.1, decay="linear")
-    sched = recipe_schedule(r, 20, min_lr=1e-5)
-    assert len(sched) == 20 and min(h.lr for h in sched) >= 1e-5
+    floor = 2e-4  # above the linear decay's last steps, so the floor bites there
+    sched = recipe_schedule(r, 20, min_lr=floor)
+    assert len(sched) == 20 and min(h.lr for h in sched) == pytest.approx(floor)
+    clamped = [s for s in range(20) if recipe_lr(r, s, 20) < floor]
+    assert clamped and clamped[-1] == 19 and all(sched[s].lr == pytest.approx(floor) for s in clamped)
+    assert all(sched[s].lr == pytest.approx(recipe_lr(r, s, 20)) for s in range(20) if s not in clamped)
     assert {(h.weight_decay, h.grad_clip) for h in sched} == {(0.02, 0.7)}
     assert max(h.lr for h in sched) == pytest.approx(1e-3)
 

@@ -190,10 +190,10 @@ def test_self_tuning_optimizers_refuse_engines_they_cannot_run_in():
                 {"optimizer": "prodigy", "zero_stage": 2}):
         with pytest.raises(ValidationError, match=bad["optimizer"]):
             SessionConfig(**bad)
-    from agents.methods import COMPARED, ComparisonSetup, build
+    from agents.methods import ComparisonSetup, compared
 
     def self_tuning_envs_left_out(cfg):
-        methods = build(COMPARED, ComparisonSetup(cfg, "unused"))
+        methods = compared(ComparisonSetup(cfg, "unused"))
         return {m.name: r for m in methods if (r := m.ruled_out(cfg)) is not None}
     from trainers.config import load_config
 

@@ -113,13 +113,13 @@ def _first_layers(full: nn.Module, n: int) -> Iterator[nn.Module]:
 def prefix_states(full: nn.Module, split: TokenizedSplit, n_prefix: int, batch_size: int = 16,
                   desc: str = "frozen layers") -> torch.Tensor:
     """Output of the first n_prefix layers for every example: [N, L, hidden], float32."""
-    from tqdm.auto import tqdm
+    from trainers.progress import progress
 
     was_training = full.training
     full.eval()
     out = []
     with _first_layers(full, n_prefix) as body:
-        for s in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False):
+        for s in progress(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False):
             h = body(input_ids=split.input_ids[s:s + batch_size],
                      attention_mask=split.attention_mask[s:s + batch_size]).last_hidden_state
             out.append(h.float())

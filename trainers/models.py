@@ -82,7 +82,7 @@ def tiny_model_config():
 
 def build_tiny_base(out: Path, steps: int = 150, seq_len: int = 64, batch: int = 16, seed: int = 0) -> Path:
     """Train a byte-level BPE tokenizer and pretrain a ~0.55M-param GPT-2 on chitchat (150 steps)."""
-    from tqdm.auto import tqdm
+    from trainers.progress import progress
     from transformers import GPT2LMHeadModel
 
     t0 = time.time()
@@ -98,12 +98,12 @@ def build_tiny_base(out: Path, steps: int = 150, seq_len: int = 64, batch: int =
         ids.append(tok.eos_token_id)
     data = torch.tensor(ids, dtype=torch.long)
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(tiny_model_config())
+    model = with_causal_lm_loss(GPT2LMHeadModel(tiny_model_config()))  # no loss_type=None warning
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     model.train()
     g = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(steps), desc="pretraining tiny base", unit="step")
+    bar = progress(range(steps), desc="pretraining tiny base", unit="step")
     for _ in bar:
         starts = torch.randint(0, len(data) - seq_len - 1, (batch,), generator=g)
         x = torch.stack([data[s : s + seq_len] for s in starts])

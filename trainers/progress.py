@@ -2,10 +2,13 @@
 file, CI) one plain line per update, at most every 30 s, instead of a stream of carriage returns."""
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, Iterable, Optional, TextIO
 
 from tqdm import tqdm
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # nested bars move the cursor (ESC [ A): no place in a log
 
 
 class LineWriter:
@@ -16,7 +19,7 @@ class LineWriter:
         self._last = ""
 
     def write(self, text: str) -> int:
-        for part in text.replace("\r", "\n").split("\n"):
+        for part in ANSI_ESCAPE.sub("", text).replace("\r", "\n").split("\n"):
             part = part.strip()
             if part and part != self._last:
                 self.stream.write(part + "\n")

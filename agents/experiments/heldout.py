@@ -15,7 +15,7 @@ import functools
 from pathlib import Path
 from typing import Any, Optional
 
-from agents.experiments.matched_compute import gather, method_context, method_tasks
+from agents.experiments.matched_compute import gather, method_context, method_tasks, record_is_stale
 from agents.experiments.runner import RecordStore, WorkerPool, run_tasks
 from agents.methods import HELDOUT, ComparisonSetup, MethodContext, build
 from trainers.config import ConfigError, InstanceSetConfig
@@ -44,10 +44,10 @@ def evaluate_heldout(agent: Path, seeds: int, pool: Optional[dict] = None, reuse
         make_context = functools.partial(method_context, cfg.model_dump(mode="json"), str(Path(agent) / STORE))
     with WorkerPool(make_context, **opts) as workers:
         records = run_tasks(method_tasks(methods, cfg, names, seeds), RecordStore(Path(agent) / STORE), workers,
-                            desc="held-out evaluation")
+                            record_is_stale, desc="held-out evaluation")
     pairs = gather(methods, names, seeds, records)
     runs = {m.name: [p.one_run(m.name).log for p in pairs] for m in methods}
-    return {m: reused.get(m) or runs[m] for m in HELDOUT}
+    return {m: reused[m] if m in reused else runs[m] for m in HELDOUT}
 
 
 def evaluate_and_report(agent: Path, seeds: int, command: str, pool: Optional[dict] = None,

@@ -1,6 +1,6 @@
 """The learned controller against every other method at matched compute (agents.compare).
 
-For every held-out instance and seed, every method of ``agents.methods.COMPARED`` runs; compute is
+For every held-out instance and seed, every method of ``agents.methods.compared(setup)`` runs; compute is
 counted in training steps actually run (pruned trials and PBT members included). Searches select
 by validation loss; what is reported is the test loss of the selected run. Each method's records
 on a pair are saved as they finish (``per_run/<instance>-seed<seed>.json``), keyed by the
@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 from agents.experiments.runner import RecordStore, Task, WorkerPool, pair_file, run_tasks
 from agents.experiments.transferred_recipe import transferred_recipe
-from agents.methods import COMPARED, ComparisonSetup, Method, MethodContext, RunRecord, build
+from agents.methods import ComparisonSetup, Method, MethodContext, RunRecord, compared
 from agents.methods.base import instance_key
 from agents.reporting.records import PairResult
 from trainers.config import InstanceSetConfig, RecipeConfig
@@ -64,6 +64,15 @@ def method_tasks(methods: Sequence[Method], cfg: InstanceSetConfig, names: list[
             for inst in names for s in range(seeds) for m in methods for entry, budgets in m.tasks()]
 
 
+def record_is_stale(task: Task, saved: dict) -> bool:
+    """A saved entry under the right key must still run again when it lacks a budget now asked for
+    (a comparison rerun with a larger --budgets) or when its method says so (PBT's errored members)."""
+    method, _, _, budgets = task.args
+    if any(str(b) not in saved for b in budgets):
+        return True
+    return method.stale({int(b): RunRecord.from_json(r) for b, r in saved.items()})
+
+
 def gather(methods: Sequence[Method], names: list[str], seeds: int, records: dict) -> list[PairResult]:
     """Per pair: method -> budget -> RunRecord, methods in the registry's order."""
     pairs = []
@@ -95,17 +104,16 @@ def compare(opts: ComparisonOptions) -> dict[str, Any]:
         transferred = transferred_recipe(cfg, opts.transfer_trials, store, pool) if opts.transfer_trials else None
         setup = ComparisonSetup(cfg, opts.agent, tuple(sorted(opts.budgets)), tuple(sorted(set(opts.pbt_populations))),
                                 RecipeConfig(**transferred["recipe"]) if transferred else None)
-        asked = build(COMPARED, setup)
+        asked = compared(setup)
         left_out = {m.name: reason for m in asked if (reason := m.ruled_out(cfg)) is not None}
         methods = [m for m in asked if m.name not in left_out]
         tasks = method_tasks(methods, cfg, opts.instances, opts.seeds)
         by_entry = {e: m for m in methods for e, _ in m.tasks()}
-        stale = lambda t, rec: by_entry[t.name].stale({int(b): RunRecord.from_json(r) for b, r in rec.items()})  # noqa: E731
         in_worker = {e for e, m in by_entry.items() if m.runs_in_worker}
-        records = run_tasks([t for t in tasks if t.name in in_worker], pairs_store, pool, stale, desc="compare")
+        records = run_tasks([t for t in tasks if t.name in in_worker], pairs_store, pool, record_is_stale, desc="compare")
     # after the pool is gone: PBT's Ray Tune takes every core, pair by pair, in this process
     with WorkerPool(make_context) as own:
-        records.update(run_tasks([t for t in tasks if t.name not in in_worker], pairs_store, own, stale, desc="PBT"))
+        records.update(run_tasks([t for t in tasks if t.name not in in_worker], pairs_store, own, record_is_stale, desc="PBT"))
     pairs = gather(methods, opts.instances, opts.seeds, records)
     summary = summarise_comparison(pairs, list(opts.budgets))
     summary.update({"command": opts.command, "seeds": list(range(opts.seeds)), "instances": opts.instances,

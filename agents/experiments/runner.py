@@ -9,7 +9,8 @@ all run this way:
 
 A task's result is saved the moment it finishes (written whole: temporary file, then rename), so
 a crash or Ctrl-C loses only the tasks in flight, and rerunning the same command carries on. An
-entry whose saved key differs from the task's (another agent, data, budget...) is run again.
+entry whose saved key differs from the task's (another agent, data, settings...), or that the
+caller's ``stale`` rejects, is run again.
 """
 from __future__ import annotations
 

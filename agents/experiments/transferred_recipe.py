@@ -6,8 +6,9 @@ The objective is the mean normalised validation improvement over the training in
 -1), so a classification instance at loss 1 and a language-modelling one at loss 6 weigh alike.
 Each trial's episodes are spread over the pool's workers. The tuning is paid once, like the
 controller's training: its cost is reported apart from the per-instance compute. The study is
-stored in SQLite and resumes where it stopped; the result is saved in the store under a key of
-the training instances and the trial count.
+stored in SQLite, named by the training instances, the trial count and the seed, so rerunning the
+same command resumes it where it stopped (another --transfer-trials tunes a study of its own); the
+result is saved in the store under that key.
 """
 from __future__ import annotations
 

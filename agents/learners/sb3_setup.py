@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,20 @@ DEFAULT_DECISIONS = {"ppo": 480, "dqn": 480, "qlearning": 480}
 
 def action_mode_for(algo: str) -> str:
     return "box" if algo == "ppo" else "discrete"
+
+
+def whole_rollouts(algo: str, n_envs: int, decisions: int) -> int:
+    """The decisions a run will really take: PPO learns in whole rollouts of n_steps x n_envs
+    decisions, so SB3 rounds a total up to the next whole one; said once, here, not found later."""
+    if algo != "ppo" or decisions == 0:
+        return decisions
+    hp = learner_hparams(algo, n_envs, decisions)
+    rollout = hp["n_steps"] * n_envs
+    rounded = -(-decisions // rollout) * rollout
+    if rounded != decisions:
+        print(f"note: PPO learns in whole rollouts of {rollout} decisions here ({n_envs} environments x "
+              f"{hp['n_steps']} steps): {decisions} decisions become {rounded}", file=sys.stderr)
+    return rounded
 
 
 def learner_hparams(algo: str, n_envs: int, total: int, imitation: bool = False) -> dict[str, Any]:

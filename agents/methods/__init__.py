@@ -52,7 +52,6 @@ REGISTRY: dict[str, Callable[[ComparisonSetup], Optional[Method]]] = {
     "pbt": lambda s: PBTMethod(s.pbt_populations) if s.pbt_populations else None,
     "held_start": lambda s: HeldStartMethod(),
 }
-COMPARED = tuple(n for n in REGISTRY if n != "held_start")  # what agents.compare runs
 HELDOUT = HELDOUT_METHODS  # what agents.evaluate runs: policy, default_recipe, held_start
 
 
@@ -60,4 +59,9 @@ def build(names: tuple[str, ...], setup: ComparisonSetup) -> list[Method]:
     return [m for m in (REGISTRY[n](setup) for n in names) if m is not None]
 
 
-__all__ = ["REGISTRY", "COMPARED", "HELDOUT", "ComparisonSetup", "Method", "MethodContext", "RunRecord", "build"]
+def compared(setup: ComparisonSetup) -> list[Method]:
+    """What agents.compare runs: every registered method that is asked for and is a rival."""
+    return [m for m in build(tuple(REGISTRY), setup) if m.compared]
+
+
+__all__ = ["REGISTRY", "HELDOUT", "compared", "ComparisonSetup", "Method", "MethodContext", "RunRecord", "build"]

@@ -108,10 +108,12 @@ class Method(ABC):
     name: str  # its name in records and reports
     budgets: tuple[int, ...] = (1,)  # what the comparison asks of it
     runs_in_worker = True  # False: it schedules its own processes (PBT on Ray Tune); run after the others
+    compared = True  # False: not one of agents.compare's rivals (the held start: the held-out table's)
 
     def key(self) -> dict[str, Any]:
         """What decides its records besides the instance (its settings): a saved record with
-        another key is recomputed. Budgets are not part of it."""
+        another key is recomputed. Budgets are not part of it: a saved record that lacks a budget
+        now asked for runs again (experiments.matched_compute.record_is_stale)."""
         return {}
 
     def ruled_out(self, cfg: InstanceSetConfig) -> Optional[str]:

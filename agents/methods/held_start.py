@@ -12,6 +12,7 @@ from envs.episode import ConstantPlan, run_episode
 @dataclass
 class HeldStartMethod(Method):
     name: str = "held_start"
+    compared = False  # the held-out evaluation's third method, not a rival in agents.compare
 
     def run(self, ctx: MethodContext, instance: str, seed: int, budgets: Sequence[int]) -> dict[int, RunRecord]:
         return {1: RunRecord.of_episode(run_episode(ctx.env(), ConstantPlan(), instance, seed))}

@@ -211,9 +211,14 @@ def verdict_lines(folder: Path, summary: dict, headline: Path | None = None) -> 
 
     c = summary.get("lr_contraction")
     paired = (summary.get("paired") or {}).get("default_recipe") or {}
-    vs = (f"; policy - default recipe = {paired['mean']:+.4f} test loss per instance "
-          f"[{paired['ci95_low']:+.4f}, {paired['ci95_high']:+.4f}], 95% two-level bootstrap, "
-          f"{paired['n_instances']} instances x {paired['n_seeds']} seeds" if "mean" in paired else "")
+    vs = ""
+    if "mean" in paired:
+        t = paired.get("t_ci95_over_instances")
+        t_text = f", t over instance means [{t[0]:+.4f}, {t[1]:+.4f}]" if t else ""
+        clear = "better" if paired.get("policy_better") else "not clearly better (both intervals must lie below 0)"
+        vs = (f"; policy - default recipe = {paired['mean']:+.4f} test loss per instance (95% two-level bootstrap "
+              f"[{paired['ci95_low']:+.4f}, {paired['ci95_high']:+.4f}]{t_text}; {paired['n_instances']} instances "
+              f"x {paired['n_seeds']} seeds): the policy is {clear}")
     if c is not None and c < 1:
         lines = [f"the controller steers: on held-out instances its final lr spreads {c:.2f}x as widely as its "
                  f"starting lr (lr_contraction {c:.3f} < 1){vs}"]

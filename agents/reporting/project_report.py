@@ -12,10 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 HEADLINE_COMPARISON = "compare/ppo-smollm2_cpu"
-HEADLINE_AGENT = "agents/ppo-smollm2_cpu"
 MAIN_JOB = "main_job.json"  # written by scripts/time_main_job.sh
-SHOWN_METHODS = ("policy", "transferred_recipe", "default_recipe", "hand_schedule", "schedulefree_adamw", "prodigy",
-                 "random_search", "optuna_tpe", "pbt")
 
 
 def _read(path: Path) -> Optional[dict]:
@@ -68,7 +65,7 @@ def headline(results: Path) -> str:
              "(IQM over instances x seeds, 95% stratified-bootstrap interval)."]
     if r is not None:
         d = f["policy_minus_recipe"]
-        if d["ci95_low"] > 0 and d["t95_low"] >= 0:
+        if d["ci95_low"] > 0 and d["t95_low"] > 0:
             verdict = "so **the controller's dynamics do not pay yet**"
         elif d["ci95_high"] < 0 and d["t95_high"] < 0:
             verdict = "so the controller beats the recipe"
@@ -99,8 +96,8 @@ def comparison_section(results: Path) -> list[str]:
            "(negative: the policy was better).", "",
            "| method | budget | training steps per instance | gain captured, IQM [95%] | policy − method [bootstrap]; t |",
            "|---|---|---|---|---|"]
-    for m in SHOWN_METHODS:
-        for b, row in s["methods"].get(m, {}).items():
+    for m in s["methods"]:  # every method the comparison ran, in the registry's order
+        for b, row in s["methods"][m].items():
             gn = s["search_gain_captured"][m][b]
             paired = "" if m == "policy" else (
                 f"{row['policy_minus_this_mean']:+.3f} {_iv(row['policy_minus_this_ci95_low'], row['policy_minus_this_ci95_high'], '+.3f')}; "
@@ -228,12 +225,20 @@ def main_job(results: Path) -> str:
     tlo, thi = job.get("policy_minus_default_recipe_t_ci95") or (float("nan"), float("nan"))
     return (f"`{job['command']}`, timed on {job.get('how', 'a fresh clone')} ({_machine(job.get('machine'))}; "
             f"{job.get('measured_at')}): **{_minutes(job['wall_seconds'])}** in all, "
-            f"{_minutes(job.get('setup_seconds'))} of it setup; machines of this kind differ in speed by up to 2.5x. "
+            f"{_minutes(job.get('setup_seconds'))} of it setup. "
             f"In that run {steer}. Policy − default recipe, test loss per held-out instance: "
             f"{job.get('policy_minus_default_recipe', float('nan')):+.3f} (two-level bootstrap [{lo:+.3f}, {hi:+.3f}], "
             f"t over instance means [{tlo:+.3f}, {thi:+.3f}]; {job.get('n_instances', '?')} instances x "
-            f"{job.get('n_seeds', '?')} seeds, so the t interval is wide). The plot: "
+            f"{job.get('n_seeds', '?')} seeds): {_separated(lo, hi, tlo, thi)}. The plot: "
             f"`{job.get('agent', 'results/agents/<name>')}/lr_final_vs_start.png`.")
+
+
+def _separated(lo: float, hi: float, tlo: float, thi: float) -> str:
+    if hi < 0 and thi < 0:
+        return "the policy is better by both intervals"
+    if lo > 0 and tlo > 0:
+        return "the policy is worse by both intervals"
+    return "the two intervals do not agree, so the policy is not clearly better or worse"
 
 
 README_BLOCKS = {"headline": headline, "main-job": main_job}
@@ -245,11 +250,11 @@ def markers(name: str) -> tuple[str, str]:
 
 def with_blocks(readme: str, results: Path) -> str:
     """The README with every generated block rewritten (a ValueError naming a block whose markers
-    are missing)."""
+    are missing, repeated or out of order)."""
     for name, make in README_BLOCKS.items():
         begin, end = markers(name)
-        if begin not in readme or end not in readme:
-            raise ValueError(f"no {name!r} block (the lines {begin} and {end})")
+        if readme.count(begin) != 1 or readme.count(end) != 1 or readme.index(end) < readme.index(begin):
+            raise ValueError(f"the {name!r} block needs the line {begin} once, then the line {end} once")
         head, rest = readme.split(begin, 1)
         _, tail = rest.split(end, 1)
         readme = f"{head}{begin}\n{make(results)}\n{end}{tail}"
