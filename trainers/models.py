@@ -113,7 +113,7 @@ def build_tiny_base(out: Path, steps: int = 150, seq_len: int = 64, batch: int =
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # shown at the next redraw, not each step
     tmp = out.with_name(out.name + ".partial")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)

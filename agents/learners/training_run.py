@@ -92,7 +92,7 @@ class TrainingMonitor:
             mlflow.log_metrics({"episode_return": ret, "episode_improvement": improvement,
                                 f"improvement/{log['instance']}": improvement}, step=num_timesteps)
             recent = self.curve[-20:]
-            self.bar.set_postfix(ret=f"{np.mean([r['return'] for r in recent]):+.3f}")
+            self.bar.set_postfix(ret=f"{np.mean([r['return'] for r in recent]):+.3f}", refresh=False)
         crossed = lambda every: every > 0 and num_timesteps // every > self.last // every  # noqa: E731
         if crossed(self.checkpoint_every):
             self.checkpoint()
