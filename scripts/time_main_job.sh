@@ -3,7 +3,7 @@
 # an empty venv home and artifact cache, pip's download cache off, then `bash run.sh`. Writes
 # results/main_job.json (wall time, setup time, machine, commit, and the controller's held-out
 # steering and gain read from the run's heldout.json), keeps the full log beside it, and copies the
-# agent folder it learned to results/agents/<name>. Then run `python -m agents.report`.
+# agent folder it learned to results/agents/<name>, then rewrites the README block and REPORT.md.
 #
 #   bash scripts/time_main_job.sh            # about 10 minutes on a 2-core VM
 set -euo pipefail
@@ -39,3 +39,5 @@ cp -r "$NAME" "$AGENT.new"  # the committed agent is replaced only once the copy
 rm -rf "$AGENT" && mv "$AGENT.new" "$AGENT"
 cp "$LOG" results/main_job.log
 "$PY" scripts/main_job_record.py "$AGENT" "$COMMIT" $((end - start)) $((setup_done - start))
+# the README's main-job block and results/REPORT.md quote main_job.json: rewrite them with it
+.venv/bin/python -m agents.report
