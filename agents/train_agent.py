@@ -103,8 +103,8 @@ def prepare(args: argparse.Namespace):
         raise ConfigError(f"--out {out}: exists and is not a folder")
     folder = out / name
     check_agent_folder(folder, args.resume, args.algo, imitate=args.imitate is not None)
-    decisions = whole_rollouts(args.algo, args.n_envs, DEFAULT_DECISIONS[args.algo] if args.decisions is None
-                               else args.decisions)
+    decisions = DEFAULT_DECISIONS[args.algo] if args.decisions is None else args.decisions
+    decisions = decisions if args.resume else whole_rollouts(args.algo, args.n_envs, decisions)  # resume: its own
     opts = TrainingOptions(
         algo=args.algo, decisions=decisions, seed=args.seed, n_envs=args.n_envs,
         backend="ray" if (args.ray or args.ray_address) else ("subproc" if args.subproc else "inprocess"),

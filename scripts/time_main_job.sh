@@ -35,9 +35,10 @@ tail -n 8 "$LOG"
 NAME=$(grep -o 'agent folder: [^;]*' "$LOG" | tail -n 1 | sed 's/agent folder: //')
 AGENT="results/agents/$(basename "$NAME")"
 mkdir -p results/agents
+rm -rf "$AGENT.new"  # a leftover of an interrupted earlier copy
 cp -r "$NAME" "$AGENT.new"  # the committed agent is replaced only once the copy is whole
 rm -rf "$AGENT" && mv "$AGENT.new" "$AGENT"
 cp "$LOG" results/main_job.log
 "$PY" scripts/main_job_record.py "$AGENT" "$COMMIT" $((end - start)) $((setup_done - start))
 # the README's main-job block and results/REPORT.md quote main_job.json: rewrite them with it
-.venv/bin/python -m agents.report
+"$WORK/clone/.venv/bin/python" -m agents.report --results results --readme README.md

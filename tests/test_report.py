@@ -48,8 +48,8 @@ def test_with_blocks_names_a_missing_repeated_or_reversed_block():
                    f"{hb}\n{he}\n{me}\n{mb}\n"):                         # its end before its begin
         with pytest.raises(ValueError, match="'main-job'"):
             with_blocks(readme, results)
-    done = with_blocks(f"top\n{hb}\nold\n{he}\nmiddle\n{mb}\nold\n{me}\nend\n", results)
-    assert "old" not in done and done.startswith("top\n") and "\nmiddle\n" in done and done.endswith("end\n")
+    done = with_blocks(f"top\n{hb}\nOLD_BLOCK_TEXT\n{he}\nmiddle\n{mb}\nOLD_BLOCK_TEXT\n{me}\nend\n", results)
+    assert "OLD_BLOCK_TEXT" not in done and done.startswith("top\n") and "\nmiddle\n" in done and done.endswith("end\n")
 
 
 def test_main_job_line_says_plainly_when_the_controller_does_not_steer(tmp_path):
@@ -59,10 +59,14 @@ def test_main_job_line_says_plainly_when_the_controller_does_not_steer(tmp_path)
     (tmp_path / "main_job.json").write_text(json.dumps(job))
     line = main_job(tmp_path)
     assert "plumbing run" in line and "1.20" in line and "results/agents/x/lr_final_vs_start.png" in line
+    assert "not recorded" in line  # no intervals in the record: nothing claimed about them
     job["lr_contraction"] = 0.5
-    (tmp_path / "main_job.json").write_text(json.dumps(job))
-    line = main_job(tmp_path)
-    assert "steers" in line and "plumbing" not in line and "10.0 min" in line and "not clearly" in line
+    for boot, t, verdict in (([-0.8, -0.1], [-0.5, -0.01], "better by both"), ([0.1, 0.8], [0.01, 0.5], "worse by both"),
+                             ([-0.8, -0.1], [-1.4, 0.6], "not clearly")):
+        job.update(policy_minus_default_recipe_ci95=boot, policy_minus_default_recipe_t_ci95=t)
+        (tmp_path / "main_job.json").write_text(json.dumps(job))
+        line = main_job(tmp_path)
+        assert "steers" in line and "plumbing" not in line and "10.0 min" in line and verdict in line, verdict
 
 
 @pytest.mark.parametrize("heldout", sorted((REPO_ROOT / "results" / "agents").glob("*/heldout.json")),
@@ -102,5 +106,8 @@ def test_train_agents_last_lines_call_a_non_steering_run_a_plumbing_run(tmp_path
     assert "[-0.0200, +0.1000]" in lines[0] and "not clearly better" in lines[0]
     assert "--config smollm2_cpu" in lines[1]
     assert lines[-1].startswith("open the plot:") and str(tmp_path / "lr_final_vs_start.png") in lines[-1]
+    worse = dict(paired["default_recipe"], t_ci95_over_instances=[0.01, 0.1])
+    assert "worse by every interval" in verdict_lines(tmp_path, {"lr_contraction": 1.2, "paired": {"default_recipe": worse}},
+                                                      headline=head)[0]
     steering = verdict_lines(tmp_path, {"lr_contraction": 0.4, "paired": paired}, headline=head)
     assert steering[0].startswith("the controller steers") and len(steering) == 2

@@ -32,16 +32,22 @@ def action_mode_for(algo: str) -> str:
 
 
 def whole_rollouts(algo: str, n_envs: int, decisions: int) -> int:
-    """The decisions a run will really take: PPO learns in whole rollouts of n_steps x n_envs
-    decisions, so SB3 rounds a total up to the next whole one; said once, here, not found later."""
+    """The decisions a fresh PPO run will really take: PPO learns in whole rollouts of n_steps x
+    n_envs decisions (n_steps itself sized from the total), so SB3 rounds a total up to the next
+    whole one; said once, before the run, rather than found in agent.json later. Other learners,
+    and a total of 0, are returned as they are."""
     if algo != "ppo" or decisions == 0:
         return decisions
-    hp = learner_hparams(algo, n_envs, decisions)
-    rollout = hp["n_steps"] * n_envs
-    rounded = -(-decisions // rollout) * rollout
+    rounded = decisions
+    for _ in range(8):  # the rollout is sized from the total it rounds: settle on a fixed point
+        n_steps = learner_hparams(algo, n_envs, rounded)["n_steps"]
+        again = -(-decisions // (n_steps * n_envs)) * (n_steps * n_envs)
+        if again == rounded:
+            break
+        rounded = again
     if rounded != decisions:
-        print(f"note: PPO learns in whole rollouts of {rollout} decisions here ({n_envs} environments x "
-              f"{hp['n_steps']} steps): {decisions} decisions become {rounded}", file=sys.stderr)
+        print(f"note: PPO learns in whole rollouts of {n_steps * n_envs} decisions here ({n_envs} environments x "
+              f"{n_steps} steps): {decisions} decisions become {rounded}", file=sys.stderr)
     return rounded
 
 

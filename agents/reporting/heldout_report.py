@@ -215,7 +215,9 @@ def verdict_lines(folder: Path, summary: dict, headline: Path | None = None) -> 
     if "mean" in paired:
         t = paired.get("t_ci95_over_instances")
         t_text = f", t over instance means [{t[0]:+.4f}, {t[1]:+.4f}]" if t else ""
-        clear = "better" if paired.get("policy_better") else "not clearly better (both intervals must lie below 0)"
+        lows = [paired["ci95_low"]] + ([t[0]] if t else [])
+        clear = ("better" if paired.get("policy_better") else "worse by every interval" if min(lows) > 0
+                 else "not clearly better (both intervals must lie below 0)")
         vs = (f"; policy - default recipe = {paired['mean']:+.4f} test loss per instance (95% two-level bootstrap "
               f"[{paired['ci95_low']:+.4f}, {paired['ci95_high']:+.4f}]{t_text}; {paired['n_instances']} instances "
               f"x {paired['n_seeds']} seeds): the policy is {clear}")

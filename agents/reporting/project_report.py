@@ -234,6 +234,8 @@ def main_job(results: Path) -> str:
 
 
 def _separated(lo: float, hi: float, tlo: float, thi: float) -> str:
+    if not all(math.isfinite(x) for x in (lo, hi, tlo, thi)):
+        return "its intervals are not recorded"
     if hi < 0 and thi < 0:
         return "the policy is better by both intervals"
     if lo > 0 and tlo > 0:
