@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 
 from agents.reporting.plots import final_vs_start_lr, trajectories
-from agents.reporting.statistics import HIERARCHICAL_METHOD, instance_level_intervals, mean_ci95
+from agents.reporting.statistics import (HIERARCHICAL_METHOD, instance_level_intervals, mean_ci95,
+                                         sign_by_both_intervals)
 from trainers.atomic_files import write_json_atomic, write_text_atomic
 from trainers.provenance import utc_now
 
@@ -79,7 +80,8 @@ def paired_instance_level(runs: dict[str, list[dict]]) -> dict:
                          # a percentile bootstrap over few instances runs narrow: a t interval over
                          # the instance means stands beside it, and "better" needs both
                          "t_ci95_over_instances": [iv["t95_low"], iv["t95_high"]],
-                         "policy_better": bool(iv["ci95_high"] < 0 and iv["t95_high"] < 0) if finite else None,
+                         "policy_better": sign_by_both_intervals(iv["ci95_low"], iv["ci95_high"], iv["t95_low"],
+                                                                iv["t95_high"]) == -1 if finite else None,
                          "method": HIERARCHICAL_METHOD.format(reps=BOOTSTRAP_REPS) +
                          "; t_ci95_over_instances: Student t over the instance means (n_instances - 1 dof)"}
     return out
@@ -215,9 +217,9 @@ def verdict_lines(folder: Path, summary: dict, headline: Path | None = None) -> 
     if "mean" in paired:
         t = paired.get("t_ci95_over_instances")
         t_text = f", t over instance means [{t[0]:+.4f}, {t[1]:+.4f}]" if t else ""
-        lows = [paired["ci95_low"]] + ([t[0]] if t else [])
-        clear = ("better" if paired.get("policy_better") else "worse by every interval" if min(lows) > 0
-                 else "not clearly better (both intervals must lie below 0)")
+        bounds = (paired["ci95_low"], paired["ci95_high"], *(t or (paired["ci95_low"], paired["ci95_high"])))
+        clear = ("better" if paired.get("policy_better") else "worse by every interval"
+                 if sign_by_both_intervals(*bounds) == 1 else "not clearly better (both intervals must lie below 0)")
         vs = (f"; policy - default recipe = {paired['mean']:+.4f} test loss per instance (95% two-level bootstrap "
               f"[{paired['ci95_low']:+.4f}, {paired['ci95_high']:+.4f}]{t_text}; {paired['n_instances']} instances "
               f"x {paired['n_seeds']} seeds): the policy is {clear}")

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from agents.reporting.statistics import sign_by_both_intervals
+
 HEADLINE_COMPARISON = "compare/ppo-smollm2_cpu"
 MAIN_JOB = "main_job.json"  # written by scripts/time_main_job.sh
 
@@ -65,12 +67,9 @@ def headline(results: Path) -> str:
              "(IQM over instances x seeds, 95% stratified-bootstrap interval)."]
     if r is not None:
         d = f["policy_minus_recipe"]
-        if d["ci95_low"] > 0 and d["t95_low"] > 0:
-            verdict = "so **the controller's dynamics do not pay yet**"
-        elif d["ci95_high"] < 0 and d["t95_high"] < 0:
-            verdict = "so the controller beats the recipe"
-        else:
-            verdict = "and the intervals do not tell the two apart"
+        verdict = {1: "so **the controller's dynamics do not pay yet**", -1: "so the controller beats the recipe",
+                   0: "and the intervals do not tell the two apart"}[
+            sign_by_both_intervals(d["ci95_low"], d["ci95_high"], d["t95_low"], d["t95_high"])]
         lines.append(f"A static recipe tuned once on the training instances captures **{r['iqm']:.2f}** "
                      f"{_iv(r['ci95_low'], r['ci95_high'])}. Controller − recipe, paired test loss: {d['mean']:+.3f} "
                      f"(two-level bootstrap {_iv(d['ci95_low'], d['ci95_high'], '+.3f')}, t over instance means "
@@ -236,11 +235,9 @@ def main_job(results: Path) -> str:
 def _separated(lo: float, hi: float, tlo: float, thi: float) -> str:
     if not all(math.isfinite(x) for x in (lo, hi, tlo, thi)):
         return "its intervals are not recorded"
-    if hi < 0 and thi < 0:
-        return "the policy is better by both intervals"
-    if lo > 0 and tlo > 0:
-        return "the policy is worse by both intervals"
-    return "the two intervals do not agree, so the policy is not clearly better or worse"
+    return {-1: "the policy is better by both intervals", 1: "the policy is worse by both intervals",
+            0: "the two intervals do not agree, so the policy is not clearly better or worse"}[
+        sign_by_both_intervals(lo, hi, tlo, thi)]
 
 
 README_BLOCKS = {"headline": headline, "main-job": main_job}

@@ -89,3 +89,16 @@ def instance_level_intervals(per_instance: dict[str, Sequence[float]], reps: int
     mean, lo, hi = hierarchical_bootstrap_mean(per_instance, reps=reps)
     t_mean, t_half = mean_ci95([sum(v) / len(v) for v in per_instance.values()])
     return {"mean": mean, "ci95_low": lo, "ci95_high": hi, "t95_low": t_mean - t_half, "t95_high": t_mean + t_half}
+
+
+def sign_by_both_intervals(lo: float, hi: float, t_lo: float, t_hi: float) -> int:
+    """The project's one rule for a paired difference (method A − method B): -1 when the bootstrap
+    and the t interval both lie below 0, +1 when both lie above, 0 when they disagree or one is
+    missing. A percentile bootstrap over few instances runs narrow, so neither decides alone."""
+    if not all(math.isfinite(x) for x in (lo, hi, t_lo, t_hi)):
+        return 0
+    if hi < 0 and t_hi < 0:
+        return -1
+    if lo > 0 and t_lo > 0:
+        return 1
+    return 0
