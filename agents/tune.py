@@ -29,6 +29,8 @@ def build_parser() -> CommandParser:
     p.add_argument("--model", help="a Hugging Face model folder, or a preset (tiny-gpt, smollm2-135m)")
     p.add_argument("--config", help="a whole instance-set YAML to run in instead of the agent's")
     p.add_argument("--steps", type=positive_int, help="training steps of the run (default: the instance's budget)")
+    p.add_argument("--lora-rank", type=positive_int,
+                   help="train LoRA adapters (peft) of this rank on the trainable layers instead of their weights")
     p.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
     p.add_argument("--replay", help="schedule.json from an earlier run: re-run it exactly, no agent")
     p.add_argument("--out", help="output folder (default: results/tuned/<instance>-<agent or replay>-seed<seed>)")
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
     from agents.experiments.tuned_run import read_replay, replay, tuned_run
     from agents.learners.agent_folder import Controller
     from trainers.models import model_path
-    from trainers.retarget import with_model, with_steps, with_user_data
+    from trainers.retarget import with_lora, with_model, with_steps, with_user_data
 
     t0 = time.time()
     if args.replay:
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> dict:
         cfg.instance(instance)  # names the known instances if it is not one
         if args.steps:
             cfg = with_steps(cfg, instance, args.steps)
+    if args.lora_rank:
+        cfg = with_lora(cfg, instance, args.lora_rank)
     out = Path(args.out) if args.out else REPO_ROOT / "results" / "tuned" / f"{instance}-{Path(args.agent).name}-seed{args.seed}"
     result = tuned_run(controller, cfg, instance, args.seed, out, not args.no_save_model)
     log = result["log"]

@@ -18,7 +18,7 @@ from gymnasium import spaces
 
 from envs.actions import ActionMap
 from envs.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, observe
-from trainers.config import InstanceSetConfig, InstanceSpec, load_config, parse_config
+from trainers.config import InstanceSetConfig, InstanceSpec, SessionConfig, load_config, parse_config
 from trainers.data import TaskData, build_task_data
 from trainers.session import EvalResult, FineTuneSession, Hparams, StepMetrics
 
@@ -57,6 +57,19 @@ class EpisodeLog:
         return dict(self.__dict__)
 
 
+# Engines an environment keeps alive at once. A SmolLM2 tail engine holds a copy of the tied
+# embedding and its k layers' weights, gradients and AdamW moments beside one shared frozen model:
+# 247 / 375 / 665 MiB for k = 2 / 4 / 8, 123-230 MiB for LoRA on 4 layers, after 1.1 GiB for the
+# first (python -m trainers.bench_engines). smollm2_wide's 8 configurations fit; a family with more
+# rebuilds the least recently used engine (deepspeed.initialize: about a second) when it comes back.
+MAX_ENGINES = 8
+
+
+def engine_config(cfg: SessionConfig) -> SessionConfig:
+    """What decides an engine: everything but gradient accumulation, which a live engine changes."""
+    return cfg.model_copy(update={"gradient_accumulation_steps": 1})
+
+
 class FineTuneEnv(gym.Env):
     """Observe the run, set hyperparameters, get rewarded for validation improvement."""
 
@@ -71,8 +84,8 @@ class FineTuneEnv(gym.Env):
         session: Optional[FineTuneSession | dict[Optional[int], FineTuneSession]] = None,
         overrides: Optional[dict] = None,
     ) -> None:
-        """session: an engine to share (for the set's trainable depth), or a dict of them by depth
-        (``env.sessions`` of another environment); missing ones are built on first use."""
+        """session: an engine to share (for the set's own session), or a dict of them by engine
+        configuration (``env.sessions`` of another environment); missing ones are built on first use."""
         if isinstance(config, InstanceSetConfig):
             self.cfg = config
         elif isinstance(config, dict):
@@ -92,17 +105,18 @@ class FineTuneEnv(gym.Env):
             raise ValueError(f"instance_order must be 'cycle' or 'sample', got {instance_order!r}")
         self.instance_order = instance_order
         self.evaluate_test = evaluate_test
-        # one engine per trainable depth that the instances use (most sets use one)
-        self._depth = self.cfg.session.trainable_last_layers
+        # one engine per engine configuration the instances use (depth, adapter; most sets use one)
+        self._engine_cfg = engine_config(self.cfg.session)
         if isinstance(session, dict):
-            self.sessions: dict[Optional[int], FineTuneSession] = session
+            self.sessions: dict[SessionConfig, FineTuneSession] = session
         else:
-            self.sessions = {self._depth: session} if session is not None else {}
+            self.sessions = {self._engine_cfg: session} if session is not None else {}
         self.session  # the set's default engine is built now, as before any reset
         self.actions = ActionMap(self.cfg.action, self.cfg.bounds)
         self.action_space = self.actions.space
         self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(FEATURE_NAMES),), dtype=np.float32)
         self._data: dict[str, TaskData] = {}
+        self._pools: dict[tuple[str, Optional[int]], TaskData] = {}  # by (dataset, trainable depth)
         self._initial_eval: dict[str, EvalResult] = {}
         self._initial_test: dict[str, EvalResult] = {}
         self._cycle = self._cycle_start = 0
@@ -115,10 +129,20 @@ class FineTuneEnv(gym.Env):
 
     @property
     def session(self) -> FineTuneSession:
-        """The engine of the current instance's trainable depth."""
-        if self._depth not in self.sessions:
-            self.sessions[self._depth] = FineTuneSession(self.cfg.session_at_depth(self._depth))
-        return self.sessions[self._depth]
+        """The engine of the current instance's configuration (its trainable depth and adapter)."""
+        if self._engine_cfg not in self.sessions:
+            self.sessions[self._engine_cfg] = FineTuneSession(self._engine_cfg)
+        return self.sessions[self._engine_cfg]
+
+    def _use_engine(self, cfg: SessionConfig) -> None:
+        """Switch to the engine for ``cfg``, closing the least recently used ones beyond
+        MAX_ENGINES (each holds its trainable weights, their gradients and AdamW state)."""
+        self._engine_cfg = engine_config(cfg)
+        if self._engine_cfg in self.sessions:  # most recently used goes last
+            self.sessions[self._engine_cfg] = self.sessions.pop(self._engine_cfg)
+        while len(self.sessions) >= MAX_ENGINES and self._engine_cfg not in self.sessions:
+            oldest = next(iter(self.sessions))
+            self.sessions.pop(oldest).close()
 
     @property
     def engine(self):
@@ -127,13 +151,24 @@ class FineTuneEnv(gym.Env):
 
     def task_data(self, inst: InstanceSpec) -> TaskData:
         """The instance's splits, tokenised (and, for a frozen-prefix session, with the frozen
-        layers' states); built once per instance."""
+        layers' states); built once per dataset and trainable depth, then cut to the instance's
+        train_examples."""
         if inst.name not in self._data:
             ep = self.cfg.episode
-            data = build_task_data(inst.name, inst.dataset, self.session.tokenizer, self.cfg.session.seq_len,
-                                   ep.eval_examples, ep.test_examples)
-            self._data[inst.name] = self.session.prepare(data)
+            key = (inst.dataset.model_dump_json(), self.cfg.session_for(inst).trainable_last_layers)
+            if key not in self._pools:
+                data = build_task_data(inst.name, inst.dataset, self.session.tokenizer, self.cfg.session.seq_len,
+                                       ep.eval_examples, ep.test_examples)
+                self._pools[key] = self.session.prepare(data, self._depths_of(inst.dataset))
+            pool = self._pools[key]
+            train = pool.train.take(inst.train_examples) if inst.train_examples else pool.train
+            self._data[inst.name] = TaskData(inst.name, train, pool.validation, pool.test, pool.metric)
         return self._data[inst.name]
+
+    def _depths_of(self, dataset) -> list[int]:
+        """The trainable depths that the set's instances on this dataset use: cached in one pass."""
+        return sorted({self.cfg.session_for(i).trainable_last_layers or 0
+                       for i in self.cfg.train + self.cfg.heldout if i.dataset == dataset} - {0})
 
     def _choose(self, options: dict) -> InstanceSpec:
         if options.get("instance"):
@@ -171,7 +206,8 @@ class FineTuneEnv(gym.Env):
         options = options or {}
         t0 = time.perf_counter()
         self.instance = self._choose(options)
-        self._depth = self.cfg.session_for(self.instance).trainable_last_layers
+        session_cfg = self.cfg.session_for(self.instance)
+        self._use_engine(session_cfg)
         self.total_steps = self.cfg.steps_for(self.instance)
         drawn = self._draw_initial(self.instance, seed)  # drawn even when given: the seed stream stays the same
         initial = options.get("initial_hparams")
@@ -180,6 +216,7 @@ class FineTuneEnv(gym.Env):
         session_seed = int(self.np_random.integers(2**31 - 1))
         self.session_seed = session_seed  # seeds dropout and batch order: a loop outside can draw the same batches
         self.session.reset_to_base(session_seed)
+        self.session.set_gradient_accumulation(session_cfg.gradient_accumulation_steps)
         self.session.use_data(self.task_data(self.instance), session_seed)
         self.session.set_hparams(hp)
         self.reset_seconds = time.perf_counter() - t0

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from agents import train_agent, tune
+from trainers.config import REPO_ROOT
 from agents.learners.agent_folder import Controller
 from agents.learners.qlearning import QLearningAgent, QLearningConfig
 
@@ -260,3 +261,22 @@ def test_reused_baselines_are_the_runs_a_fresh_evaluation_makes(fast_yaml, tmp_p
     with pytest.raises(SystemExit) as info:
         evaluate.main(["--agent", str(b), "--seeds", "1", "--no-mlflow", "--baselines-from", str(a)])
     assert info.value.code == 2
+
+
+def test_tune_runs_lora_adapters_and_replays_them(tmp_path):
+    from safetensors.torch import load_file
+
+    agent = REPO_ROOT / "results" / "agents" / "ppo-tiny-seed0"
+    out = tmp_path / "lora"
+    res = tune.main(["--agent", str(agent), "--instance", "bbc-tech-lm", "--steps", "6", "--lora-rank", "4",
+                     "--out", str(out)])
+    sched = json.loads((out / "schedule.json").read_text())
+    inst = next(i for i in sched["config"]["heldout"] if i["name"] == "bbc-tech-lm")
+    assert inst["lora"]["rank"] == 4 and len(sched["schedule"]) == 6
+    weights = load_file(str(out / "model" / "model.safetensors"))
+    assert weights and not [k for k in weights if "lora" in k]  # a plain model, adapters folded in
+    rep = tune.main(["--replay", str(out / "schedule.json"), "--no-save-model"])
+    assert rep["reproduced"] is True and rep["log"]["train_loss"] == res["log"]["train_loss"]
+    plain = tune.main(["--agent", str(agent), "--instance", "bbc-tech-lm", "--steps", "6", "--no-save-model",
+                       "--out", str(tmp_path / "plain")])
+    assert plain["log"]["train_loss"] != res["log"]["train_loss"]  # the adapters, not the weights, trained

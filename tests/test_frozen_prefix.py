@@ -199,3 +199,22 @@ def test_a_depth_the_model_lacks_is_a_config_error(model, k, frozen, message):
 
     with pytest.raises(ConfigError, match=message):
         FineTuneSession(SessionConfig(model=model, device="cpu", trainable_last_layers=k, frozen_prefix=frozen))
+
+
+def test_one_pass_gives_every_cut_point_as_separate_passes_do(sessions, tmp_path, monkeypatch):
+    import trainers.frozen_prefix as fp
+
+    _, tail, data, _ = sessions
+    full, split = tail._prefix_model, data.validation
+    both = fp.prefix_states(full, split, [26, 28])
+    for n in (26, 28):
+        assert torch.equal(both[n], fp.prefix_states(full, split, n))
+    assert not torch.equal(both[26], both[28])
+    passes = []
+    real = fp.prefix_states
+    monkeypatch.setattr(fp, "prefix_states", lambda *a, **k: passes.append(a[2]) or real(*a, **k))
+    got = fp.cached_prefix_states(full, "m", split, 28, "t", cache_dir=tmp_path, also_at=[22, 26])
+    assert torch.equal(got, both[28]) and passes == [[22, 26, 28]]  # one pass, three cut points
+    for n in (22, 26):  # the others are read from the cache, with no further pass
+        fp.cached_prefix_states(full, "m", split, n, "t", cache_dir=tmp_path, also_at=[22, 26, 28])
+    assert passes == [[22, 26, 28]] and len(list(tmp_path.glob("*.safetensors"))) == 3

@@ -183,7 +183,8 @@ def _records(split) -> list[dict]:
             for i in range(len(split))]
 
 
-def _trainer(env, tmp_path, callback, deepspeed, steps, start: Hparams, report_to=(), batch=8, accumulation=1):
+def _trainer(env, tmp_path, callback, deepspeed, steps, start: Hparams, report_to=(), batch=8, accumulation=1,
+             lora_rank=None):
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from trainers.models import model_path
@@ -193,6 +194,11 @@ def _trainer(env, tmp_path, callback, deepspeed, steps, start: Hparams, report_t
     ensure_process_group("cpu")
     data = env.task_data(env.cfg.instance(INSTANCE))
     model = AutoModelForCausalLM.from_pretrained(model_path("tiny-gpt"))
+    if lora_rank:  # a peft model, as most people who fine-tune today give the Trainer
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules=["c_attn"],
+                                                 fan_in_fan_out=True))
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=batch,
         gradient_accumulation_steps=accumulation,
@@ -257,6 +263,25 @@ def test_trainer_callback_sets_what_the_optimizer_uses_at_every_step(env, tmp_pa
     saved = json.loads((tmp_path / "out" / SCHEDULE_FILE).read_text())
     assert saved["schedule"] == [h.as_dict() for h in cb.schedule] and len(saved["decisions"]) == 3
     assert read_schedule(tmp_path / "out" / SCHEDULE_FILE) == cb.schedule  # what a replay in the user's loop sets
+
+
+def test_trainer_callback_steers_a_peft_lora_model_through_deepspeed(env, tmp_path):
+    from agents.integrations import ControllerCallback
+
+    start = Hparams(2e-3, 0.02, 0.5)
+    cb = ControllerCallback(AGENT, decision_interval=4)
+    trainer, used, data = _trainer(env, tmp_path, cb, DS_CONFIGS["deepspeed zero 0 fp32"], 12, start, lora_rank=4)
+    cb.eval_dataset = _records(data.validation)
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert cb._engine is not None and len(cb.schedule) == 12 and sorted(used) == list(range(12))
+    for step, h in enumerate(cb.schedule):
+        assert {lr for lr, _, _ in used[step]} == {h.lr} and {c for _, _, c in used[step]} == {h.grad_clip}
+    assert len({h.lr for h in cb.schedule}) == 3  # it acted
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("lora_" in k for k in changed)  # only the adapters trained
+    assert any("lora_B" in k for k in changed)
 
 
 def test_trainer_and_environment_decide_alike(env, controller, tmp_path):

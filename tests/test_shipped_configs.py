@@ -93,3 +93,51 @@ def test_gpu_config_is_the_cpu_family_with_the_whole_model_training():
     assert gpu.session.precision == "bf16" and gpu.session.zero_stage == 2 and not gpu.session.frozen_prefix
     assert all(gpu.session_for(i).trainable_last_layers is None for i in gpu.train + gpu.heldout)
     assert len({cpu.session_for(i).trainable_last_layers for i in cpu.train + cpu.heldout}) >= 2
+
+
+def test_smollm2_wide_heldout_rule_and_extrapolation_tags():
+    cfg = load_config("smollm2_wide")
+    assert len(cfg.train) >= 48 and len(cfg.heldout) >= 12
+    train_data = {_data_identity(i) for i in cfg.train}
+    assert not [i.name for i in cfg.heldout if _data_identity(i) in train_data]  # no re-split or re-seed
+    train_families = {FAMILY[i.dataset.kind] for i in cfg.train}
+    unseen = [i for i in cfg.heldout if FAMILY[i.dataset.kind] not in train_families]
+    assert len(unseen) * 2 >= len(cfg.heldout) and len({FAMILY[i.dataset.kind] for i in unseen}) >= 3
+
+    def axes(i):
+        s = cfg.session_for(i)
+        return {"budget": cfg.steps_for(i), "lora_rank": s.lora.rank if s.lora else None,
+                "accumulation": s.gradient_accumulation_steps, "depth": s.trainable_last_layers}
+
+    seen = {axis: {axes(i)[axis] for i in cfg.train} for axis in ("budget", "lora_rank", "accumulation", "depth")}
+    tagged = [i for i in cfg.heldout if "extrapolation" in i.tags]
+    assert len(tagged) >= 3 and len({i.tags[1] for i in tagged}) == len(tagged)  # one per axis
+    for inst in cfg.heldout:
+        a = axes(inst)
+        outside = {"budget": a["budget"] > max(seen["budget"]),
+                   "lora_rank": a["lora_rank"] is not None and a["lora_rank"] not in seen["lora_rank"],
+                   "accumulation": a["accumulation"] > max(seen["accumulation"])}
+        expected = {inst.tags[1]} if inst in tagged else set()
+        assert {axis for axis, out in outside.items() if out} == expected, inst.name
+
+
+def test_smollm2_wide_varies_every_axis_a_practitioner_varies():
+    cfg = load_config("smollm2_wide")
+    sessions = [cfg.session_for(i) for i in cfg.train]
+    assert {s.trainable_last_layers for s in sessions if s.lora is None} == {1, 2, 4, 8}
+    assert {s.lora.rank for s in sessions if s.lora is not None} == {4, 16, 64}
+    assert {s.gradient_accumulation_steps for s in sessions} == {1, 2, 4}
+    budgets = [cfg.steps_for(i) for i in cfg.train]
+    assert min(budgets) <= 40 and max(budgets) >= 140
+    assert len({i.train_examples for i in cfg.train}) >= 3
+    assert len({i.dataset.kind for i in cfg.train}) >= 4
+
+
+def test_the_wide_family_file_is_what_its_generator_writes():
+    from trainers.instance_family import generate, render
+
+    path = REPO_ROOT / "configs" / "instances" / "smollm2_wide.yaml"
+    assert path.read_text() == render(0, path)  # regenerated, not edited by hand
+    assert generate(0) == generate(0)  # deterministic
+    assert generate(1) != generate(0)
+    assert "python -m trainers.instance_family --seed 0" in path.read_text().splitlines()[0]

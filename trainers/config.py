@@ -97,6 +97,31 @@ class DatasetSpec(_Strict):
         return self
 
 
+LLAMA_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoraSpec(_Strict):
+    """LoRA adapters (``peft``) on the trainable layers, instead of training those layers' weights."""
+
+    rank: int = Field(gt=0)
+    alpha: Optional[float] = Field(default=None, gt=0)  # None: 2 x rank, the common choice
+    # the linear layers that get an adapter, by their last name (Llama's attention and MLP projections);
+    # ["all-linear"]: every linear layer of the trainable blocks, whatever the model calls them
+    target_modules: tuple[str, ...] = LLAMA_LINEAR_MODULES
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+    @property
+    def scale_alpha(self) -> float:
+        return float(self.alpha if self.alpha is not None else 2 * self.rank)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("target_modules needs at least one module name")
+        return v
+
+
 class InstanceSpec(_Strict):
     """One fine-tuning problem: data + budget + where initial hyperparameters are drawn from."""
 
@@ -105,7 +130,16 @@ class InstanceSpec(_Strict):
     total_steps: Optional[int] = Field(default=None, gt=0)  # overrides episode.total_steps
     # overrides session.trainable_last_layers: how many final layers this instance fine-tunes
     trainable_layers: Optional[int] = Field(default=None, gt=0)
+    # the first n examples of the dataset's training split (a data-size axis over one dataset:
+    # instances that share a dataset share its splits and its frozen-prefix cache); None: all
+    train_examples: Optional[int] = Field(default=None, gt=0)
+    # overrides session.lora: LoRA adapters of this rank on the trainable layers
+    lora: Optional[LoraSpec] = None
+    # overrides session.gradient_accumulation_steps: micro-batches per optimizer step
+    gradient_accumulation_steps: Optional[int] = Field(default=None, gt=0)
     init_lr: Range = (1e-4, 1e-2)
+    # labels for reports, e.g. [extrapolation, budget]: a held-out instance outside the training range
+    tags: tuple[str, ...] = ()
     init_weight_decay: Range = (1e-3, 0.1)
     init_grad_clip: Range = (0.5, 2.0)
 
@@ -133,6 +167,13 @@ class SessionConfig(_Strict):
     # at the defaults its README documents (trainers/session.py SELF_TUNING), which owns its lr and
     # weight decay: set_hparams then changes only the clipping threshold
     optimizer: Literal["adamw", "schedulefree_adamw", "prodigy"] = "adamw"
+    # LoRA adapters (peft) on the trainable layers (all layers, or the last trainable_last_layers);
+    # None trains those layers' own weights
+    lora: Optional[LoraSpec] = None
+    # micro-batches per optimizer step (DeepSpeed's gradient_accumulation_steps): the effective batch
+    # is micro_batch_size x this. A live engine changes it (set_train_batch_size), so instances that
+    # differ only in it share one engine
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
 
     @model_validator(mode="after")
     def _prefix_needs_a_tail(self) -> "SessionConfig":
@@ -249,8 +290,15 @@ class InstanceSetConfig(_Strict):
         return inst.total_steps or self.episode.total_steps
 
     def session_for(self, inst: InstanceSpec) -> SessionConfig:
-        """The session an instance trains in: the set's, with the instance's trainable depth."""
-        return self.session_at_depth(inst.trainable_layers or self.session.trainable_last_layers)
+        """The session an instance trains in: the set's, with the instance's trainable depth,
+        adapter and gradient accumulation."""
+        base = self.session_at_depth(inst.trainable_layers or self.session.trainable_last_layers)
+        update: dict[str, Any] = {}
+        if inst.lora is not None:
+            update["lora"] = inst.lora
+        if inst.gradient_accumulation_steps is not None:
+            update["gradient_accumulation_steps"] = inst.gradient_accumulation_steps
+        return base.model_copy(update=update) if update else base
 
     def session_at_depth(self, k: Optional[int]) -> SessionConfig:
         """The set's session with k trainable last layers."""

@@ -17,7 +17,7 @@ import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -110,21 +110,26 @@ def _first_layers(full: nn.Module, n: int) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def prefix_states(full: nn.Module, split: TokenizedSplit, n_prefix: int, batch_size: int = 16,
-                  desc: str = "frozen layers") -> torch.Tensor:
-    """Output of the first n_prefix layers for every example: [N, L, hidden], float32."""
+def prefix_states(full: nn.Module, split: TokenizedSplit, n_prefix: int | Sequence[int], batch_size: int = 16,
+                  desc: str = "frozen layers") -> torch.Tensor | dict[int, torch.Tensor]:
+    """Output of the first n_prefix layers for every example: [N, L, hidden], float32. Given
+    several cut points, one pass through the deepest gives each of them: {n: states}."""
     from trainers.progress import progress
 
+    cuts = sorted(set(n_prefix)) if not isinstance(n_prefix, int) else [n_prefix]
     was_training = full.training
     full.eval()
-    out = []
-    with _first_layers(full, n_prefix) as body:
+    out: dict[int, list[torch.Tensor]] = {n: [] for n in cuts}
+    with _first_layers(full, cuts[-1]) as body:
         for s in progress(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False):
-            h = body(input_ids=split.input_ids[s:s + batch_size],
-                     attention_mask=split.attention_mask[s:s + batch_size]).last_hidden_state
-            out.append(h.float())
+            hidden = body(input_ids=split.input_ids[s:s + batch_size], attention_mask=split.attention_mask[s:s + batch_size],
+                          output_hidden_states=len(cuts) > 1)
+            for n in cuts:  # hidden_states[n] is the output of n layers (the norm is left out above)
+                out[n].append((hidden.hidden_states[n] if len(cuts) > 1 else hidden.last_hidden_state).float())
     full.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, split.input_ids.shape[1], full.config.hidden_size)
+    empty = torch.zeros(0, split.input_ids.shape[1], full.config.hidden_size)
+    states = {n: torch.cat(v) if v else empty for n, v in out.items()}
+    return states[cuts[0]] if isinstance(n_prefix, int) else states
 
 
 def cache_key(model_id: str, split: TokenizedSplit, n_prefix: int, full: Optional[nn.Module] = None) -> str:
@@ -143,9 +148,11 @@ def cache_key(model_id: str, split: TokenizedSplit, n_prefix: int, full: Optiona
 
 
 def cached_prefix_states(full: nn.Module, model_id: str, split: TokenizedSplit, n_prefix: int,
-                         desc: str, cache_dir: Optional[Path] = None) -> torch.Tensor:
+                         desc: str, cache_dir: Optional[Path] = None, also_at: Sequence[int] = ()) -> torch.Tensor:
     """The states from the artifact cache, or computed once (progress bar) and cached. Safe when
-    several processes ask at once: one computes, the others wait for its file."""
+    several processes ask at once: one computes, the others wait for its file. ``also_at``: other
+    cut points the caller will ask for (the depths of a family's other instances); those not yet
+    cached come out of the same pass, so a family costs one pass per split, not one per depth."""
     import fcntl
 
     from safetensors.torch import load_file, save
@@ -162,8 +169,12 @@ def cached_prefix_states(full: nn.Module, model_id: str, split: TokenizedSplit, 
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 if not path.is_file():
-                    states = prefix_states(full, split, n_prefix, desc=desc)
-                    write_bytes_atomic(path, save({"states": states.contiguous()}))
+                    wanted = {n_prefix} | {n for n in also_at if 0 < n < n_layers(full)
+                                           and not (folder / f"{cache_key(model_id, split, n, full)}.safetensors").is_file()}
+                    computed = prefix_states(full, split, sorted(wanted), desc=desc)
+                    for n, states in sorted(computed.items(), key=lambda kv: kv[0] == n_prefix):  # asked-for one last
+                        write_bytes_atomic(folder / f"{cache_key(model_id, split, n, full)}.safetensors",
+                                           save({"states": states.contiguous()}))
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     return load_file(str(path))["states"]

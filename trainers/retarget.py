@@ -60,3 +60,14 @@ def with_steps(cfg: InstanceSetConfig, instance: str, steps: int) -> InstanceSet
             if i["name"] == instance:
                 i["total_steps"] = steps
     return parse_config(d)
+
+
+def with_lora(cfg: InstanceSetConfig, instance: str, rank: int) -> InstanceSetConfig:
+    """The set with one instance trained through LoRA adapters of this rank (alpha 2 x rank) on
+    every linear layer of its trainable layers, instead of those layers' own weights."""
+    d = cfg.model_dump(mode="json")
+    for group in ("train", "heldout"):
+        for i in d[group]:
+            if i["name"] == instance:
+                i["lora"] = {"rank": rank, "target_modules": ["all-linear"]}
+    return parse_config(d, source="--lora-rank")

@@ -176,20 +176,22 @@ def _check_depth(k: int, total: int, allow_all: bool = False) -> None:
                           f"{top} for this model ({total} layers), got {k}")
 
 
-def _freeze_all_but_last(model: torch.nn.Module, n: int) -> None:
-    """Only the last n transformer blocks (and the final norm) train: big models on small machines."""
-    blocks = None
+def _find_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The transformer blocks of a Llama-, GPT-2- or GPT-NeoX-style model, and where they sit."""
     for path in ("model.layers", "transformer.h", "gpt_neox.layers"):
         obj: Any = model
         try:
             for part in path.split("."):
                 obj = getattr(obj, part)
-            blocks = obj
-            break
+            return path, obj
         except AttributeError:
             continue
-    if blocks is None:
-        raise ConfigError("session.trainable_last_layers: cannot find the transformer blocks of this model")
+    raise ConfigError("session.trainable_last_layers: cannot find the transformer blocks of this model")
+
+
+def _freeze_all_but_last(model: torch.nn.Module, n: int) -> None:
+    """Only the last n transformer blocks (and the final norm) train: big models on small machines."""
+    _, blocks = _find_blocks(model)
     _check_depth(n, len(blocks), allow_all=True)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -205,6 +207,19 @@ def _freeze_all_but_last(model: torch.nn.Module, n: int) -> None:
                 p.requires_grad_(True)
         except AttributeError:
             pass
+
+
+def _add_adapters(module: torch.nn.Module, cfg: SessionConfig, is_tail: bool) -> None:
+    """LoRA on the layers that would otherwise train: every layer of a tail, the last k blocks of a
+    whole model (trainable_last_layers), or all of its blocks."""
+    from trainers.adapters import add_lora
+
+    within = None
+    if not is_tail and cfg.trainable_last_layers:
+        path, blocks = _find_blocks(module)
+        _check_depth(cfg.trainable_last_layers, len(blocks), allow_all=True)
+        within = [f"{path}.{i}" for i in range(len(blocks) - cfg.trainable_last_layers, len(blocks))]
+    add_lora(module, cfg.lora, within)
 
 
 class FineTuneSession:
@@ -233,12 +248,14 @@ class FineTuneSession:
             module = CausalLMTail(build_tail(model, k))  # copies: the loaded model stays as it was
             self._prefix_model = frozen_model(cfg.model, loaded=model)  # shared, read-only: caches new data's states
         else:
-            if cfg.trainable_last_layers:
+            if cfg.trainable_last_layers and cfg.lora is None:
                 _freeze_all_but_last(model, cfg.trainable_last_layers)
             module = model
+        if cfg.lora is not None:  # adapters on the trainable layers; only they train
+            _add_adapters(module, cfg, is_tail=cfg.frozen_prefix)
         ds_config = {
             "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-            "gradient_accumulation_steps": 1,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
             "gradient_clipping": initial.grad_clip,
             "zero_optimization": {"stage": cfg.zero_stage},
             "bf16": {"enabled": cfg.precision == "bf16"},
@@ -262,6 +279,18 @@ class FineTuneSession:
         self.set_hparams(initial)
         self._base = self.snapshot()
 
+    # ------------------------------------------------------------ batch
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return int(self.engine.gradient_accumulation_steps())
+
+    def set_gradient_accumulation(self, n: int) -> None:
+        """Micro-batches per optimizer step from the next step on: DeepSpeed's own way of changing
+        the global batch of a live engine, so instances that differ only in it share the engine."""
+        if n < 1:
+            raise ValueError(f"gradient accumulation steps must be >= 1, got {n}")
+        self.engine.set_train_batch_size(self.cfg.micro_batch_size * n)
+
     # ------------------------------------------------------------ hyperparameters
     def set_hparams(self, h: Hparams) -> None:
         if self.self_tuning:  # it owns lr and weight decay; only the clipping threshold is ours
@@ -280,9 +309,11 @@ class FineTuneSession:
         return engine_hparams(self.engine)
 
     # ------------------------------------------------------------ data
-    def prepare(self, data: TaskData) -> TaskData:
+    def prepare(self, data: TaskData, other_depths: Collection[int] = ()) -> TaskData:
         """What this session trains on: the data as tokenised, plus, when only a tail trains, the
-        frozen layers' states for every split (computed once, then read from the artifact cache)."""
+        frozen layers' states for every split (computed once, then read from the artifact cache).
+        other_depths: trainable depths other sessions will ask of the same data; their states are
+        cached in the same pass."""
         if self._prefix_model is None:
             return data
         from trainers.frozen_prefix import cached_prefix_states
@@ -298,8 +329,10 @@ class FineTuneSession:
                     data.name, MAX_CACHED_TRAIN_EXAMPLES, len(split),
                     split.input_ids.shape[1] * self._prefix_model.config.hidden_size * 4 / 1024)
                 split = split.take(MAX_CACHED_TRAIN_EXAMPLES)
+            total = self.n_prefix_layers + int(self.cfg.trainable_last_layers or 0)
             states = cached_prefix_states(self._prefix_model, model_id, split, self.n_prefix_layers,
-                                          desc=f"caching frozen layers: {data.name}/{name}")
+                                          desc=f"caching frozen layers: {data.name}/{name}",
+                                          also_at=[total - k for k in other_depths])
             splits[name] = split.with_prefix_states(states)
         return TaskData(data.name, splits["train"], splits["validation"], splits["test"], data.metric)
 
@@ -337,9 +370,17 @@ class FineTuneSession:
     def _forward(self, batch: TokenizedSplit, labels: bool = True):
         return self.engine(**self.engine_inputs(batch, labels))
 
-    def _train_step(self, batch: TokenizedSplit) -> tuple[float, float]:
-        out = self._forward(batch)
-        self.engine.backward(out.loss)
+    def _train_step(self, micro_batches: list[TokenizedSplit]) -> tuple[float, float]:
+        """One optimizer step over the micro-batches: DeepSpeed scales each backward by
+        1 / accumulation steps and steps the optimizer at the boundary, which is set explicitly
+        (not left to its micro-step counter, which a snapshot restore or a change of accumulation
+        would put out of phase)."""
+        losses = []
+        for j, batch in enumerate(micro_batches):
+            self.engine.set_gradient_accumulation_boundary(j == len(micro_batches) - 1)
+            out = self._forward(batch)
+            self.engine.backward(out.loss)
+            losses.append(float(out.loss.detach()))
         # fp32 ZeRO 0 clips param.grad in place inside step(): read the norm first. ZeRO and bf16
         # optimizers compute the pre-clip norm themselves and expose it after step().
         norm = self._grad_norm_from_params() if self._reads_param_grads else None
@@ -347,24 +388,27 @@ class FineTuneSession:
         if norm is None:
             g = self.engine.get_global_grad_norm()
             norm = float(g) if g is not None else float("nan")
-        return float(out.loss.detach()), norm
+        return sum(losses) / len(losses), norm
 
     @property
     def _reads_param_grads(self) -> bool:
         return self.cfg.zero_stage == 0 and self.cfg.precision == "fp32"
 
     def train(self, k: int) -> list[StepMetrics]:
-        """k optimizer steps on random training batches; per-step metrics."""
+        """k optimizer steps on random training batches; per-step metrics. A step's batch of
+        micro_batch_size x accumulation examples is drawn at once, then cut into micro-batches,
+        so accumulating 4 micro-batches of 8 sees exactly the examples one batch of 32 would."""
         data = self.data.train
         self.engine.train()
         self._optimizer_mode(train=True)
         out: list[StepMetrics] = []
         clip = self.engine._config.gradient_clipping
+        micro, gas = self.cfg.micro_batch_size, self.gradient_accumulation_steps
         for _ in range(k):
             t0 = time.perf_counter()
-            idx = torch.randint(0, len(data), (self.cfg.micro_batch_size,), generator=self._data_rng)
-            batch = data.select(idx)
-            loss, norm = self._train_step(batch)
+            idx = torch.randint(0, len(data), (micro * gas,), generator=self._data_rng)
+            batches = [data.select(idx[j * micro:(j + 1) * micro]) for j in range(gas)]
+            loss, norm = self._train_step(batches)
             self.step_count += 1
             out.append(
                 StepMetrics(
@@ -372,7 +416,7 @@ class FineTuneSession:
                     loss=loss,
                     grad_norm=norm,
                     lr=float(self.engine.optimizer.param_groups[0]["lr"]),
-                    tokens=int(batch.attention_mask.sum()),
+                    tokens=sum(int(b.attention_mask.sum()) for b in batches),
                     seconds=time.perf_counter() - t0,
                     clipped=bool(math.isfinite(norm) and norm > clip),
                 )
@@ -466,13 +510,17 @@ class FineTuneSession:
     def save_model(self, folder: str) -> None:
         """A Hugging Face folder of the whole fine-tuned model (a trained tail is merged back into a
         copy of the full model: its layers, final norm; the frozen layers as loaded)."""
-        model = self.engine.module
-        if self._prefix_model is not None:
-            import copy
+        import copy
 
+        model = self.engine.module
+        if self.cfg.lora is not None:  # adapters folded into a copy of the weights: a plain HF model
+            from trainers.adapters import merge_lora
+
+            model = merge_lora(copy.deepcopy(model))
+        if self._prefix_model is not None:
             from trainers.frozen_prefix import merge_tail
 
-            model = merge_tail(copy.deepcopy(self._prefix_model), self.engine.module.tail)
+            model = merge_tail(copy.deepcopy(self._prefix_model), model.tail)
         model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
 

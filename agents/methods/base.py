@@ -34,12 +34,23 @@ def data_fingerprint(cfg: InstanceSetConfig, instance: str) -> str:
     return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Fields added after results were first stored: at their defaults they stay out of the key, so
+# the records saved before them (which those fields could not have changed) stay valid.
+LATER_FIELDS = {"instance": {"train_examples": None, "lora": None, "gradient_accumulation_steps": None, "tags": []},
+                "session": {"lora": None, "gradient_accumulation_steps": 1}}
+
+
+def _dump(model: Any, part: str) -> dict[str, Any]:
+    d = model.model_dump(mode="json")
+    return {k: v for k, v in d.items() if not (k in LATER_FIELDS[part] and v == LATER_FIELDS[part][k])}
+
+
 def instance_key(cfg: InstanceSetConfig, instance: str) -> dict[str, Any]:
     """What decides an episode on an instance, whatever steers it: its data, its spec, the session
     it trains in, the episode and the hard bounds. A saved result with another key is recomputed."""
     inst = cfg.instance(instance)
-    return {"data": data_fingerprint(cfg, instance), "instance": inst.model_dump(mode="json"),
-            "session": cfg.session_for(inst).model_dump(mode="json"), "episode": cfg.episode.model_dump(mode="json"),
+    return {"data": data_fingerprint(cfg, instance), "instance": _dump(inst, "instance"),
+            "session": _dump(cfg.session_for(inst), "session"), "episode": cfg.episode.model_dump(mode="json"),
             "bounds": cfg.bounds.model_dump(mode="json")}
 
 
