@@ -107,6 +107,7 @@ class FineTuneEnv(gym.Env):
         self.evaluate_test = evaluate_test
         # one engine per engine configuration the instances use (depth, adapter; most sets use one)
         self._engine_cfg = engine_config(self.cfg.session)
+        self._built: set[SessionConfig] = set()  # the engines this environment built (and may close)
         if isinstance(session, dict):
             self.sessions: dict[SessionConfig, FineTuneSession] = session
         else:
@@ -132,6 +133,7 @@ class FineTuneEnv(gym.Env):
         """The engine of the current instance's configuration (its trainable depth and adapter)."""
         if self._engine_cfg not in self.sessions:
             self.sessions[self._engine_cfg] = FineTuneSession(self._engine_cfg)
+            self._built.add(self._engine_cfg)
         return self.sessions[self._engine_cfg]
 
     def _use_engine(self, cfg: SessionConfig) -> None:
@@ -140,8 +142,13 @@ class FineTuneEnv(gym.Env):
         self._engine_cfg = engine_config(cfg)
         if self._engine_cfg in self.sessions:  # most recently used goes last
             self.sessions[self._engine_cfg] = self.sessions.pop(self._engine_cfg)
+        # only engines this environment built: one passed in, or shared with another environment
+        # that may be mid-episode on it, is its owner's to close
         while len(self.sessions) >= MAX_ENGINES and self._engine_cfg not in self.sessions:
-            oldest = next(iter(self.sessions))
+            oldest = next((k for k in self.sessions if k in self._built), None)
+            if oldest is None:
+                break
+            self._built.discard(oldest)
             self.sessions.pop(oldest).close()
 
     @property

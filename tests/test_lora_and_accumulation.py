@@ -120,9 +120,9 @@ def _one_step(cfg: SessionConfig, data, accumulation=None):
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     try:
+        s.reset_to_base(0)  # (back to the accumulation the engine was built with)
         if accumulation:
             s.set_gradient_accumulation(accumulation)
-        s.reset_to_base(0)
         s.use_data(data, 0)
         s.set_hparams(Hparams(1e-3, 0.0, 10.0))
         metrics = s.train(1)
@@ -174,3 +174,18 @@ def test_an_environment_shares_an_engine_across_accumulation_and_not_across_adap
     env.reset(seed=0, options={"instance": "lora8"})  # a third configuration: the least recently used goes
     assert len(env.sessions) == 2 and seen["lora"] not in env.sessions.values()
     assert seen["a1"] in env.sessions.values()
+    shared = fe.FineTuneEnv(cfg, session=env.sessions)  # engines another environment built: not its to close
+    shared.reset(seed=0, options={"instance": "lora"})
+    assert all(s in shared.sessions.values() for s in (seen["a1"], env.session))
+
+
+def test_a_restore_brings_back_the_accumulation_of_its_snapshot():
+    s = FineTuneSession(SessionConfig(model="tiny-gpt", device="cpu", micro_batch_size=4))
+    try:
+        s.set_gradient_accumulation(2)
+        snap = s.snapshot()
+        s.set_gradient_accumulation(8)
+        s.restore(snap)
+        assert s.gradient_accumulation_steps == 2
+    finally:
+        s.close()

@@ -154,6 +154,7 @@ class Snapshot:
     step: int
     data: Optional[TaskData]
     grad_clip: float
+    grad_accumulation: int = 1  # a restore brings the batch size back with the rest
 
 
 def _clone(obj: Any) -> Any:
@@ -473,6 +474,7 @@ class FineTuneSession:
             step=self.step_count,
             data=self._data,
             grad_clip=float(self.engine._config.gradient_clipping),
+            grad_accumulation=self.gradient_accumulation_steps,
         )
 
     def restore(self, snap: Snapshot) -> None:
@@ -495,6 +497,8 @@ class FineTuneSession:
         self._data_rng.set_state(snap.data_rng)
         self.step_count = snap.step
         self._data = snap.data
+        if snap.grad_accumulation != self.gradient_accumulation_steps:
+            self.set_gradient_accumulation(snap.grad_accumulation)
         h = self.hparams()  # lr and weight decay came back with the optimizer state; clip did not
         self.set_hparams(Hparams(h.lr, h.weight_decay, snap.grad_clip))
 
