@@ -39,13 +39,13 @@ def measure(args) -> int:
 
     torch.set_num_threads(1)
     proc = psutil.Process()
-    rows, sessions, data = [], [], None
+    rows, sessions, raw = [], [], None
     for kind, k, rank in CONFIGS:
         before = proc.memory_info().rss
         cfg = SessionConfig(model="smollm2-135m", device="cpu", micro_batch_size=args.micro_batch, seq_len=64,
                             trainable_last_layers=k, frozen_prefix=True, lora=LoraSpec(rank=rank) if rank else None)
         s = FineTuneSession(cfg)
-        if data is None:
+        if raw is None:  # one dataset, built once, prepared by each engine
             raw = build_task_data("bench", DatasetSpec(kind="bbc_topic", max_train_examples=64, prompt_template=CHAT),
                                   s.tokenizer, 64, 8, 8)
         prepared = s.prepare(raw)

@@ -52,22 +52,23 @@ def with_set_ranges(cfg: InstanceSetConfig) -> InstanceSetConfig:
     return parse_config(d, source="--data")
 
 
-def with_steps(cfg: InstanceSetConfig, instance: str, steps: int) -> InstanceSetConfig:
-    """The set with one instance's budget changed."""
+def _with_instance_fields(cfg: InstanceSetConfig, instance: str, fields: dict, source: str = "<dict>") -> InstanceSetConfig:
+    """The set with some fields of one instance replaced."""
     d = cfg.model_dump(mode="json")
     for group in ("train", "heldout"):
         for i in d[group]:
             if i["name"] == instance:
-                i["total_steps"] = steps
-    return parse_config(d)
+                i.update(fields)
+    return parse_config(d, source=source)
+
+
+def with_steps(cfg: InstanceSetConfig, instance: str, steps: int) -> InstanceSetConfig:
+    """The set with one instance's budget changed."""
+    return _with_instance_fields(cfg, instance, {"total_steps": steps})
 
 
 def with_lora(cfg: InstanceSetConfig, instance: str, rank: int) -> InstanceSetConfig:
     """The set with one instance trained through LoRA adapters of this rank (alpha 2 x rank) on
     every linear layer of its trainable layers, instead of those layers' own weights."""
-    d = cfg.model_dump(mode="json")
-    for group in ("train", "heldout"):
-        for i in d[group]:
-            if i["name"] == instance:
-                i["lora"] = {"rank": rank, "target_modules": ["all-linear"]}
-    return parse_config(d, source="--lora-rank")
+    return _with_instance_fields(cfg, instance, {"lora": {"rank": rank, "target_modules": ["all-linear"]}},
+                                 source="--lora-rank")
