@@ -11,6 +11,15 @@ results/headroom/<config>.json (per instance: hold_test_loss, best_open_loop_tes
 default_recipe_test_loss, base_test_metric, best_test_metric, best_constant_lr, each averaged over
 the starts tried), a markdown table, and a plot of test loss against the lr multiplier.
 
+With --transfer (a family with training instances, e.g. smollm2_wide): on every held-out instance
+the best constant lr on the grid, the best open-loop schedule, the default recipe, the recipe
+tuned once on the training instances (as agents.compare tunes it, --transfer-trials) and Optuna's
+best of --search-budget runs (agents/experiments/transfer_headroom.py). results/headroom/<config>.json
+gets a `summary` (spread of the held-out best lrs; the transferred recipe's share of the search's
+gain, 0 = default recipe, 1 = the search) and <config>.png test loss against lr per instance.
+
+    python -m agents.headroom --config smollm2_wide --transfer --seeds 1 --workers 2
+
 With --lr-grid: each lr of an absolute grid (1e-5 .. 1e-2, half-decade steps) held on every
 instance; each instance's best constant lr (agents/experiments/lr_grid.py), written to
 <config>_lr_grid.*: what agents.train_agent --imitate warm-starts from.
@@ -37,6 +46,12 @@ def build_parser() -> CommandParser:
     p.add_argument("--instances", nargs="*", default=None,
                    help="instance names (default: the held-out set; with --lr-grid, every instance)")
     p.add_argument("--lr-grid", action="store_true", help="instead: the best constant lr of every instance on a grid")
+    p.add_argument("--transfer", action="store_true",
+                   help="instead: headroom over the recipe tuned once on the training instances (see above)")
+    p.add_argument("--transfer-trials", type=positive_int, default=16,
+                   help="with --transfer: Optuna trials tuning that recipe on the training instances (default 16)")
+    p.add_argument("--search-budget", type=positive_int, default=16,
+                   help="with --transfer: the per-instance Optuna search's runs, the gain scale's 1.0 (default 16)")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds (= drawn starts) per instance (default: 3)")
     add_worker_arguments(p, default_workers=2)
     p.add_argument("--out", default=str(REPO_ROOT / "results" / "headroom"), help="folder (default: results/headroom)")
@@ -45,12 +60,16 @@ def build_parser() -> CommandParser:
 
 
 def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict[str, Any]:
-    from agents.experiments import lr_grid, open_loop
-    from agents.reporting.headroom_report import write_headroom_outputs, write_lr_grid_outputs
+    from agents.experiments import lr_grid, open_loop, transfer_headroom
+    from agents.reporting.headroom_report import write_headroom_outputs, write_lr_grid_outputs, write_transfer_outputs
     from trainers.atomic_files import write_json_atomic
     from trainers.provenance import machine_info, utc_now
 
     cfg = load_config(args.config)
+    if args.transfer and args.lr_grid:
+        raise ConfigError("--transfer and --lr-grid: choose one")
+    if args.transfer and not cfg.train:
+        raise ConfigError(f"--transfer: instance set {cfg.name!r} has no training instances to tune a recipe on")
     names = args.instances or [i.name for i in (cfg.train + cfg.heldout if args.lr_grid else cfg.heldout)]
     if not names:
         raise ConfigError(f"instance set {cfg.name!r} has no held-out instances: name some with --instances")
@@ -61,13 +80,18 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
         raise ConfigError(f"--out {out}: exists and is not a folder")
     t0 = time.time()
     name = f"{cfg.name}_lr_grid" if args.lr_grid else cfg.name
-    run = lr_grid.lr_grid if args.lr_grid else open_loop.headroom
-    found = run(cfg, names, args.seeds, out / name, pool_options(args))
+    if args.transfer:
+        found = transfer_headroom.transfer_headroom(cfg, names, args.seeds, out / name, pool_options(args),
+                                                    args.transfer_trials, args.search_budget)
+    else:
+        run = lr_grid.lr_grid if args.lr_grid else open_loop.headroom
+        found = run(cfg, names, args.seeds, out / name, pool_options(args))
     command = "python -m agents.headroom " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {"config": cfg.name, "command": command, "machine": machine_info(), "measured_at": utc_now(),
               "seconds_this_invocation": round(time.time() - t0, 1), "seeds": list(range(args.seeds)), **found}
     write_json_atomic(out / f"{name}.json", result)
-    (write_lr_grid_outputs if args.lr_grid else write_headroom_outputs)(out, cfg.name, result)
+    writer = write_transfer_outputs if args.transfer else write_lr_grid_outputs if args.lr_grid else write_headroom_outputs
+    writer(out, cfg.name, result)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}))
     else:

@@ -7,12 +7,14 @@ pass per split), one dataset per task, on ``--workers`` processes: its wall time
 states take (the frozen_prefix folder of the cache; point DSRL_CACHE at an empty folder to time a
 build from nothing; the model's own conversion is done before the clock starts).
 Phase 2 runs the default recipe once on every instance (seed 0) and times each episode (training
-plus its evaluations, on one core each): the median and the spread. Figures go to stdout and to
+plus its evaluations, on one core each; training and evaluation apart): the median and the spread.
+--episodes-only reruns phase 2 alone (after a change of draws over the same datasets). Figures go to stdout and to
 results/bench_family_<config>.json, with the machine, the command and the commit.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from trainers.atomic_files import write_json_atomic
 from trainers.cli import CommandParser, positive_int, run_command
-from trainers.config import REPO_ROOT, cache_root, load_config
+from trainers.config import REPO_ROOT, ConfigError, cache_root, load_config
 from trainers.provenance import machine_info, utc_now
 
 
@@ -41,12 +43,23 @@ def _episodes(config: str, names: list[str]) -> dict[str, float]:
     from envs.finetune_env import FineTuneEnv
 
     env = FineTuneEnv(config, split="all", evaluate_test=True)
+    parts = {"train_seconds": 0.0, "eval_seconds": 0.0}
+    step = env.step_with_schedule
+
+    def timed_step(per_step):  # the environment's own per-interval timing, summed
+        result = step(per_step)
+        for k in parts:
+            parts[k] += env.timing[k]
+        return result
+
+    env.step_with_schedule = timed_step
     out = {}
     for name in names:
         env.reset(seed=0, options={"instance": name})  # data and engine ready before the clock starts
+        parts.update(train_seconds=0.0, eval_seconds=0.0)
         t0 = time.perf_counter()
         run_episode(env, recipe_plan(env, env.cfg.default_recipe, name), name, seed=0)
-        out[name] = time.perf_counter() - t0
+        out[name] = {"seconds": time.perf_counter() - t0, **parts}
     return out
 
 
@@ -58,6 +71,8 @@ def parser() -> CommandParser:
     p = CommandParser(prog="python -m envs.bench_family", description=__doc__)
     p.add_argument("--config", default="smollm2_wide", help="instance set (default smollm2_wide)")
     p.add_argument("--workers", type=positive_int, default=2, help="processes, one core each (default 2)")
+    p.add_argument("--episodes-only", action="store_true",
+                   help="skip phase 1 (the caches are built) and keep its figures from the last results file")
     return p
 
 
@@ -71,32 +86,40 @@ def measure(args: argparse.Namespace) -> int:
     by_pool: dict[str, list[str]] = {}
     for inst in instances:
         by_pool.setdefault(inst.dataset.model_dump_json(), []).append(inst.name)
-    prefix = cache_root() / "frozen_prefix"
-    disk_before = _disk_mib(prefix)
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.workers) as pool:
-        list(pool.map(_build_pool, [args.config] * len(by_pool), list(by_pool.values())))
-    build_s = time.perf_counter() - t0
-    print(f"caches: {len(by_pool)} datasets in {build_s:.0f} s; states on disk {_disk_mib(prefix):.0f} MiB", flush=True)
     out = REPO_ROOT / "results" / f"bench_family_{args.config}.json"
-    record = {
-        "command": f"DSRL_CACHE=<empty folder> python -m envs.bench_family {' '.join(sys.argv[1:])}".strip(),
-        "machine": machine_info(), "when": utc_now(), "config": args.config, "workers": args.workers,
-        "n_datasets": len(by_pool), "n_instances": len(instances), "cache_build_s": round(build_s, 1),
-        "cache_disk_mib": round(_disk_mib(prefix), 1), "cache_disk_mib_before": round(disk_before, 1),
-    }
-    write_json_atomic(out, record)  # phase 1 is kept if phase 2 is stopped
+    if args.episodes_only:
+        if not out.is_file():
+            raise ConfigError(f"--episodes-only: {out} has no phase 1 figures yet: run without it first")
+        record = {k: v for k, v in json.loads(out.read_text()).items() if not k.startswith("episode")}
+        record["episodes_command"] = f"python -m envs.bench_family {' '.join(sys.argv[1:])}"
+        record["episodes_when"] = utc_now()
+    else:
+        prefix = cache_root() / "frozen_prefix"
+        disk_before = _disk_mib(prefix)
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(args.workers) as pool:
+            list(pool.map(_build_pool, [args.config] * len(by_pool), list(by_pool.values())))
+        build_s = time.perf_counter() - t0
+        print(f"caches: {len(by_pool)} datasets in {build_s:.0f} s; states on disk {_disk_mib(prefix):.0f} MiB",
+              flush=True)
+        record = {
+            "command": f"DSRL_CACHE=<empty folder> python -m envs.bench_family {' '.join(sys.argv[1:])}".strip(),
+            "machine": machine_info(), "when": utc_now(), "config": args.config, "workers": args.workers,
+            "n_datasets": len(by_pool), "n_instances": len(instances), "cache_build_s": round(build_s, 1),
+            "cache_disk_mib": round(_disk_mib(prefix), 1), "cache_disk_mib_before": round(disk_before, 1),
+        }
+        write_json_atomic(out, record)  # phase 1 is kept if phase 2 is stopped
     names = [i.name for i in instances]
     chunks = [names[w::args.workers] for w in range(args.workers)]
     t1 = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         seconds = {k: v for part in pool.map(_episodes, [args.config] * len(chunks), chunks) for k, v in part.items()}
     episodes_s = time.perf_counter() - t1
-    values = sorted(seconds.values())
+    values = sorted(v["seconds"] for v in seconds.values())
     record.update({
         "episode_s_median": round(statistics.median(values), 2), "episode_s_min": round(values[0], 2),
         "episode_s_max": round(values[-1], 2), "episodes_wall_s": round(episodes_s, 1),
-        "episode_s": {k: round(v, 2) for k, v in seconds.items()},
+        "episode_s": {k: {f: round(x, 2) for f, x in v.items()} for k, v in seconds.items()},
     })
     write_json_atomic(out, record)
     print(f"episodes: median {record['episode_s_median']} s (min {record['episode_s_min']}, max "

@@ -70,6 +70,16 @@ def engine_config(cfg: SessionConfig) -> SessionConfig:
     return cfg.model_copy(update={"gradient_accumulation_steps": 1})
 
 
+USER_GUESS_FACTOR = (0.01, 100.0)  # a user's guess at the lr is often off by 10-100x either way
+
+
+def user_guess_start(lr: float, log_uniform) -> float:
+    """A "user's guess" start: ``lr`` (e.g. the recipe tuned once on the training instances) times a
+    factor drawn log-uniformly from USER_GUESS_FACTOR by ``log_uniform(lo, hi)``; the reset clips
+    the result to the hard bounds, as it clips every start."""
+    return lr * log_uniform(*USER_GUESS_FACTOR)
+
+
 class FineTuneEnv(gym.Env):
     """Observe the run, set hyperparameters, get rewarded for validation improvement."""
 
@@ -83,9 +93,15 @@ class FineTuneEnv(gym.Env):
         evaluate_test: bool = False,
         session: Optional[FineTuneSession | dict[Optional[int], FineTuneSession]] = None,
         overrides: Optional[dict] = None,
+        user_guess_lr: Optional[float] = None,
     ) -> None:
         """session: an engine to share (for the set's own session), or a dict of them by engine
-        configuration (``env.sessions`` of another environment); missing ones are built on first use."""
+        configuration (``env.sessions`` of another environment); missing ones are built on first use.
+        user_guess_lr: "user's guess" starts (``user_guess_start``) around this lr on every reset,
+        e.g. the transferred recipe's; a reset's ``options={"user_guess_lr": ...}`` sets it per episode."""
+        if user_guess_lr is not None and not (math.isfinite(user_guess_lr) and user_guess_lr > 0):
+            raise ValueError(f"user_guess_lr must be a positive number, got {user_guess_lr!r}")
+        self.user_guess_lr = user_guess_lr
         if isinstance(config, InstanceSetConfig):
             self.cfg = config
         elif isinstance(config, dict):
@@ -186,18 +202,22 @@ class FineTuneEnv(gym.Env):
         self._cycle += 1
         return inst
 
-    def _draw_initial(self, inst: InstanceSpec, seed: Optional[int]) -> Hparams:
+    def _draw_initial(self, inst: InstanceSpec, seed: Optional[int], user_guess_lr: Optional[float] = None) -> Hparams:
         """A seeded reset draws from (seed, instance name), so every instance and seed has its own
         start (runs that share a seed are not copies of one draw); an unseeded one continues the
-        environment's stream."""
+        environment's stream. With ``user_guess_lr`` the lr is that lr times a factor drawn after
+        the instance's own three draws (so weight decay and clipping are the same either way)."""
         rng = (np.random.default_rng([seed, zlib.crc32(inst.name.encode())]) if seed is not None
                else self.np_random)
 
         def log_uniform(lo: float, hi: float) -> float:
             return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
-        return Hparams(log_uniform(*inst.init_lr), log_uniform(*inst.init_weight_decay),
-                       log_uniform(*inst.init_grad_clip))
+        drawn = Hparams(log_uniform(*inst.init_lr), log_uniform(*inst.init_weight_decay),
+                        log_uniform(*inst.init_grad_clip))
+        if user_guess_lr is None:
+            return drawn
+        return Hparams(user_guess_start(user_guess_lr, log_uniform), drawn.weight_decay, drawn.grad_clip)
 
     def _obs(self, steps: Sequence[StepMetrics]) -> np.ndarray:
         return observe(
@@ -216,7 +236,9 @@ class FineTuneEnv(gym.Env):
         session_cfg = self.cfg.session_for(self.instance)
         self._use_engine(session_cfg)
         self.total_steps = self.cfg.steps_for(self.instance)
-        drawn = self._draw_initial(self.instance, seed)  # drawn even when given: the seed stream stays the same
+        guess = options.get("user_guess_lr", self.user_guess_lr)
+        # drawn even when given: the seed stream stays the same
+        drawn = self._draw_initial(self.instance, seed, float(guess) if guess is not None else None)
         initial = options.get("initial_hparams")
         hp = Hparams(**initial) if isinstance(initial, dict) else (initial or drawn)
         hp = self.actions.clip(hp)

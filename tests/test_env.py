@@ -123,3 +123,34 @@ def test_test_split_is_reported_only_when_asked(fast_cfg_dict, tiny_session):
     while not term:
         _, _, term, _, info = env.step(np.zeros(3, dtype=np.float32))
     assert math.isfinite(info["test_loss"]) and info["episode_log"]["test_loss"] == info["test_loss"]
+
+
+def test_user_guess_starts_scatter_around_the_given_lr_and_keep_the_rest_of_the_draw(fast_env):
+    """A "user's guess" start: the given lr times a factor in [0.01, 100], drawn after (not
+    instead of) the instance's own draws, so weight decay and clipping match the ordinary start
+    and the same seed gives the same guess."""
+    from envs.finetune_env import FineTuneEnv
+
+    inst = fast_env.cfg.train[0].name
+    lo, hi = fast_env.cfg.bounds.lr
+    centre = 3e-4
+    factors = []
+    for seed in range(40):
+        _, own = fast_env.reset(seed=seed, options={"instance": inst})
+        _, guess = fast_env.reset(seed=seed, options={"instance": inst, "user_guess_lr": centre})
+        assert guess["hparams"]["weight_decay"] == own["hparams"]["weight_decay"]
+        assert guess["hparams"]["grad_clip"] == own["hparams"]["grad_clip"]
+        assert guess["hparams"]["lr"] != own["hparams"]["lr"]
+        _, again = fast_env.reset(seed=seed, options={"instance": inst, "user_guess_lr": centre})
+        assert again["hparams"] == guess["hparams"]
+        assert lo <= guess["hparams"]["lr"] <= hi
+        factors.append(guess["hparams"]["lr"] / centre)
+    assert 0.01 <= min(factors) and max(factors) <= 100 * (1 + 1e-9)
+    # log-uniform over four decades: both tails beyond 10x show up in 40 draws
+    assert min(factors) < 0.1 and max(factors) > 10
+    env = FineTuneEnv(fast_env.cfg, split="all", session=fast_env.sessions, user_guess_lr=centre)
+    _, info = env.reset(seed=3, options={"instance": inst})
+    _, guess = fast_env.reset(seed=3, options={"instance": inst, "user_guess_lr": centre})
+    assert info["hparams"] == guess["hparams"]  # the constructor's default is the same start
+    with pytest.raises(ValueError, match="user_guess_lr"):
+        FineTuneEnv(fast_env.cfg, split="all", session=fast_env.sessions, user_guess_lr=-1.0)

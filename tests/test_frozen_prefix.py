@@ -218,3 +218,37 @@ def test_one_pass_gives_every_cut_point_as_separate_passes_do(sessions, tmp_path
     for n in (22, 26):  # the others are read from the cache, with no further pass
         fp.cached_prefix_states(full, "m", split, n, "t", cache_dir=tmp_path, also_at=[22, 26, 28])
     assert passes == [[22, 26, 28]] and len(list(tmp_path.glob("*.safetensors"))) == 3
+
+
+def test_trimming_the_padding_changes_no_loss_and_no_real_state():
+    """Batches are cut after their last real token (right padding, causal attention): the loss,
+    the label logits and every real position's cached state match the untrimmed computation."""
+    from trainers.data import TokenizedSplit
+    from trainers.frozen_prefix import CausalLMTail, _first_layers, build_tail, prefix_states
+
+    full = _tiny_llama().eval()
+    ids = torch.randint(0, 64, (5, 16), generator=torch.Generator().manual_seed(2))
+    lengths = [9, 5, 11, 7, 3]  # the longest ends at 11: positions 11..15 are padding in every row
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    split = TokenizedSplit(ids, mask, labels)
+    cut = split.trimmed()
+    assert cut.input_ids.shape == (5, 11) and torch.equal(cut.input_ids, ids[:, :11])
+    full_row = TokenizedSplit(ids, torch.ones_like(ids), ids)
+    assert full_row.trimmed() is full_row  # nothing to cut
+    with torch.no_grad():
+        assert float(full(input_ids=cut.input_ids, attention_mask=cut.attention_mask, labels=cut.labels).loss) == \
+            pytest.approx(float(full(input_ids=ids, attention_mask=mask, labels=labels).loss), rel=1e-5)
+        with _first_layers(full, 3) as body:  # one untrimmed pass, as before trimming
+            untrimmed = body(input_ids=ids, attention_mask=mask).last_hidden_state
+        states = prefix_states(full, split, 3, batch_size=2)  # batches by length, each trimmed
+        for i, n in enumerate(lengths):
+            assert torch.allclose(states[i, :n], untrimmed[i, :n], atol=1e-5)
+        assert torch.count_nonzero(states[:, 11:]) == 0  # after every batch's cut: never computed
+        tail = CausalLMTail(build_tail(full, 1))
+        a = tail(states, mask, labels)
+        b = tail(states[:, :11], mask[:, :11], labels[:, :11])
+    assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-5)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)

@@ -102,3 +102,64 @@ def test_headroom_command_writes_its_files_and_resumes(fast_cfg_dict, tmp_path):
     main(argv)  # resumes: the saved record is reused, not recomputed
     assert per_run.stat().st_mtime_ns == mtime
     assert json.loads((out / f"{name}.json").read_text())["runs"] == result["runs"]
+
+
+def test_transfer_headroom_measures_every_static_choice_and_its_summary_follows_from_them(fast_cfg_dict, tmp_path):
+    """--transfer on a small set: 2 training instances (both bbc_lm), 2 held-out ones (one bbc_lm,
+    one bbc_topic: a family no training instance has). The summary's figures are recomputed here
+    from the per-instance table and the saved runs; a rerun reads everything back."""
+    from agents.headroom import main
+
+    train = [i for i in fast_cfg_dict["train"] if i["dataset"]["kind"] == "bbc_lm"][:2]
+    heldout = [fast_cfg_dict["heldout"][0], next(i for i in fast_cfg_dict["heldout"] if i["dataset"]["kind"] == "bbc_topic")]
+    d = dict(fast_cfg_dict, name="fastwide", train=train, heldout=heldout)
+    cfg_path = tmp_path / "fastwide.yaml"
+    cfg_path.write_text(yaml.safe_dump(d))
+    out = tmp_path / "headroom"
+    argv = ["--config", str(cfg_path), "--transfer", "--transfer-trials", "2", "--search-budget", "2", "--seeds", "1",
+            "--workers", "1", "--out", str(out), "--json"]
+    main(argv)
+    result = json.loads((out / "fastwide.json").read_text())
+    assert (out / "fastwide.md").is_file() and (out / "fastwide.png").is_file()
+    s, insts = result["summary"], result["instances"]
+    assert (s["n_train_instances"], s["n_heldout_instances"], s["n_heldout_unseen_family"]) == (2, 2, 1)
+    assert [insts[i["name"]]["unseen_family"] for i in heldout] == [False, True]
+    lrs = [r["best_constant_lr"] for r in insts.values()]
+    assert s["best_constant_lr_spread_heldout"] == pytest.approx(max(lrs) / min(lrs))
+    assert result["transferred_recipe"]["n_trials"] == 2 and result["transferred_recipe"]["training_instances"] == \
+        [i["name"] for i in train]
+    for name, r in insts.items():
+        saved = json.loads((out / "fastwide" / "per_run" / f"{name}-seed0.json").read_text())["entries"]
+        assert set(saved) == {"lr_grid", "warmup_cosine", "default_recipe", "optuna_tpe", "transferred_recipe"}
+        assert r["transferred_recipe_test_loss"] == saved["transferred_recipe"]["record"]["1"]["test_loss"]
+        assert len(r["lr_grid"]) == 7 and len({round(t, 9) for t in r["lr_grid_test_loss"]}) > 3  # real, distinct runs
+        # the best open-loop choice is the grid's or a warmup-cosine around the grid's best, by validation
+        assert r["best_open_loop"][0] in {f"{lr:.3g}" for lr in r["lr_grid"]} | \
+            {f"warmup-cosine {r['best_constant_lr_grid'] * m:.3g}" for m in (1 / 4, 1, 4)}
+        default, search = r["default_recipe_test_loss"], r["optuna_best_of_2_test_loss"]
+        assert r["search_gain_over_default"] == pytest.approx((default - search) / default)
+        if default - search > 1e-9:
+            captured = (default - r["transferred_recipe_test_loss"]) / (default - search)
+            assert result["transferred_recipe_gain_captured_per_instance"][name] == pytest.approx(captured)
+    g = s["transferred_recipe_gain_captured"]
+    no_gain = sorted(n for n, r in insts.items() if r["default_recipe_test_loss"] - r["optuna_best_of_2_test_loss"] <= 1e-9)
+    assert result["instances_without_search_gain"] == no_gain  # where the search gains nothing, no ratio is taken
+    if len(no_gain) < len(insts):
+        assert g["ci95_low"] <= g["iqm"] <= g["ci95_high"]
+    else:
+        assert math.isnan(g["iqm"]) and result["transferred_recipe_gain_captured_per_instance"] == {}
+    assert s["instances_below_separation"] == sorted(n for n, r in insts.items() if r["search_gain_over_default"] < 0.02)
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "fastwide" / "per_run").iterdir()}
+    main(argv)  # resumes: nothing is run again
+    assert {p: p.stat().st_mtime_ns for p in (out / "fastwide" / "per_run").iterdir()} == stamps
+    assert json.loads((out / "fastwide.json").read_text())["instances"] == insts
+
+
+def test_instance_bootstrap_resamples_instances():
+    from agents.reporting.statistics import instance_bootstrap_iqm
+
+    assert instance_bootstrap_iqm({"a": 0.4, "b": 0.4, "c": 0.4}) == pytest.approx((0.4, 0.4, 0.4))
+    point, lo, hi = instance_bootstrap_iqm({"a": 0.1, "b": 0.5, "c": 0.9, "d": 0.3, "e": 0.7})
+    assert point == pytest.approx(iqm([0.1, 0.5, 0.9, 0.3, 0.7])) and lo < point < hi
+    assert 0.1 <= lo and hi <= 0.9  # resamples of the instances' values stay within them
+    assert all(math.isnan(x) for x in instance_bootstrap_iqm({}))

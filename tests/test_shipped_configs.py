@@ -141,3 +141,18 @@ def test_the_wide_family_file_is_what_its_generator_writes():
     assert generate(0) == generate(0)  # deterministic
     assert generate(1) != generate(0)
     assert "python -m trainers.instance_family --seed 0" in path.read_text().splitlines()[0]
+
+
+def test_the_wide_generators_cost_model_uses_the_configs_batch_and_validation_sizes():
+    """The cost cap prices episodes at the config's micro-batch and validation size: a change to
+    one without the other would cap the wrong cost."""
+    from trainers import instance_family as fam
+
+    cfg = load_config("smollm2_wide")
+    assert (fam.MICRO_BATCH, fam.EVAL_EXAMPLES, fam.DECISION_INTERVAL) == \
+        (cfg.session.micro_batch_size, cfg.episode.eval_examples, cfg.episode.decision_interval)
+    for inst in cfg.train:  # every drawn instance is under the cap; only the tagged extrapolations may exceed it
+        pool = next(p for p in sorted(fam.POOL_TOKENS, key=len, reverse=True) if inst.name.startswith(p + "-"))
+        adapter = ("lora", fam.LORA_DEPTH) if inst.lora else ("full", inst.trainable_layers)
+        assert fam.estimated_seconds(pool, adapter, cfg.steps_for(inst), inst.gradient_accumulation_steps or 1) \
+            <= fam.MAX_EPISODE_S

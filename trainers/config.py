@@ -82,6 +82,11 @@ class DatasetSpec(_Strict):
     # whole prompt fits seq_len (a prompt too long loses its start: the template and the question)
     max_text_words: Optional[int] = Field(default=None, gt=0)
     max_train_examples: Optional[int] = Field(default=None, gt=0)
+    # validation and test hold at most this many examples (below the episode's eval_examples and
+    # test_examples): a text row predicts seq_len tokens, a short answer a few, so text measures as
+    # precisely with fewer rows, and its LM head at every position makes each row dear
+    max_validation_examples: Optional[int] = Field(default=None, gt=0)
+    max_test_examples: Optional[int] = Field(default=None, gt=0)
     seed: int = 0  # fixes the train/validation/test split (and math's generated problems)
 
     @model_validator(mode="after")

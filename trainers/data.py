@@ -261,6 +261,17 @@ class TokenizedSplit:
     def take(self, n: int) -> "TokenizedSplit":
         return self.select(slice(0, n))
 
+    def trimmed(self) -> "TokenizedSplit":
+        """The batch cut after its longest example's last real token. Padding is always at the
+        end (tokenize) and attention is causal, so no position before the cut sees a pad: losses
+        and logits are unchanged, and short examples stop paying for the window's full length."""
+        if self.attention_mask.numel() == 0 or bool(self.attention_mask[:, -1].any()):
+            return self
+        real = self.attention_mask.any(dim=0).nonzero()
+        end = int(real[-1]) + 1 if len(real) else 1
+        states = self.prefix_states[:, :end] if self.prefix_states is not None else None
+        return TokenizedSplit(self.input_ids[:, :end], self.attention_mask[:, :end], self.labels[:, :end], states)
+
     def with_prefix_states(self, states: torch.Tensor) -> "TokenizedSplit":
         return TokenizedSplit(self.input_ids, self.attention_mask, self.labels, states)
 
@@ -375,7 +386,10 @@ def build_task_data(
     eval_examples: int,
     test_examples: int,
 ) -> TaskData:
-    """Records -> splits -> fixed-length tensors; validation and test capped to fixed sizes."""
+    """Records -> splits -> fixed-length tensors; validation and test capped to fixed sizes (the
+    episode's, or the dataset's own smaller ones)."""
+    eval_examples = min(eval_examples, spec.max_validation_examples or eval_examples)
+    test_examples = min(test_examples, spec.max_test_examples or test_examples)
     train, val, test = task_records(spec, eval_examples, test_examples)
     t_train = tokenize(train, tokenizer, seq_len)
     t_val = _shuffled(tokenize(val, tokenizer, seq_len), spec.seed).take(eval_examples)

@@ -24,7 +24,7 @@ from torch import nn
 
 from trainers.data import IGNORE, TokenizedSplit
 
-CACHE_FORMAT = 1  # bump when what is cached, or how, changes
+CACHE_FORMAT = 2  # bump when what is cached, or how, changes
 
 
 def n_layers(model: nn.Module) -> int:
@@ -119,17 +119,23 @@ def prefix_states(full: nn.Module, split: TokenizedSplit, n_prefix: int | Sequen
     cuts = sorted(set(n_prefix)) if not isinstance(n_prefix, int) else [n_prefix]
     was_training = full.training
     full.eval()
-    out: dict[int, list[torch.Tensor]] = {n: [] for n in cuts}
+    n, width = len(split), split.input_ids.shape[1]
+    out = {c: torch.zeros(n, width, full.config.hidden_size) for c in cuts}
+    # batches of similar length, each cut after its last real token (TokenizedSplit.trimmed):
+    # padding is at the end and attention causal, so real positions come out as they would
+    # untrimmed; positions after a batch's cut stay zero (padding: no loss and no real position reads them)
+    order = torch.argsort(split.attention_mask.sum(dim=1), stable=True)
     with _first_layers(full, cuts[-1]) as body:
-        for s in progress(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False):
-            hidden = body(input_ids=split.input_ids[s:s + batch_size], attention_mask=split.attention_mask[s:s + batch_size],
+        for s in progress(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
+            idx = order[s:s + batch_size]
+            batch = split.select(idx).trimmed()
+            hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           output_hidden_states=len(cuts) > 1)
-            for n in cuts:  # hidden_states[n] is the output of n layers (the norm is left out above)
-                out[n].append((hidden.hidden_states[n] if len(cuts) > 1 else hidden.last_hidden_state).float())
+            end = batch.input_ids.shape[1]
+            for c in cuts:  # hidden_states[c] is the output of c layers (the norm is left out above)
+                out[c][idx, :end] = (hidden.hidden_states[c] if len(cuts) > 1 else hidden.last_hidden_state).float()
     full.train(was_training)
-    empty = torch.zeros(0, split.input_ids.shape[1], full.config.hidden_size)
-    states = {n: torch.cat(v) if v else empty for n, v in out.items()}
-    return states[cuts[0]] if isinstance(n_prefix, int) else states
+    return out[cuts[0]] if isinstance(n_prefix, int) else out
 
 
 def cache_key(model_id: str, split: TokenizedSplit, n_prefix: int, full: Optional[nn.Module] = None) -> str:

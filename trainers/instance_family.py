@@ -9,10 +9,11 @@ Each instance draws, from a seeded generator, the axes practitioners vary when t
   adapter     the last k in {1, 2, 4, 8} layers' own weights, or LoRA of rank r in {4, 16, 64}
               on the last 4 layers (on one CPU core the adapters sit on the trainable tail, so
               the frozen prefix's cached states still serve)
-  batch       gradient accumulation in {1, 2, 4} micro-batches of 4 (effective batch 4 to 16)
-An instance whose estimated episode (measured micro-step seconds, results/bench_engines_smollm2.json,
-times budget x accumulation; x2.5 where the LM head runs at every position) exceeds MAX_EPISODE_S
-on one core is drawn again: that caps the cost, and it is the one place the draw is not uniform.
+  batch       gradient accumulation in {1, 2, 4} micro-batches of 2 (effective batch 2 to 8)
+An instance whose estimated episode (the cost model below: training plus validation, fitted on
+measured episodes) exceeds MAX_EPISODE_S on one core is drawn again: that caps the cost, and it is
+the one place the draw is not uniform (dear combinations, e.g. 8 full layers with accumulation 4
+on text, are rare or absent).
 
 Held-out rule (tests/test_shipped_configs.py checks it): no held-out instance uses a training
 dataset; most held-out instances come from data source x task kind families no training instance
@@ -40,11 +41,30 @@ LORA_DEPTH = 4
 ACCUMULATION = (1, 2, 4)
 BUDGET = (30, 200)
 DECISION_INTERVAL = 10
-MAX_EPISODE_S = 60.0
-# median seconds of one micro-batch of 4 x 64 tokens on one core (python -m trainers.bench_engines)
-MICRO_STEP_S = {("full", 1): 0.19, ("full", 2): 0.25, ("full", 4): 0.45, ("full", 8): 0.80, ("lora", 4): 0.32}
-LM_FACTOR = 2.5  # text: the LM head runs at all 64 positions, not at a few label positions
+MICRO_BATCH = 2  # configs/smollm2_wide.yaml's session.micro_batch_size: effective batch 2 to 8
+EVAL_EXAMPLES = 32  # configs/smollm2_wide.yaml's episode.eval_examples: one validation pass per decision
+MAX_EPISODE_S = 30.0  # estimated seconds of a learner's episode (training + validation) on one core
+# The cost model: least squares on the episodes of this family's first draw (micro-batch 4, 48
+# validation examples), measured by python -m envs.bench_family, training and validation apart:
+#   python -m trainers.fit_episode_costs results/bench_family_smollm2_wide_draw1.json \
+#       results/bench_family_smollm2_wide_draw1_instances.yaml   (median error 8% and 5%)
+# Work is counted in token-layers: a micro-batch's longest example (batches are cut after it)
+# x the layers that run with gradients, plus the LM head at every label position.
+TRAIN_S = {"full_token_layer": 4.34e-4, "lora_token_layer": 3.58e-4, "head_label": 2.42e-3, "optimizer_layer": 1.89e-2}
+EVAL_S = {"full_token_layer": 1.15e-4, "lora_token_layer": 1.38e-4, "head_label": 1.62e-3}
+# per pool: (mean longest example of a training micro-batch of 4, label tokens per example, mean
+# longest example of a validation batch of 8), from the tokenised pools (SmolLM2 tokenizer, seq 64)
+POOL_TOKENS = {
+    "bbc-topic": (39.1, 2.7, 40.8), "chitchat-replies": (54.3, 17.8, 61.3), "arithmetic": (26.7, 3.2, 26.8),
+    "bbc-business-lm": (64.0, 63.0, 64.0), "bbc-sport-lm": (64.0, 63.0, 64.0),
+    "bbc-topic-first-sentence": (53.4, 2.7, 56.5), "bbc-tech-lm": (64.0, 63.0, 64.0),
+    "bbc-headline-writing": (47.8, 8.3, 53.2), "chitchat-lm": (64.0, 63.0, 64.0),
+    "math-place-value": (24.4, 2.0, 24.7), "math-compare-pair": (28.5, 3.0, 30.7),
+}
 
+# text rows predict every one of their 64 tokens: 16 validation and 48 test rows (1,000 and 3,000
+# predicted tokens) measure more tokens than 32 and 96 short answers do, for half the LM head's work
+TEXT_EVAL = {"max_validation_examples": 16, "max_test_examples": 48}
 # (name, dataset, family, instances): the pools. Families are data source x task kind.
 TRAIN_POOLS = [
     ("bbc-topic", {"kind": "bbc_topic", "source": "headline", "max_train_examples": 256, "prompt_template": CHAT},
@@ -53,18 +73,18 @@ TRAIN_POOLS = [
      "chitchat x reply generation", 10),
     ("arithmetic", {"kind": "arithmetic", "max_train_examples": 256, "prompt_template": CHAT},
      "arithmetic x short answer", 12),
-    ("bbc-business-lm", {"kind": "bbc_lm", "topic": "business", "max_train_examples": 24}, "bbc x language modelling", 7),
-    ("bbc-sport-lm", {"kind": "bbc_lm", "topic": "sport", "max_train_examples": 24}, "bbc x language modelling", 7),
+    ("bbc-business-lm", {"kind": "bbc_lm", "topic": "business", "max_train_examples": 24, **TEXT_EVAL}, "bbc x language modelling", 7),
+    ("bbc-sport-lm", {"kind": "bbc_lm", "topic": "sport", "max_train_examples": 24, **TEXT_EVAL}, "bbc x language modelling", 7),
 ]
 HELDOUT_POOLS = [
     # seen families, unseen data
     ("bbc-topic-first-sentence", {"kind": "bbc_topic", "source": "first_sentence", "max_train_examples": 256,
                                   "max_text_words": 16, "prompt_template": CHAT}, "bbc x classification", 2),
-    ("bbc-tech-lm", {"kind": "bbc_lm", "topic": "tech", "max_train_examples": 24}, "bbc x language modelling", 2),
+    ("bbc-tech-lm", {"kind": "bbc_lm", "topic": "tech", "max_train_examples": 24, **TEXT_EVAL}, "bbc x language modelling", 2),
     # unseen families
     ("bbc-headline-writing", {"kind": "bbc_headline", "max_train_examples": 256, "max_text_words": 16,
                               "prompt_template": CHAT}, "bbc x generation", 3),
-    ("chitchat-lm", {"kind": "chitchat_lm", "max_train_examples": 24}, "chitchat x language modelling", 2),
+    ("chitchat-lm", {"kind": "chitchat_lm", "max_train_examples": 24, **TEXT_EVAL}, "chitchat x language modelling", 2),
     ("math-place-value", {"kind": "math", "module": "numbers.place_value", "max_train_examples": 256,
                           "prompt_template": CHAT}, "mathematics-dataset x short answer", 2),
     ("math-compare-pair", {"kind": "math", "module": "comparison.pair", "max_train_examples": 256,
@@ -79,17 +99,21 @@ EXTRAPOLATION = [
 DATA_SIZES = (32, 64, 128, 256)
 
 
-def is_text(dataset: dict) -> bool:
-    return dataset["kind"] in ("bbc_lm", "chitchat_lm")
-
-
-def estimated_seconds(dataset: dict, adapter: tuple[str, int], steps: int, accumulation: int) -> float:
+def estimated_seconds(pool: str, adapter: tuple[str, int], steps: int, accumulation: int) -> float:
+    """A learner's episode on one core: training plus one validation pass per decision (the cost
+    model above; the test split, evaluated only by comparisons, is not counted)."""
+    tokens, labels, eval_tokens = POOL_TOKENS[pool]
     kind, x = adapter
-    per_micro = MICRO_STEP_S[(kind, x if kind == "full" else LORA_DEPTH)]
-    return steps * accumulation * per_micro * (LM_FACTOR if is_text(dataset) else 1.0)
+    layers = x if kind == "full" else LORA_DEPTH
+    per_token = TRAIN_S[f"{kind}_token_layer"] * layers
+    micro = MICRO_BATCH * (tokens * per_token + labels * TRAIN_S["head_label"])
+    step = accumulation * micro + (TRAIN_S["optimizer_layer"] * layers if kind == "full" else 0.0)
+    rows = min(EVAL_EXAMPLES, POOL_DATASETS[pool].get("max_validation_examples") or EVAL_EXAMPLES)
+    evaluation = rows * (eval_tokens * EVAL_S[f"{kind}_token_layer"] * layers + labels * EVAL_S["head_label"])
+    return steps * step + (steps // DECISION_INTERVAL) * evaluation
 
 
-def _draw(rng: np.random.Generator, dataset: dict) -> dict[str, Any]:
+def _draw(rng: np.random.Generator, pool: str) -> dict[str, Any]:
     while True:
         lo, hi = BUDGET
         steps = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi))) / DECISION_INTERVAL)) * DECISION_INTERVAL
@@ -99,7 +123,7 @@ def _draw(rng: np.random.Generator, dataset: dict) -> dict[str, Any]:
             adapter = ("lora", int(rng.choice(LORA_RANKS)))
         accumulation = int(rng.choice(ACCUMULATION))
         size = int(rng.choice(DATA_SIZES))
-        if estimated_seconds(dataset, adapter, steps, accumulation) <= MAX_EPISODE_S:
+        if estimated_seconds(pool, adapter, steps, accumulation) <= MAX_EPISODE_S:
             return {"total_steps": steps, "adapter": adapter, "accumulation": accumulation, "train_examples": size}
 
 
@@ -135,19 +159,20 @@ def generate(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
         for pool, dataset, _family, count in pools:
             labels: set[str] = set()
             for _ in range(count):
-                draw = _draw(rng, dataset)
+                draw = _draw(rng, pool)
                 while _label(draw) in labels:  # no instance repeats another of its pool
-                    draw = _draw(rng, dataset)
+                    draw = _draw(rng, pool)
                 labels.add(_label(draw))
                 out[group].append(_instance(f"{pool}-{_label(draw)}", dataset, draw))
     pools = {p: d for p, d, _, _ in HELDOUT_POOLS}
     for axis, pool, change in EXTRAPOLATION:
-        draw = {**_draw(rng, pools[pool]), **change}
+        draw = {**_draw(rng, pool), **change}
         out["heldout"].append(_instance(f"{pool}-{_label(draw)}", pools[pool], draw, ["extrapolation", axis]))
     return out
 
 
 FAMILIES = {p: f for p, _, f, _ in TRAIN_POOLS + HELDOUT_POOLS}
+POOL_DATASETS = {p: d for p, d, _, _ in TRAIN_POOLS + HELDOUT_POOLS}
 
 
 def render(seed: int, out: Path) -> str:

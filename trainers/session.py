@@ -267,6 +267,10 @@ class FineTuneSession:
         optimizer = make_client_optimizer(cfg, params, initial)
         self.self_tuning = cfg.optimizer in SELF_TUNING
         self.engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+        if cfg.zero_stage == 0 and deepspeed.comm.get_world_size() == 1:
+            # one rank: the gradient all-reduce is the identity, but DeepSpeed still flattens and
+            # copies every gradient to do it (7% of a CPU step). ZeRO >= 1 reduces inside its optimizer.
+            self.engine.enable_backward_allreduce = False
         self._client_optimizer = optimizer
         self._params = params
         # frozen weights never change: snapshots leave them out (an embedding is most of a small model)
@@ -359,7 +363,9 @@ class FineTuneSession:
         return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
 
     def engine_inputs(self, batch: TokenizedSplit, labels: bool = True) -> dict[str, torch.Tensor]:
-        """What ``engine(**inputs)`` takes for a batch: tokens, or the cached states of a tail."""
+        """What ``engine(**inputs)`` takes for a batch: tokens, or the cached states of a tail,
+        cut after the batch's last real token (TokenizedSplit.trimmed)."""
+        batch = batch.trimmed()
         if self._prefix_model is not None:
             if batch.prefix_states is None:
                 raise RuntimeError("this session trains a tail: give it data from session.prepare()")
@@ -436,7 +442,7 @@ class FineTuneSession:
         total_loss, total_tokens, hits = 0.0, 0, 0
         bs = self.cfg.micro_batch_size * 2
         for s in range(0, len(data), bs):
-            batch = data.select(slice(s, s + bs))
+            batch = data.select(slice(s, s + bs)).trimmed()
             if self._prefix_model is not None:  # logits only where there are labels
                 out = self._forward(batch)
                 loss = torch.nn.functional.cross_entropy(out.logits.float(), out.targets, reduction="sum")

@@ -37,12 +37,17 @@ def data_fingerprint(cfg: InstanceSetConfig, instance: str) -> str:
 # Fields added after results were first stored: at their defaults they stay out of the key, so
 # the records saved before them (which those fields could not have changed) stay valid.
 LATER_FIELDS = {"instance": {"train_examples": None, "lora": None, "gradient_accumulation_steps": None, "tags": []},
-                "session": {"lora": None, "gradient_accumulation_steps": 1}}
+                "session": {"lora": None, "gradient_accumulation_steps": 1},
+                "dataset": {"max_validation_examples": None, "max_test_examples": None}}
 
 
 def _dump(model: Any, part: str) -> dict[str, Any]:
     d = model.model_dump(mode="json")
-    return {k: v for k, v in d.items() if not (k in LATER_FIELDS[part] and v == LATER_FIELDS[part][k])}
+    d = {k: v for k, v in d.items() if not (k in LATER_FIELDS[part] and v == LATER_FIELDS[part][k])}
+    if part == "instance":
+        d["dataset"] = {k: v for k, v in d["dataset"].items()
+                        if not (k in LATER_FIELDS["dataset"] and v == LATER_FIELDS["dataset"][k])}
+    return d
 
 
 def instance_key(cfg: InstanceSetConfig, instance: str) -> dict[str, Any]:

@@ -101,3 +101,60 @@ def write_headroom_outputs(out: Path, name: str, result: dict) -> None:
     ax_abs.grid(alpha=0.3)
     fig.suptitle(f"headroom on {name}: constant learning rates")
     save_figure(fig, out / f"{name}.png")
+
+
+def write_transfer_outputs(out: Path, name: str, result: dict) -> None:
+    """<name>.md: per held-out instance, every static choice against the transferred recipe, and the
+    summary; <name>.png: test loss against constant lr per instance, the transferred lr marked."""
+    import matplotlib.pyplot as plt
+
+    s, insts = result["summary"], result["instances"]
+    search = s["search_reference"].replace("optuna_tpe best of ", "Optuna-")
+    fmt = lambda x: "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"  # noqa: E731
+    captured = result["transferred_recipe_gain_captured_per_instance"]
+    g = s["transferred_recipe_gain_captured"]
+    lines = [f"# Headroom over the transferred recipe on {name}", "", f"Command: `{result['command']}`", "",
+             f"{s['n_train_instances']} training and {s['n_heldout_instances']} held-out instances "
+             f"({s['n_heldout_unseen_family']} from families no training instance uses). Test loss, mean over "
+             f"{len(result['seeds'])} seed(s). Transferred recipe: lr {result['transferred_recipe']['recipe']['lr']:.2e}, "
+             f"tuned by {result['transferred_recipe']['n_trials']} Optuna trials on the training instances. Captured: "
+             f"(default - transferred) / (default - {search}); separation: ({'default'} - {search}) / default.", "",
+             f"| instance | unseen family | tags | best constant lr | best open-loop | default recipe | transferred | "
+             f"{search} | separation | captured |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for n, r in insts.items():
+        lines.append(f"| {n} | {'yes' if r['unseen_family'] else 'no'} | {', '.join(r['tags'])} | "
+                     f"{r['best_constant_lr']:.1e}{' (edge)' if r['best_constant_lr_at_grid_edge'] else ''} | "
+                     f"{fmt(r['best_open_loop_test_loss'])} | {fmt(r['default_recipe_test_loss'])} | "
+                     f"{fmt(r['transferred_recipe_test_loss'])} | {fmt(r[next(k for k in r if k.startswith('optuna_best'))])} | "
+                     f"{r['search_gain_over_default']:+.1%} | {fmt(captured.get(n))} |")
+    lines += ["", f"- best constant lr across held-out instances: the largest is {s['best_constant_lr_spread_heldout']:.1f}x "
+              "the smallest", f"- transferred recipe's share of the search's gain: IQM {g['iqm']:.2f} "
+              f"[{g['ci95_low']:.2f}, {g['ci95_high']:.2f}] ({s['gain_captured_interval']})",
+              f"- held-out instances where the search gains under {s['separation_threshold']:.0%} of the default recipe's "
+              f"loss: {', '.join(s['instances_below_separation']) or 'none'}"]
+    write_text_atomic(out / f"{name}.md", "\n".join(lines) + "\n")
+    cols = 4
+    rows = max(1, math.ceil(len(insts) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    lr_t = result["transferred_recipe"]["recipe"]["lr"]
+    for ax, (n, r) in zip(axes.flat, insts.items()):
+        pts = [(lr, t) for lr, t in zip(r["lr_grid"], r["lr_grid_test_loss"]) if math.isfinite(t)]
+        if pts:
+            ax.plot(*zip(*pts), "o-", ms=3)
+        ax.axvline(lr_t, color="C3", ls="--", lw=1.2, label="transferred recipe's lr")
+        ax.axvline(r["best_constant_lr"], color="C2", ls=":", lw=1.2, label="best constant lr")
+        ax.axhline(r["default_recipe_test_loss"], color="grey", lw=0.8, label="default recipe")
+        ax.set_xscale("log")
+        finite = [t for _, t in pts]
+        if finite:
+            ax.set_ylim(min(finite) * 0.97, min(max(finite), 2.0 * min(finite)) * 1.03)
+        ax.set_title(n + (" (unseen family)" if r["unseen_family"] else ""), fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(insts):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.supxlabel("constant lr, held for the whole episode (log)")
+    fig.supylabel("test loss")
+    fig.suptitle(f"{name}: test loss against lr per held-out instance (transferred lr dashed)")
+    save_figure(fig, out / f"{name}.png")

@@ -55,6 +55,22 @@ def stratified_bootstrap_iqm(per_instance: dict[str, Sequence[float]], reps: int
     return point, float(lo), float(hi)
 
 
+def instance_bootstrap_iqm(per_instance: dict[str, float], reps: int = 5000, seed: int = 0) -> tuple[float, float, float]:
+    """(IQM, low, high) over instances, one value each (an instance's seed-averaged figure), with a
+    95% percentile interval from resampling the instances: the interval covers the choice of
+    instances, which is what varies when there is one seed, or one figure, per instance."""
+    import numpy as np
+    from scipy.stats import trim_mean
+
+    values = np.asarray([v for v in per_instance.values() if v is not None and math.isfinite(v)], dtype=float)
+    if not len(values):
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    stats = trim_mean(values[rng.integers(0, len(values), (reps, len(values)))], 0.25, axis=1)
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return iqm(values), float(lo), float(hi)
+
+
 HIERARCHICAL_METHOD = ("mean over instances of each instance's mean; 95% percentile interval from {reps} "
                        "two-level bootstrap resamples: instances with replacement, then seeds with "
                        "replacement within each drawn instance (seeds sharing an instance are not "
