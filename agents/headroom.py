@@ -70,6 +70,11 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
         raise ConfigError("--transfer and --lr-grid: choose one")
     if args.transfer and not cfg.train:
         raise ConfigError(f"--transfer: instance set {cfg.name!r} has no training instances to tune a recipe on")
+    if args.transfer and args.instances:
+        trained = [n for n in args.instances if n in {i.name for i in cfg.train}]
+        if trained:
+            raise ConfigError(f"--instances {trained[0]}: a training instance; --transfer measures held-out ones only "
+                              "(the recipe was tuned on the training instances)")
     names = args.instances or [i.name for i in (cfg.train + cfg.heldout if args.lr_grid else cfg.heldout)]
     if not names:
         raise ConfigError(f"instance set {cfg.name!r} has no held-out instances: name some with --instances")
@@ -80,6 +85,7 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
         raise ConfigError(f"--out {out}: exists and is not a folder")
     t0 = time.time()
     name = f"{cfg.name}_lr_grid" if args.lr_grid else cfg.name
+    _check_not_the_other_mode(out / f"{name}.json", args.transfer)
     if args.transfer:
         found = transfer_headroom.transfer_headroom(cfg, names, args.seeds, out / name, pool_options(args),
                                                     args.transfer_trials, args.search_budget)
@@ -97,6 +103,19 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
     else:
         print((out / f"{name}.md").read_text())
     return result
+
+
+def _check_not_the_other_mode(path: Path, transfer: bool) -> None:
+    """--transfer and the start-relative headroom share a file name: neither overwrites the other's."""
+    if not path.is_file():
+        return
+    try:
+        held = "transferred_recipe" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # unreadable: it is rewritten
+    if held != transfer:
+        raise ConfigError(f"{path}: holds {'--transfer' if held else 'start-relative'} headroom results; "
+                          "give --out another folder to keep them")
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

@@ -237,6 +237,8 @@ class FineTuneEnv(gym.Env):
         self._use_engine(session_cfg)
         self.total_steps = self.cfg.steps_for(self.instance)
         guess = options.get("user_guess_lr", self.user_guess_lr)
+        if guess is not None and not (isinstance(guess, (int, float)) and math.isfinite(guess) and guess > 0):
+            raise ValueError(f"reset option user_guess_lr must be a positive number, got {guess!r}")
         # drawn even when given: the seed stream stays the same
         drawn = self._draw_initial(self.instance, seed, float(guess) if guess is not None else None)
         initial = options.get("initial_hparams")

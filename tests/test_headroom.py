@@ -163,3 +163,55 @@ def test_instance_bootstrap_resamples_instances():
     assert point == pytest.approx(iqm([0.1, 0.5, 0.9, 0.3, 0.7])) and lo < point < hi
     assert 0.1 <= lo and hi <= 0.9  # resamples of the instances' values stay within them
     assert all(math.isnan(x) for x in instance_bootstrap_iqm({}))
+
+
+def test_transfer_summary_scores_the_transferred_recipe_on_the_search_gain_scale(fast_cfg_dict):
+    """summarise on hand-made records: captured = (default - transferred) / (default - search) per
+    held-out instance; an instance the search does not improve has no ratio; the best open-loop
+    schedule is the lowest validation loss even where another has the lower test loss."""
+    from agents.experiments.transfer_headroom import summarise
+    from agents.reporting.records import PairResult, RunRecord
+    from agents.reporting.statistics import instance_bootstrap_iqm
+    from trainers.config import parse_config
+
+    cfg = parse_config(fast_cfg_dict)
+    names = [i.name for i in cfg.heldout]
+    losses = {names[0]: (2.0, 1.5, 1.0), names[1]: (3.0, 2.9, 2.0), names[2]: (1.0, 0.9, 1.1)}  # default, transferred, search
+    records, pairs = {}, []
+    for j, n in enumerate(names):
+        lr_best = 10.0 ** (-4 + j)  # the instances' best constant lrs: 1e-4, 1e-3, 1e-2
+        grid = {f"{lr:.3g}": {"val_loss": 1.0 + abs(math.log10(lr / lr_best)), "test_loss": 5.0, "lr": lr}
+                for lr in (1e-5, 1e-4, 1e-3, 1e-2)}
+        grid[f"{1e-5:.3g}"]["test_loss"] = 0.1  # best on test, not on validation: must not be chosen
+        records[f"{n}-seed0", "lr_grid"] = {"runs": grid}
+        records[f"{n}-seed0", "warmup_cosine"] = {"runs": {"warmup-cosine x": {"val_loss": 9.0, "test_loss": 0.0, "lr": 1.0}}}
+        d, t, s = losses[n]
+        pairs.append(PairResult(n, 0, {"default_recipe": {1: RunRecord(d, None, 10)},
+                                       "transferred_recipe": {1: RunRecord(t, None, 10)},
+                                       "optuna_tpe": {16: RunRecord(s, None, 160)}}))
+    out = summarise(cfg, names, 1, records, pairs, {"recipe": {"lr": 1e-3}}, 16)
+    assert out["transferred_recipe_gain_captured_per_instance"] == {names[0]: pytest.approx(0.5),
+                                                                    names[1]: pytest.approx(0.1)}
+    assert out["instances_without_search_gain"] == [names[2]]
+    point, lo, hi = instance_bootstrap_iqm({names[0]: 0.5, names[1]: 0.1})
+    assert out["summary"]["transferred_recipe_gain_captured"] == {"iqm": pytest.approx(point), "ci95_low": pytest.approx(lo),
+                                                                  "ci95_high": pytest.approx(hi)}
+    assert out["summary"]["best_constant_lr_spread_heldout"] == pytest.approx(100.0, rel=0.05)
+    for n in names:
+        assert out["instances"][n]["best_open_loop_test_loss"] == 5.0  # chosen by validation
+    assert out["summary"]["instances_below_separation"] == [names[2]]  # (1.0 - 1.1) / 1.0 < 2%
+    assert out["instances"][names[1]]["search_gain_over_default"] == pytest.approx(1 / 3)
+
+
+def test_transfer_refuses_a_training_instance_and_keeps_the_other_modes_file(capsys, tmp_path):
+    from agents.headroom import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--config", "tiny", "--transfer", "--instances", "arithmetic", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error:") and "training instance" in err and "\n" == err[-1]
+    (tmp_path / "tiny.json").write_text(json.dumps({"instances": {}, "aggregate": {}}))  # a start-relative result
+    with pytest.raises(SystemExit) as e:
+        main(["--config", "tiny", "--transfer", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "start-relative" in capsys.readouterr().err
+    assert json.loads((tmp_path / "tiny.json").read_text()) == {"instances": {}, "aggregate": {}}

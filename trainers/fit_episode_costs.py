@@ -1,14 +1,16 @@
 """Fit the instance generator's cost model (trainers/instance_family.py: TRAIN_S, EVAL_S) to measured
 episodes, so the cost cap prices instances by what they really took.
 
-    python -m trainers.fit_episode_costs results/bench_family_smollm2_wide_draw1.json \\
-        results/bench_family_smollm2_wide_draw1_instances.yaml [--micro-batch 4 --eval-examples 48]
+    python -m trainers.fit_episode_costs results/bench_family_smollm2_wide_draw2.json \\
+        results/bench_family_smollm2_wide_draw2_instances.yaml --micro-batch 2 --eval-examples 32
 
 The first file is python -m envs.bench_family's output (training and validation seconds per
 episode), the second the instance file it measured. Least squares, no intercept:
-  training seconds per step = accumulation x micro-batch x (tokens x layers x full|lora + labels x head)
-                              + full layers x optimizer
-  validation seconds per pass = examples x (tokens x layers x full|lora + labels x head)
+  training seconds per step = accumulation x (micro-batch x (tokens x layers x full|lora + labels x head)
+                              + micro_step) + full layers x optimizer
+  validation seconds per pass = examples x (tokens x layers x full|lora + labels x head) + batches x batch
+(micro_step and batch: what a forward/backward costs beyond its arithmetic, which short sequences
+in small batches feel most)
 with tokens, labels per pool from POOL_TOKENS. Prints the coefficients and the relative errors.
 """
 from __future__ import annotations
@@ -37,6 +39,8 @@ def fit(bench: dict, family: dict, micro_batch: int, eval_examples: int, interva
     insts = {i["name"]: i for group in ("train", "heldout") for i in family[group]}
     xt, yt, xe, ye = [], [], [], []
     for name, m in bench["episode_s"].items():
+        if name not in insts:
+            raise ConfigError(f"benchmark instance {name!r} is not in the instance file: give the file it measured")
         inst = insts[name]
         tokens, labels, eval_tokens = POOL_TOKENS[_pool(name, POOL_TOKENS)]
         lora = "lora" in inst
@@ -46,16 +50,18 @@ def fit(bench: dict, family: dict, micro_batch: int, eval_examples: int, interva
         gas, steps = inst.get("gradient_accumulation_steps", 1), inst["total_steps"]
         rows = min(eval_examples, inst["dataset"].get("max_validation_examples") or eval_examples)
         b = gas * micro_batch
-        xt.append([b * tokens * k * (not lora), b * tokens * k * lora, b * labels, k * (not lora)])
+        xt.append([b * tokens * k * (not lora), b * tokens * k * lora, b * labels, k * (not lora), gas])
         yt.append(m["train_seconds"] / steps)
-        xe.append([rows * eval_tokens * k * (not lora), rows * eval_tokens * k * lora, rows * labels])
-        ye.append(m["eval_seconds"] / (steps // interval))
+        batches = -(-rows // (2 * micro_batch))  # evaluation runs batches of twice the micro-batch
+        xe.append([rows * eval_tokens * k * (not lora), rows * eval_tokens * k * lora, rows * labels, batches])
+        ye.append(m["eval_seconds"] / max(1, steps // interval))
     xt, yt, xe, ye = map(np.asarray, (xt, yt, xe, ye))
     ct = np.linalg.lstsq(xt, yt, rcond=None)[0]
     ce = np.linalg.lstsq(xe, ye, rcond=None)[0]
     et, ee = np.abs(xt @ ct / yt - 1), np.abs(xe @ ce / ye - 1)
-    return {"TRAIN_S": dict(zip(("full_token_layer", "lora_token_layer", "head_label", "optimizer_layer"), map(float, ct))),
-            "EVAL_S": dict(zip(("full_token_layer", "lora_token_layer", "head_label"), map(float, ce))),
+    return {"TRAIN_S": dict(zip(("full_token_layer", "lora_token_layer", "head_label", "optimizer_layer", "micro_step"),
+                                map(float, ct))),
+            "EVAL_S": dict(zip(("full_token_layer", "lora_token_layer", "head_label", "batch"), map(float, ce))),
             "n_episodes": len(yt), "train_error_median": float(np.median(et)), "train_error_max": float(et.max()),
             "eval_error_median": float(np.median(ee)), "eval_error_max": float(ee.max())}
 
