@@ -153,7 +153,7 @@ def test_the_wide_generators_cost_model_uses_the_configs_batch_and_validation_si
     assert (fam.MICRO_BATCH, fam.EVAL_EXAMPLES, fam.DECISION_INTERVAL) == \
         (cfg.session.micro_batch_size, cfg.episode.eval_examples, cfg.episode.decision_interval)
     for inst in cfg.train:  # every drawn instance is under the cap; only the tagged extrapolations may exceed it
-        pool = next(p for p in sorted(fam.POOL_TOKENS, key=len, reverse=True) if inst.name.startswith(p + "-"))
+        pool = fam.pool_of(inst.name)
         adapter = ("lora", fam.LORA_DEPTH) if inst.lora else ("full", inst.trainable_layers)
         assert fam.estimated_seconds(pool, adapter, cfg.steps_for(inst), inst.gradient_accumulation_steps or 1) \
             <= fam.MAX_EPISODE_S

@@ -24,11 +24,13 @@ from trainers.cli import CommandParser, positive_int, run_command
 from trainers.config import ConfigError, read_structured_file
 
 
-def _pool(name: str, pools) -> str:
-    found = [p for p in sorted(pools, key=len, reverse=True) if name.startswith(p + "-")]
-    if not found:
+def _pool(name: str) -> str:
+    from trainers.instance_family import pool_of
+
+    pool = pool_of(name)
+    if pool is None:
         raise ConfigError(f"instance {name!r}: no pool of the generator's POOL_TOKENS starts its name")
-    return found[0]
+    return pool
 
 
 def fit(bench: dict, family: dict, micro_batch: int, eval_examples: int, interval: int = 10) -> dict:
@@ -42,7 +44,7 @@ def fit(bench: dict, family: dict, micro_batch: int, eval_examples: int, interva
         if name not in insts:
             raise ConfigError(f"benchmark instance {name!r} is not in the instance file: give the file it measured")
         inst = insts[name]
-        tokens, labels, eval_tokens = POOL_TOKENS[_pool(name, POOL_TOKENS)]
+        tokens, labels, eval_tokens = POOL_TOKENS[_pool(name)]
         lora = "lora" in inst
         if lora and inst["lora"]["rank"] not in (4, 16, 64):
             continue  # an extrapolation outside the drawn ranks

@@ -106,6 +106,12 @@ EXTRAPOLATION = [
 DATA_SIZES = (32, 64, 128, 256)
 
 
+def pool_of(name: str) -> Optional[str]:
+    """The pool an instance was drawn from: the longest pool name its name starts with."""
+    found = [p for p in sorted(POOL_TOKENS, key=len, reverse=True) if name.startswith(p + "-")]
+    return found[0] if found else None
+
+
 def estimated_seconds(pool: str, adapter: tuple[str, int], steps: int, accumulation: int) -> float:
     """A learner's episode on one core: training plus one validation pass per decision (the cost
     model above; the test split, evaluated only by comparisons, is not counted)."""
