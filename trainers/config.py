@@ -6,6 +6,8 @@ because a traceback from inside pydantic or yaml tells a user nothing about what
 from __future__ import annotations
 
 import math
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -35,7 +37,22 @@ class ConfigError(ValueError):
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bool_is_not_a_number(cls, v: Any, info: Any) -> Any:
+        """pydantic reads YAML's ``true`` as 1 where a number belongs; a number is never a boolean here."""
+        if isinstance(v, bool) and _number_field(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not a boolean")
+        return v
 
+
+def _number_field(annotation: Any) -> bool:
+    """Whether a field holds a plain int or float (bare or Optional), and never a bool."""
+    kinds = set(typing.get_args(annotation)) - {type(None)} if typing.get_origin(annotation) in _UNIONS else {annotation}
+    return bool(kinds) and kinds <= {int, float}
+
+
+_UNIONS = (typing.Union, types.UnionType)
 Range = tuple[float, float]
 
 
@@ -358,6 +375,8 @@ def read_structured_file(path: str | Path, what: str = "file") -> Any:
         raise ConfigError(f"{p}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
     except OSError as err:
         raise ConfigError(f"{p}: cannot be read ({err.strerror})") from None
+    if len(text) > MAX_STRUCTURED_CHARS:
+        raise ConfigError(f"{p}: {len(text):,} characters; a {what} of this project is under {MAX_STRUCTURED_CHARS:,}")
     if p.suffix == ".json":
         import json
 
@@ -365,10 +384,56 @@ def read_structured_file(path: str | Path, what: str = "file") -> Any:
             return json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError(f"{p}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        except RecursionError:
+            raise ConfigError(f"{p}: nested too deeply to be a {what} of this project") from None
     try:
+        check_yaml_shape(text, p, what)
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {' '.join(str(err).split())}") from None
+
+
+MAX_STRUCTURED_CHARS = 8_000_000  # the largest file a command reads as config or JSON record
+MAX_YAML_DEPTH = 64  # a config nests a handful of levels
+MAX_YAML_NODES = 200_000  # values after aliases are expanded: a config holds a few thousand
+
+
+def check_yaml_shape(text: str, path: Path, what: str) -> None:
+    """Refuse hostile YAML before it is built: nesting deeper than MAX_YAML_DEPTH (PyYAML's
+    composer recurses, so 10,000 levels end in RecursionError) and aliases that expand to more than
+    MAX_YAML_NODES values (a "billion laughs" of a few hundred bytes). Reads the event stream,
+    which is flat, and counts each anchor's expanded size once."""
+    stack: list[list[Any]] = []  # open collections: [anchor, expanded size]
+    sizes: dict[str, int] = {}
+    total = 0
+
+    def add(n: int) -> None:
+        nonlocal total
+        if stack:
+            stack[-1][1] += n
+        else:
+            total += n
+        if total + sum(s for _, s in stack) > MAX_YAML_NODES:
+            raise ConfigError(f"{path}: expands to more than {MAX_YAML_NODES:,} values (aliases of aliases?); "
+                              f"a {what} of this project holds a few thousand")
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([event.anchor, 1])
+            if len(stack) > MAX_YAML_DEPTH:
+                raise ConfigError(f"{path}: nested more than {MAX_YAML_DEPTH} levels deep (line "
+                                  f"{event.start_mark.line + 1}); a {what} of this project nests a few")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, size = stack.pop()
+            if anchor:
+                sizes[anchor] = size
+            add(size)
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor:
+                sizes[event.anchor] = 1
+            add(1)
+        elif isinstance(event, yaml.AliasEvent):
+            add(sizes.get(event.anchor, 1))
 
 
 def with_instance_file(data: Any, path: Path) -> Any:

@@ -107,19 +107,51 @@ def save_env_config(folder: Path, cfg: InstanceSetConfig) -> None:
 
 
 def read_agent_json(folder: str | Path) -> dict[str, Any]:
+    """``agent.json``, checked field by field for what the loaders read from it, so that a damaged
+    or hand-edited folder is refused with the field's name rather than deep inside torch."""
     folder = Path(folder)
     path = folder / AGENT_JSON
     if not path.is_file():
         raise ConfigError(f"{folder}: not an agent folder (no {AGENT_JSON}); train one with python -m agents.train_agent")
     meta = read_structured_file(path)
     if not isinstance(meta, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
+        raise ConfigError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     for key in ("algo", "model_file", "action_map"):
         if key not in meta:
             raise ConfigError(f"{path}: field {key!r} is missing")
     if meta["algo"] not in ALGOS:
         raise ConfigError(f"{path}: field 'algo' is {meta['algo']!r}; expected one of {list(ALGOS)}")
+    inside_folder(folder, meta["model_file"], f"{path}: field 'model_file'")
+    if meta.get("obs_normalization") is not None:
+        inside_folder(folder, meta["obs_normalization"], f"{path}: field 'obs_normalization'")
+    _check_shape(path, "action_map", meta["action_map"], dict)
+    for key, kind in (("mode", str), ("hparams", list)):
+        _check_shape(path, f"action_map.{key}", meta["action_map"].get(key), kind)
+    if "observation" in meta:
+        _check_shape(path, "observation", meta["observation"], list)
+        if not all(isinstance(x, str) for x in meta["observation"]):
+            raise ConfigError(f"{path}: field 'observation' must list feature names (strings)")
+    hp = meta.setdefault("learner_hparams", {})
+    _check_shape(path, "learner_hparams", hp, dict)
+    _check_shape(path, "learner_hparams.policy_kwargs", hp.setdefault("policy_kwargs", {}), dict)
     return meta
+
+
+def _check_shape(path: Path, field: str, value: Any, kind: type) -> None:
+    names = {dict: "an object", list: "a list", str: "a string"}
+    if not isinstance(value, kind):
+        raise ConfigError(f"{path}: field {field!r} must be {names[kind]}, got {json.dumps(value)[:60]}")
+
+
+def inside_folder(folder: Path, name: Any, what: str) -> Path:
+    """A file an agent folder names, read only from inside that folder: a plain file name, no
+    absolute path, no '..', no symlink out."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ConfigError(f"{what} must be a file name inside the agent folder, got {json.dumps(name)[:60]}")
+    target = folder / name
+    if target.is_symlink():
+        raise ConfigError(f"{what}: {target} is a symlink; an agent folder is read only from inside itself")
+    return target
 
 
 class Controller:
@@ -155,7 +187,7 @@ class Controller:
             actions = ActionMap(self.env_config.action, self.env_config.bounds)
             self._policy = load_policy(self.folder, self.meta, obs_space, actions.space)
             if self.meta.get("obs_normalization"):
-                self._normalizer = ObsNormalization.load(self.folder / self.meta["obs_normalization"])
+                self._normalizer = ObsNormalization.load(self.folder / self.meta["obs_normalization"], len(FEATURE_NAMES))
 
     @property
     def action_mode(self) -> str:

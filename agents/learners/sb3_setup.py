@@ -15,7 +15,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -121,13 +121,26 @@ class ObsNormalization:
         write_json_atomic(path, asdict(self))
 
     @classmethod
-    def load(cls, path: Path) -> "ObsNormalization":
-        from trainers.config import ConfigError
+    def load(cls, path: Path, size: Optional[int] = None) -> "ObsNormalization":
+        """Statistics as saved, checked: numbers where numbers belong, finite, a variance that is
+        not negative, and (given ``size``) one entry per observation feature."""
+        from trainers.config import ConfigError, read_structured_file
 
+        data = read_structured_file(path, "observation statistics file")
         try:
-            return cls(**json.loads(Path(path).read_text()))
-        except (OSError, ValueError, TypeError) as err:
-            raise ConfigError(f"{path}: not readable observation statistics ({err})") from None
+            stats = cls(**data)
+            mean, var = np.asarray(stats.mean, dtype=np.float64), np.asarray(stats.var, dtype=np.float64)
+            scalars = np.asarray([stats.count, stats.clip_obs, stats.epsilon], dtype=np.float64)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{path}: not observation statistics saved by this project ({err})") from None
+        if mean.ndim != 1 or mean.shape != var.shape or (size is not None and len(mean) != size):
+            want = f"{size}" if size is not None else "matching"
+            raise ConfigError(f"{path}: mean has {mean.size} and var {var.size} entries; the observation has {want}")
+        if not (np.isfinite(mean).all() and np.isfinite(var).all() and np.isfinite(scalars).all()):
+            raise ConfigError(f"{path}: holds values that are not finite (NaN or infinity)")
+        if (var < 0).any() or stats.clip_obs <= 0 or stats.epsilon < 0:
+            raise ConfigError(f"{path}: a negative variance, or clip_obs/epsilon out of range")
+        return stats
 
 
 # ------------------------------------------------------------------ saving and loading
