@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from trainers.atomic_files import check_writable_folder
 from trainers.cli import CommandParser, positive_int, run_command
 from trainers.config import ConfigError
 
@@ -25,10 +26,17 @@ def build_parser() -> CommandParser:
     p = CommandParser(prog="python -m agents.dashboard", description=__doc__)
     p.add_argument("folder", help="a comparison folder (results/compare/<name>), or a folder of study .db files")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=positive_int, default=8080, help="port (default: 8080)")
+    p.add_argument("--port", type=port_number, default=8080, help="port, 1-65535 (default: 8080)")
     p.add_argument("--merged", default=None,
                    help="where to write the merged SQLite file (default: a temporary file, removed on exit)")
     return p
+
+
+def port_number(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
+    return value
 
 
 def study_files(folder: Path) -> list[Path]:
@@ -73,6 +81,10 @@ def _check_optuna_file(f: Path) -> None:
 
 
 def _check_port(host: str, port: int) -> None:
+    try:
+        socket.getaddrinfo(host, port)
+    except socket.gaierror as err:
+        raise ConfigError(f"--host {host}: not an address this machine can resolve ({err.strerror})") from None
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -88,6 +100,9 @@ def serve(args: argparse.Namespace) -> None:
         dest = Path(args.merged) if args.merged else Path(tmp) / "studies.db"
         if dest.exists():
             raise ConfigError(f"--merged {dest}: exists; give a new file")
+        if not dest.parent.is_dir():
+            raise ConfigError(f"--merged {dest}: {dest.parent} is not a folder")
+        check_writable_folder(dest.parent, "--merged")
         names = merge_studies(files, dest)
         print(f"{len(names)} studies from {len(files)} files; optuna-dashboard at http://{args.host}:{args.port}/ "
               "(Ctrl-C stops it)", file=sys.stderr)

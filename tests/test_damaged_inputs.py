@@ -114,3 +114,91 @@ def test_a_yaml_true_is_not_read_as_the_number_one(fast_cfg_dict):
         parse_config(d)
     d = dict(fast_cfg_dict, session=dict(fast_cfg_dict["session"], frozen_prefix=True, trainable_last_layers=1))
     assert parse_config(d).session.frozen_prefix is True  # a boolean field still takes booleans
+
+
+def test_a_start_range_wholly_outside_the_bounds_is_refused(fast_cfg_dict):
+    from trainers.config import ConfigError, parse_config
+
+    train = [dict(fast_cfg_dict["train"][0], init_lr=[0.5, 0.9])] + list(fast_cfg_dict["train"][1:])
+    with pytest.raises(ConfigError, match=r"train\[0\] \(.*\)\.init_lr \[0\.5, 0\.9\] lies wholly outside bounds\.lr"):
+        parse_config(dict(fast_cfg_dict, train=train))
+
+
+def test_a_window_longer_than_the_model_reads_is_a_config_error(fast_cfg_dict):
+    from trainers.config import ConfigError, parse_config
+    from trainers.models import load_model_and_tokenizer
+    from trainers.session import check_seq_len
+
+    model, _ = load_model_and_tokenizer("tiny-gpt")
+    limit = model.config.max_position_embeddings if hasattr(model.config, "max_position_embeddings") else model.config.n_positions
+    cfg = parse_config(dict(fast_cfg_dict, session=dict(fast_cfg_dict["session"], seq_len=limit + 1)))
+    with pytest.raises(ConfigError, match=rf"session\.seq_len: {limit + 1} is longer than .* \({limit} positions"):
+        check_seq_len(cfg.session, model.config)
+    check_seq_len(parse_config(dict(fast_cfg_dict, session=dict(fast_cfg_dict["session"], seq_len=limit))).session,
+                  model.config)
+
+
+def test_a_lone_surrogate_in_jsonl_is_named_by_line(tmp_path):
+    from trainers.config import ConfigError
+    from trainers.data import read_jsonl
+
+    path = tmp_path / "odd.jsonl"
+    path.write_text("".join('{"text": "a fine line of text"}\n' for _ in range(12)) + '{"text": "bad \\ud800 here"}\n')
+    with pytest.raises(ConfigError, match=r"odd\.jsonl:13: field 'text' is not valid text \(a lone surrogate"):
+        read_jsonl(path)
+
+
+def test_an_unreachable_tracking_server_is_named_within_seconds(capsys, tmp_path, fast_cfg_dict):
+    import socket
+
+    with socket.socket() as s:  # a loopback port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.perf_counter()
+    line = _run(capsys, "agents.train_agent", ["--tracking-uri", f"http://127.0.0.1:{port}", "--out",
+                                               str(tmp_path / "out"), "--decisions", "1"])
+    assert f"tracking server http://127.0.0.1:{port} not reachable" in line and "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in line
+    assert time.perf_counter() - start < 10
+    assert not (tmp_path / "out").exists()
+
+
+# A folder no one can write, root included: chmod says nothing to root, and a read-only mount needs
+# privileges a test lacks; Linux's /proc takes no new files.
+UNWRITABLE = Path("/proc")
+needs_unwritable = pytest.mark.skipif(not UNWRITABLE.is_dir(), reason="needs Linux's /proc")
+
+
+@needs_unwritable
+def test_a_sqlite_store_in_an_unwritable_folder_is_refused_before_work(capsys, tmp_path):
+    line = _run(capsys, "agents.train_agent", ["--tracking-uri", f"sqlite:///{UNWRITABLE}/mlflow.db", "--out",
+                                               str(tmp_path / "out"), "--decisions", "1"])
+    assert f"{UNWRITABLE} is not writable" in line and "mlflow.db" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_artifacts_follow_a_sqlite_store(tmp_path):
+    from agents.reporting.mlflow_tracking import artifact_root, setup
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    (tmp_path / "elsewhere").mkdir()
+    exp = mlflow.get_experiment(setup(uri, "artifacts-probe"))
+    assert exp.artifact_location == (tmp_path / "elsewhere" / "mlartifacts" / "artifacts-probe").as_uri()
+    assert artifact_root("http://127.0.0.1:5000") is None
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--port", "70000"], "--port: must be a port number from 1 to 65535"),
+    (["--host", "no-such-host.invalid"], "--host no-such-host.invalid: not an address"),
+    (["--merged", "{tmp}/missing/merged.db"], "is not a folder"),
+    pytest.param(["--merged", f"{UNWRITABLE}/merged.db"], "is not writable", marks=needs_unwritable),
+])
+def test_dashboard_names_the_argument_at_fault(capsys, tmp_path, argv, says):
+    import optuna
+
+    (tmp_path / "studies").mkdir()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its handler would outlive this test's captured stderr
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'studies' / 's.db'}", study_name="s")
+    line = _run(capsys, "agents.dashboard", [str(tmp_path)] + [a.format(tmp=tmp_path) for a in argv])
+    assert says in line, line

@@ -1,7 +1,9 @@
-"""Files written whole or not at all: a temporary file in the same folder, then a rename.
+"""Files written whole or not at all: a temporary file in the same folder, flushed to disk, then a
+rename, then the folder flushed too.
 
 A crash or Ctrl-C mid-write leaves the previous version (or nothing), never half a file that a
-resume, a reader or a user would trust.
+resume, a reader or a user would trust; a power cut after the rename cannot leave an empty file.
+Files get the mode the user's umask gives (mkstemp alone would make every one 0600).
 """
 from __future__ import annotations
 
@@ -11,6 +13,28 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from trainers.config import ConfigError
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     path = Path(path)
@@ -18,11 +42,15 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), _umask_mode())
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_folder(path.parent)
     return path
 
 
@@ -32,3 +60,25 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=indent, default=str) + "\n")
+
+
+def check_writable_folder(folder: str | Path, what: str, need_bytes: int = 0) -> None:
+    """Before any work: the folder a command will write into (or its nearest existing parent, where
+    it will be made) is a folder, takes a file (tried, since permission bits say nothing to root or
+    on a read-only mount), and has ``need_bytes`` free. A ConfigError naming ``what`` otherwise."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{what} {folder}: exists and is not a folder")
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if probe is None or not probe.is_dir():
+        raise ConfigError(f"{what} {folder}: {probe} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{what} {folder}: {probe} is not writable ({err.strerror})") from None
+    if need_bytes:
+        free = os.statvfs(probe).f_bavail * os.statvfs(probe).f_frsize
+        if free < need_bytes:
+            raise ConfigError(f"{what} {folder}: {free / 2**20:.1f} MiB free on its disk, {need_bytes / 2**20:.1f} MiB "
+                              "needed; free some space or choose another folder")

@@ -291,6 +291,13 @@ class InstanceSetConfig(_Strict):
         if deep and not self.session.trainable_last_layers:
             raise ValueError(f"instances {deep} set trainable_layers, which needs session.trainable_last_layers "
                              "(the whole model trains otherwise)")
+        for group, insts in (("train", self.train), ("heldout", self.heldout)):
+            for k, inst in enumerate(insts):
+                for hp in HPARAM_NAMES:
+                    (lo, hi), (b_lo, b_hi) = getattr(inst, f"init_{hp}"), getattr(self.bounds, hp)
+                    if hi < b_lo or lo > b_hi:  # every start would be clipped to one edge of the bounds
+                        raise ValueError(f"{group}[{k}] ({inst.name}).init_{hp} {[lo, hi]} lies wholly outside "
+                                         f"bounds.{hp} {[b_lo, b_hi]}")
         return self
 
     def instance(self, name: str) -> InstanceSpec:

@@ -140,6 +140,11 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
                     raise DataFileError(f"{p}:{lineno}: field {k!r} must be a string, got {type(v).__name__}")
                 if k != "prompt" and not v.strip():
                     raise DataFileError(f"{p}:{lineno}: field {k!r} is empty")
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError as err:  # JSON's "\ud800": a lone surrogate, which no tokenizer takes
+                    raise DataFileError(f"{p}:{lineno}: field {k!r} is not valid text (a lone surrogate escape "
+                                        f"\\u{ord(v[err.start]):04x} at character {err.start + 1})") from None
             if kind is not None and this != kind:
                 raise DataFileError(f"{p}:{lineno}: mixes {this} records with {kind} records from earlier lines")
             kind = this

@@ -223,6 +223,15 @@ def _add_adapters(module: torch.nn.Module, cfg: SessionConfig, is_tail: bool) ->
     add_lora(module, cfg.lora, within)
 
 
+def check_seq_len(cfg: SessionConfig, model_config: Any) -> None:
+    """A window longer than the model's positions fails deep inside its embedding (IndexError):
+    say so as the config's error instead."""
+    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    if isinstance(limit, int) and cfg.seq_len > limit:
+        raise ConfigError(f"session.seq_len: {cfg.seq_len} is longer than {cfg.model!r} can read "
+                          f"({limit} positions, its max_position_embeddings)")
+
+
 class FineTuneSession:
     """One DeepSpeed engine; data and hyperparameters change, the engine does not."""
 
@@ -235,6 +244,7 @@ class FineTuneSession:
         deepspeed = _import_deepspeed(self.device)
         ensure_process_group(self.device)
         model, self.tokenizer = load_model_and_tokenizer(cfg.model)
+        check_seq_len(cfg, model.config)
         self._prefix_model: Optional[torch.nn.Module] = None
         if cfg.frozen_prefix:  # train a tail on cached states of the frozen layers (trainers/frozen_prefix.py)
             from trainers.frozen_prefix import CausalLMTail, build_tail, n_layers

@@ -1,7 +1,9 @@
 """MLflow on loopback or a local SQLite file: where every run, episode and plot is recorded.
 
 Default store: results/mlflow.db with artifacts in results/mlartifacts (no server needed);
---tracking-uri or MLFLOW_TRACKING_URI points elsewhere (e.g. http://127.0.0.1:5000).
+--tracking-uri or MLFLOW_TRACKING_URI points elsewhere (e.g. http://127.0.0.1:5000). Artifacts
+follow the store: beside another SQLite file, in its folder's mlartifacts/; on a server, wherever
+the server keeps them.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # else the client loo
 
 RESULTS = REPO_ROOT / "results"
 DEFAULT_DB = RESULTS / "mlflow.db"
-DEFAULT_ARTIFACTS = RESULTS / "mlartifacts"
 
 
 def default_tracking_uri() -> str:
@@ -36,9 +37,48 @@ def check_tracking_uri(tracking_uri: Optional[str]) -> None:
         raise ConfigError(f"MLflow tracking URI {uri!r}: expected one of {', '.join(s + ':' for s in URI_SCHEMES)} "
                           "(for example sqlite:///results/mlflow.db or http://127.0.0.1:5000)")
     if scheme == "sqlite":
-        folder = Path(uri.removeprefix("sqlite:///")).parent
+        db = Path(uri.removeprefix("sqlite:///"))
+        folder = db.parent
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"MLflow tracking URI {uri!r}: {folder} is not a folder")
+        from trainers.atomic_files import check_writable_folder
+
+        check_writable_folder(folder, f"MLflow tracking URI {uri!r}: the store's folder")
+    if scheme in ("http", "https"):
+        check_server_reachable(uri)
+
+
+SERVER_TIMEOUT_S = 5.0
+
+
+def check_server_reachable(uri: str) -> None:
+    """A tracking server that does not answer makes MLflow's client retry with backoff for minutes
+    before it says anything; ask once, briefly, before any work starts."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from trainers.config import ConfigError
+
+    parts = urlsplit(uri)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ConfigError(f"MLflow tracking URI {uri!r}: the port is not a number from 0 to 65535") from None
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=SERVER_TIMEOUT_S).close()
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise ConfigError(f"tracking server {uri} not reachable ({why}); start it, or point --tracking-uri "
+                          "elsewhere (MLflow's own retries while a run is under way: "
+                          "MLFLOW_HTTP_REQUEST_MAX_RETRIES)") from None
+
+
+def artifact_root(uri: str) -> Optional[Path]:
+    """Where a store's artifacts go when this project creates the experiment: beside a SQLite file
+    (results/mlartifacts for the default store); a server or file store keeps its own."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+    return None
 
 
 def setup(tracking_uri: Optional[str], experiment: str) -> str:
@@ -52,9 +92,10 @@ def setup(tracking_uri: Optional[str], experiment: str) -> str:
         mlflow.set_experiment(experiment)
         return exp.experiment_id
     kwargs: dict[str, Any] = {}
-    if uri.startswith("sqlite:"):  # the default ./mlruns would land wherever the user stands
-        DEFAULT_ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        kwargs["artifact_location"] = (DEFAULT_ARTIFACTS / experiment).as_uri()
+    root = artifact_root(uri)
+    if root is not None:  # else MLflow's default ./mlruns would land wherever the user stands
+        root.mkdir(parents=True, exist_ok=True)
+        kwargs["artifact_location"] = (root.resolve() / experiment).as_uri()
     exp_id = mlflow.create_experiment(experiment, **kwargs)
     mlflow.set_experiment(experiment)
     return exp_id
