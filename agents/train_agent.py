@@ -75,6 +75,7 @@ def prepare(args: argparse.Namespace):
     from agents.learners.sb3_setup import DEFAULT_DECISIONS, action_mode_for, whole_rollouts
     from agents.learners.training_run import TrainingOptions
     from agents.reporting.mlflow_tracking import check_tracking_uri
+    from trainers.atomic_files import check_writable_folder
 
     cfg = load_config(args.config, {"action": {"mode": action_mode_for(args.algo)}})
     if args.subproc and (args.ray or args.ray_address):
@@ -99,8 +100,7 @@ def prepare(args: argparse.Namespace):
 
         expert_targets(Path(args.imitate), cfg)  # a bad file stops here, before anything is written
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
+    check_writable_folder(out, "--out")  # a folder, and one that takes files, before any training
     folder = out / name
     check_agent_folder(folder, args.resume, args.algo, imitate=args.imitate is not None)
     decisions = DEFAULT_DECISIONS[args.algo] if args.decisions is None else args.decisions
@@ -134,14 +134,14 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from agents.parallel.ray_vec_env import WorkerFailure
+    from agents.experiments.agent_training import RunStopped
 
     def body(args: argparse.Namespace) -> Path:
         try:
             return train(args)
-        except WorkerFailure as err:  # not bad input: the run stopped; its checkpoint stays
-            print(f"error: {err}; the run is checkpointed: fix the cause, then rerun with --resume", file=sys.stderr)
-            raise SystemExit(1) from None
+        except RunStopped as err:  # not bad input: the run stopped, and says what it kept
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(130 if err.interrupted else 1) from None
 
     run_command(build_parser(), body, argv)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_commands import _run
+from tests.test_commands import _run, files  # noqa: F401 (files: the fixture, with its fast config)
 
 SHIPPED_AGENT = Path(__file__).resolve().parents[1] / "results" / "agents" / "ppo-tiny-seed0"
 
@@ -202,3 +202,169 @@ def test_dashboard_names_the_argument_at_fault(capsys, tmp_path, argv, says):
     optuna.create_study(storage=f"sqlite:///{tmp_path / 'studies' / 's.db'}", study_name="s")
     line = _run(capsys, "agents.dashboard", [str(tmp_path)] + [a.format(tmp=tmp_path) for a in argv])
     assert says in line, line
+
+
+# ------------------------------------------------------------------ clashing runs, stopped runs
+def _copy_agent_with_checkpoint(tmp_path: Path) -> Path:
+    folder = tmp_path / "agents" / "ppo-tiny-seed0"
+    shutil.copytree(SHIPPED_AGENT, folder)
+    return folder
+
+
+RESUME_DAMAGE = {
+    "the zip is missing": (lambda c: next(c.glob("model-*.zip")).unlink(), "is missing; the checkpoint is incomplete"),
+    "the zip is truncated": (lambda c: next(c.glob("model-*.zip")).write_bytes(next(c.glob("model-*.zip")).read_bytes()[:5000]),
+                             "not a whole zip"),
+    "files is empty": (lambda c: _edit_json(c / "state.json", lambda s: s.update(files={})), "files.model is missing"),
+    "a file outside the checkpoint": (lambda c: _edit_json(c / "state.json", lambda s: s["files"].update(
+        model="../policy.safetensors")), "inside the agent folder"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(RESUME_DAMAGE))
+def test_a_damaged_checkpoint_is_refused_on_resume(capsys, tmp_path, damage):
+    folder = _copy_agent_with_checkpoint(tmp_path)
+    spoil, says = RESUME_DAMAGE[damage]
+    spoil(folder / "checkpoint")
+    line = _run(capsys, "agents.train_agent", ["--config", "tiny", "--out", str(folder.parent), "--name", folder.name,
+                                               "--resume", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert says in line and "--resume" in line, line
+
+
+def test_a_folder_another_run_is_writing_is_refused(capsys, tmp_path):
+    from trainers.atomic_files import exclusive_lock
+
+    folder = tmp_path / "agents" / "qlearning-tiny-seed0"
+    folder.mkdir(parents=True)
+    with exclusive_lock(folder, "agent folder"):
+        line = _run(capsys, "agents.train_agent", ["--algo", "qlearning", "--out", str(folder.parent), "--decisions",
+                                                   "1", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+        assert "another training run (pid" in line and str(folder) in line
+        with pytest.raises(Exception, match="another run"):
+            with exclusive_lock(folder, "agent folder"):
+                pass
+    with exclusive_lock(folder, "agent folder"):  # released with its holder
+        pass
+
+
+def test_a_run_stopped_before_its_first_checkpoint_does_not_block_the_next(capsys, tmp_path, files):
+    """What a kill before the first checkpoint leaves: the run's marker and early files, no
+    checkpoint. --resume says why there is nothing to resume; a new run clears it and trains."""
+    from agents import train_agent
+    from agents.learners.agent_folder import RUN_MARKER
+
+    out = tmp_path / "agents"
+    argv = ["--algo", "qlearning", "--config", str(files / "fast.yaml"), "--decisions", "2", "--out", str(out),
+            "--name", "a", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--no-heldout", "--validate-every", "0"]
+    (out / "a").mkdir(parents=True)
+    (out / "a" / RUN_MARKER).write_text("python -m agents.train_agent ...\n")
+    (out / "a" / "env_config.yaml").write_text("name: half\n")
+    line = _run(capsys, "agents.train_agent", argv + ["--resume"])
+    assert "stopped before its first checkpoint" in line and "rerun without --resume" in line
+    train_agent.main(argv)
+    assert (out / "a" / "agent.json").is_file() and not (out / "a" / RUN_MARKER).exists()
+    assert "stopped before its first checkpoint" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_where_the_run_was_checkpointed(tmp_path, files):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "agents"
+    cmd = [sys.executable, "-m", "agents.train_agent", "--algo", "qlearning", "--config", str(files / "fast.yaml"),
+           "--decisions", "400", "--checkpoint-every", "1", "--out", str(out), "--name", "a", "--no-heldout",
+           "--validate-every", "0", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            cwd=Path(__file__).resolve().parents[1], env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    state = out / "a" / "checkpoint" / "state.json"
+    deadline = time.time() + 240
+    while not state.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert state.is_file(), "no checkpoint within the time allowed"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and len(lines) == 1, err[-2000:]
+    n = json.loads(state.read_text())["num_timesteps"]
+    assert f"interrupted; checkpointed at decision {n} in {out / 'a'}" in lines[0] and "--resume" in lines[0]
+
+
+def test_learner_progress_continues_from_the_checkpoint_on_resume(tmp_path):
+    import csv
+
+    from agents.learners.training_run import continued_csv
+
+    path = tmp_path / "learner_progress.csv"
+    shutil.copy(SHIPPED_AGENT / "learner_progress.csv", path)
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) >= 3
+    upto = int(rows[1]["time/total_timesteps"])
+    out = continued_csv(path, upto)  # resumed from a checkpoint at the second row's decisions
+    out.write({k: rows[2][k] for k in rows[2]}, {k: () for k in rows[2]}, 0)
+    out.close()
+    with path.open() as fh:
+        again = list(csv.DictReader(fh))
+    assert [r["time/total_timesteps"] for r in again] == [r["time/total_timesteps"] for r in rows[:3]]
+    assert again[0] == rows[0]
+    fresh = continued_csv(path, None)  # a new run starts the file empty
+    fresh.close()
+    assert path.read_text() == ""
+
+
+def test_files_keep_the_users_umask(tmp_path):
+    import os
+
+    from trainers.atomic_files import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        mode = write_text_atomic(tmp_path / "f.txt", "x").stat().st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert mode == 0o644
+
+
+# ------------------------------------------------------------------ agents.tune's output folder
+def _tune(capsys, tmp_path, *extra: str) -> str:
+    return _run(capsys, "agents.tune", ["--agent", str(SHIPPED_AGENT), "--instance", "bbc-tech-lm", *extra])
+
+
+def test_tune_refuses_an_output_it_cannot_write_before_training(capsys, tmp_path):
+    (tmp_path / "a-file").write_text("keep")
+    assert "exists and is not a folder" in _tune(capsys, tmp_path, "--out", str(tmp_path / "a-file"))
+    assert (tmp_path / "a-file").read_text() == "keep"
+    if UNWRITABLE.is_dir():
+        assert "is not writable" in _tune(capsys, tmp_path, "--out", str(UNWRITABLE / "tuned"))
+
+
+def test_tune_refuses_a_folder_another_run_writes(capsys, tmp_path):
+    from trainers.atomic_files import exclusive_lock
+
+    with exclusive_lock(tmp_path / "tuned", "--out"):
+        assert "another run (pid" in _tune(capsys, tmp_path, "--out", str(tmp_path / "tuned"), "--no-save-model")
+    assert not (tmp_path / "tuned").exists()
+
+
+def test_a_save_that_fails_leaves_nothing_half_written(capsys, tmp_path, monkeypatch):
+    """A full disk while the model is written (injected: the session's save raises as safetensors
+    does): one line, no partial folder, and the earlier run's files in --out untouched."""
+    from trainers.session import FineTuneSession
+
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "tuned" / "metrics.json").write_text('{"earlier": true}')
+
+    def full_disk(self, folder: str) -> None:
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FineTuneSession, "save_model", full_disk)
+    line = _tune(capsys, tmp_path, "--out", str(tmp_path / "tuned"), "--steps", "4")
+    assert "writing the run's files failed" in line and "No space left on device" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tuned"]  # no partial folder, no lock left
+    assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == ["metrics.json"]
+    assert json.loads((tmp_path / "tuned" / "metrics.json").read_text()) == {"earlier": True}

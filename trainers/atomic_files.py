@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from trainers.config import ConfigError
 
@@ -82,3 +84,67 @@ def check_writable_folder(folder: str | Path, what: str, need_bytes: int = 0) ->
         if free < need_bytes:
             raise ConfigError(f"{what} {folder}: {free / 2**20:.1f} MiB free on its disk, {need_bytes / 2**20:.1f} MiB "
                               "needed; free some space or choose another folder")
+
+
+def lock_file_for(target: str | Path) -> Path:
+    """The lock beside a folder or file a run writes: ``<parent>/.<name>.lock``."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.lock")
+
+
+def lock_holder(target: str | Path) -> str | None:
+    """Who holds ``target``'s lock (the holder's own note), or None when no living process does."""
+    import fcntl
+
+    path = lock_file_for(target)
+    if not path.is_file():
+        return None
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            return fh.read().strip() or "a process"
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
+@contextmanager
+def exclusive_lock(target: str | Path, what: str) -> Iterator[None]:
+    """One run at a time writes ``target``: an flock on its lock file, held until the body ends.
+    The kernel releases it when the process dies, however it dies, so a killed run never leaves a
+    live lock behind (only the file, which the next run takes over). The holder removes the file
+    when it ends; a run that locked a file just removed sees that (the path is no longer its file)
+    and tries again on the new one."""
+    import fcntl
+
+    path = lock_file_for(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(10):
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "a process"
+            fh.close()
+            raise ConfigError(f"{what} {target}: another run ({holder}) is writing it; wait for it to end, "
+                              "or choose another folder") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()
+    else:
+        raise ConfigError(f"{what} {target}: its lock file {path} keeps changing; is another run starting?")
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        fh.close()

@@ -5,15 +5,43 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from agents.learners.agent_folder import replacing
+from agents.learners.agent_folder import learned_anything, replacing
 from agents.learners.training_run import TrainingOptions, read_state, run_training
+from agents.parallel.ray_vec_env import WorkerFailure
 from agents.reporting import mlflow_tracking
+from trainers.atomic_files import exclusive_lock
 from trainers.config import InstanceSetConfig
+
+
+class RunStopped(Exception):
+    """A run that stopped before its end (Ctrl-C, a lost worker), after checkpointing: what the user
+    can do next, in one line."""
+
+    def __init__(self, why: str, folder: Path, interrupted: bool) -> None:
+        self.interrupted = interrupted
+        if learned_anything(folder):
+            n = read_state(folder)["num_timesteps"]
+            super().__init__(f"{why}; checkpointed at decision {n} in {folder}: rerun the same command with "
+                             "--resume to continue")
+        else:
+            super().__init__(f"{why} before anything was learned; nothing to resume: rerun the command to start again")
 
 
 def train_and_evaluate(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path, eval_seeds: Optional[int],
                        eval_pool: dict) -> Optional[dict]:
-    """``eval_seeds`` None: no held-out evaluation. Returns the held-out summary (None without one)."""
+    """``eval_seeds`` None: no held-out evaluation. Returns the held-out summary (None without one).
+    Ctrl-C or a lost worker ends as RunStopped, whose message says what was kept."""
+    with exclusive_lock(folder, "agent folder"):  # a second run on this folder is refused, not interleaved
+        try:
+            return _train_and_evaluate(cfg, opts, folder, eval_seeds, eval_pool)
+        except KeyboardInterrupt:
+            raise RunStopped("interrupted", folder, True) from None
+        except WorkerFailure as err:  # not bad input: the run stopped; its checkpoint stays
+            raise RunStopped(f"{err}; fix the cause", folder, False) from None
+
+
+def _train_and_evaluate(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path, eval_seeds: Optional[int],
+                        eval_pool: dict) -> Optional[dict]:
     import mlflow
 
     summary = None

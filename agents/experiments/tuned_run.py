@@ -3,26 +3,62 @@ recorded run's schedule. A run writes <out>/model (the fine-tuned model), metric
 schedule.json: the per-step hyperparameters applied, with the seed and config to replay them."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 from envs.episode import PolicyPlan, SchedulePlan, run_episode
 from envs.finetune_env import FineTuneEnv
-from trainers.atomic_files import write_json_atomic
+from trainers.atomic_files import check_writable_folder, exclusive_lock, fsync_folder, write_json_atomic
 from trainers.config import ConfigError, InstanceSetConfig, parse_config, read_structured_file
 
 
 def save_run(out: Path, log: dict, cfg: InstanceSetConfig, env: FineTuneEnv, agent: Optional[str],
              save_model: bool) -> None:
+    """The run's files, written into a temporary sibling and renamed into place whole: two runs or
+    an earlier run's files never mix in ``out``, and a write that fails (a full disk) leaves nothing."""
     schedule = {"instance": log["instance"], "seed": log["seed"], "agent": agent,
                 "schedule": log["schedule"], "train_loss": log["train_loss"], "eval_curve": log["eval_curve"],
                 "config": cfg.model_dump(mode="json")}
-    write_json_atomic(out / "schedule.json", schedule, indent=1)
     metrics = {k: log[k] for k in ("instance", "seed", "initial_eval_loss", "eval_curve", "diverged", "test_loss",
                                    "test_metric", "metric_name")}
-    write_json_atomic(out / "metrics.json", metrics)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        write_json_atomic(partial / "schedule.json", schedule, indent=1)
+        write_json_atomic(partial / "metrics.json", metrics)
+        if save_model:
+            env.session.save_model(str(partial / "model"))
+        replace_folder(partial, out)
+    except Exception as err:  # OSError, or safetensors' own error on a full disk
+        shutil.rmtree(partial, ignore_errors=True)
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"--out {out}: writing the run's files failed ({first}); nothing was left half-written, "
+                          f"and {out} is as it was") from None
+
+
+def replace_folder(new: Path, dest: Path) -> None:
+    """``new`` becomes ``dest``; what ``dest`` held before goes only once the new one is in place."""
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    if dest.exists():
+        dest.rename(old)
+    new.rename(dest)
+    fsync_folder(dest.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output(out: Path, cfg: InstanceSetConfig, save_model: bool) -> None:
+    """Before any training: ``out`` is a folder (or will be), its parent takes files, and its disk has
+    room for the model it will hold (the base model's weight files, as the saved copy is as large)."""
+    from trainers.models import model_path
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    need = 0
     if save_model:
-        env.session.save_model(str(out / "model"))
+        weights = [f for f in model_path(cfg.session.model).iterdir() if f.suffix in (".safetensors", ".bin")]
+        need = int(sum(f.stat().st_size for f in weights) * 1.1) + (1 << 20)
+    check_writable_folder(out.parent, "--out", need)
 
 
 def read_replay(path: str) -> dict[str, Any]:
@@ -55,6 +91,12 @@ def read_replay(path: str) -> dict[str, Any]:
 def replay(rec: dict[str, Any], out: Path, save_model: bool) -> dict[str, Any]:
     """Re-run a checked schedule.json (``read_replay``) exactly; says whether the losses reproduced."""
     cfg = rec["parsed_config"]
+    check_output(out, cfg, save_model)
+    with exclusive_lock(out, "--out"):
+        return _replay(rec, cfg, out, save_model)
+
+
+def _replay(rec: dict[str, Any], cfg: InstanceSetConfig, out: Path, save_model: bool) -> dict[str, Any]:
     env = FineTuneEnv(cfg, split="all", evaluate_test=True)
     log = run_episode(env, SchedulePlan(rec["parsed_schedule"]), rec["instance"], rec["seed"])
     same = (log["train_loss"] == rec["train_loss"]
@@ -66,9 +108,12 @@ def replay(rec: dict[str, Any], out: Path, save_model: bool) -> dict[str, Any]:
 
 
 def tuned_run(controller, cfg: InstanceSetConfig, instance: str, seed: int, out: Path, save_model: bool) -> dict:
-    """One run on ``instance`` steered by ``controller`` (an agent_folder.Controller)."""
-    env = FineTuneEnv(cfg, split="all", evaluate_test=True)
-    controller.check_compatible(env.actions)
-    log = run_episode(env, PolicyPlan(controller.act), instance, seed)
-    save_run(out, log, cfg, env, str(controller.folder), save_model)
+    """One run on ``instance`` steered by ``controller`` (an agent_folder.Controller); one run at a
+    time writes ``out``."""
+    check_output(out, cfg, save_model)
+    with exclusive_lock(out, "--out"):
+        env = FineTuneEnv(cfg, split="all", evaluate_test=True)
+        controller.check_compatible(env.actions)
+        log = run_episode(env, PolicyPlan(controller.act), instance, seed)
+        save_run(out, log, cfg, env, str(controller.folder), save_model)
     return {"log": log, "out": str(out)}

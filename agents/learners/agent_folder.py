@@ -38,30 +38,77 @@ def is_agent_folder(folder: Path) -> bool:
     return (folder / AGENT_JSON).is_file()
 
 
+RUN_MARKER = ".training-run"  # written when a run starts in a folder; with no checkpoint yet, nothing was learned
+CHECKPOINT_FILES = {"ppo": ("model", "obs_normalization"), "dqn": ("model", "obs_normalization"),
+                    "qlearning": ("qtable",)}
+
+
+def stopped_before_checkpoint(folder: Path) -> bool:
+    """A folder a run started in and left before its first checkpoint (killed, or Ctrl-C before
+    the first decision): it holds nothing learned, so a new run may clear it."""
+    return ((folder / RUN_MARKER).is_file() and not is_agent_folder(folder)
+            and not (folder / "checkpoint" / STATE_FILE).is_file())
+
+
 def check_agent_folder(folder: Path, resume: bool, algo: str, imitate: bool = False) -> None:
-    """Refuse anything that would touch a folder that is not a training run's to touch: a resume
-    needs a checkpoint of the same learner; a new run needs an empty folder or a finished agent."""
+    """Refuse anything that would touch a folder that is not a training run's to touch: a folder
+    another run is writing; a resume needs a whole checkpoint of the same learner; a new run needs
+    an empty folder, a finished agent, or one a run left before its first checkpoint."""
+    from trainers.atomic_files import lock_holder
+
+    holder = lock_holder(folder)
+    if holder:
+        raise ConfigError(f"{folder}: another training run ({holder}) is writing this agent folder; wait for it "
+                          "to end, or choose another --name")
     state = folder / "checkpoint" / STATE_FILE
     if resume:
         if not state.is_file():
-            raise ConfigError(f"--resume: {state} not found; nothing to resume")
+            why = (" (a run started here and stopped before its first checkpoint: rerun without --resume, which "
+                   "clears it)" if stopped_before_checkpoint(folder) else "")
+            raise ConfigError(f"--resume: {state} not found; nothing to resume{why}")
         saved = read_structured_file(state)
         if not isinstance(saved, dict) or saved.get("algo") != algo or not isinstance(saved.get("files"), dict):
             got = saved.get("algo") if isinstance(saved, dict) else None
             raise ConfigError(f"--resume: {state} is a checkpoint of --algo {got}, not {algo}"
                               if got else f"--resume: {state} is not a checkpoint this version can continue")
+        check_checkpoint_files(folder / "checkpoint", saved, algo)
         if imitate and not saved.get("imitation") and int(saved.get("num_timesteps", 0)) > 0:
             raise ConfigError(f"--imitate: {state} has learned {saved['num_timesteps']} decisions without imitation; "
                               "a warm start now would overwrite them (resume without --imitate)")
         return
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise ConfigError(f"{folder}: exists and is not a folder; choose another --name")
-    if folder.is_dir() and any(folder.iterdir()) and not is_agent_folder(folder):
+    if folder.is_dir() and any(folder.iterdir()) and not is_agent_folder(folder) and not stopped_before_checkpoint(folder):
         if state.is_file():
             raise ConfigError(f"{folder}: holds an unfinished training run; continue it with --resume, "
                               "or choose another --name")
         raise ConfigError(f"{folder}: exists and is not an agent folder (no agent.json); "
                           "choose another --name or --out")
+
+
+def check_checkpoint_files(ckpt: Path, saved: dict[str, Any], algo: str) -> None:
+    """Every file a checkpoint's state.json points at: named, inside the checkpoint folder, there,
+    and (SB3's zip) whole, so that --resume fails here and not deep inside the learner."""
+    import zipfile
+
+    where = ckpt / STATE_FILE
+    if not isinstance(saved.get("num_timesteps"), int) or saved["num_timesteps"] < 0:
+        raise ConfigError(f"--resume: {where}: field 'num_timesteps' must be a count of decisions, "
+                          f"got {json.dumps(saved.get('num_timesteps'))}")
+    for key in CHECKPOINT_FILES[algo]:
+        if key not in saved["files"]:
+            raise ConfigError(f"--resume: {where}: files.{key} is missing; the checkpoint is incomplete")
+        path = inside_folder(ckpt, saved["files"][key], f"--resume: {where}: files.{key}")
+        if not path.is_file():
+            raise ConfigError(f"--resume: {path} (files.{key} of {where}) is missing; the checkpoint is incomplete")
+        if path.suffix == ".zip":
+            try:
+                with zipfile.ZipFile(path) as z:
+                    bad = z.testzip()
+            except (zipfile.BadZipFile, OSError) as err:
+                raise ConfigError(f"--resume: {path}: not a whole zip ({err}); the checkpoint is damaged") from None
+            if bad is not None:
+                raise ConfigError(f"--resume: {path}: member {bad} is damaged; the checkpoint is damaged")
 
 
 def learned_anything(folder: Path) -> bool:
@@ -83,9 +130,14 @@ def replacing(folder: Path, resume: bool) -> Iterator[None]:
         previous = folder.with_name(f".{folder.name}.previous")
         if previous.exists():
             shutil.rmtree(previous)
+        stale = stopped_before_checkpoint(folder)
         folder.rename(previous)
-        print(f"replacing the earlier agent in {folder} (--name keeps both, --resume continues it); until this "
-              f"run has saved its agent the earlier one waits in {previous}", file=sys.stderr)
+        if stale:
+            print(f"clearing {folder}: a run started there and stopped before its first checkpoint, so it holds "
+                  "nothing learned", file=sys.stderr)
+        else:
+            print(f"replacing the earlier agent in {folder} (--name keeps both, --resume continues it); until this "
+                  f"run has saved its agent the earlier one waits in {previous}", file=sys.stderr)
     try:
         yield
     except BaseException:

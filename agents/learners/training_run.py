@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from agents.learners.agent_folder import STATE_FILE, save_env_config, write_agent_json
+from agents.learners.agent_folder import RUN_MARKER, STATE_FILE, save_env_config, write_agent_json
 from agents.learners.dropped_episodes import mark_dropped
 from agents.learners.sb3_setup import (ObsNormalization, build_model, learner_hparams, resume_model, save_checkpoint,
                                        save_policy)
@@ -126,10 +126,37 @@ def sb3_callback(monitor: TrainingMonitor):
     return _Callback()
 
 
-def mlflow_sb3_logger(folder: Path):
+def continued_csv(path: Path, upto: Optional[int]):
+    """SB3's CSV output (learner_progress.csv). A resumed run (``upto``: the checkpoint's decisions)
+    keeps the rows up to its checkpoint; the rows after it describe learning the resumed run does
+    again. SB3's own output opens the file with "w+" and would start it empty."""
+    from stable_baselines3.common.logger import CSVOutputFormat
+
+    kept: list[dict[str, str]] = []
+    if upto is not None and path.is_file():
+        with path.open(newline="") as fh:
+            kept = [r for r in csv.DictReader(fh) if _decisions(r) <= upto]
+    out = CSVOutputFormat(str(path))
+    if kept:
+        out.keys = list(kept[0])
+        writer = csv.DictWriter(out.file, fieldnames=out.keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        out.file.flush()
+    return out
+
+
+def _decisions(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("time/total_timesteps") or "inf")
+    except ValueError:
+        return math.inf
+
+
+def mlflow_sb3_logger(folder: Path, resumed_at: Optional[int] = None):
     """SB3's logger with an extra output that sends every learner metric to MLflow."""
     import mlflow
-    from stable_baselines3.common.logger import CSVOutputFormat, KVWriter, Logger
+    from stable_baselines3.common.logger import KVWriter, Logger
 
     class MLflowOutputFormat(KVWriter):
         def write(self, key_values: dict, key_excluded: dict, step: int = 0) -> None:
@@ -138,7 +165,7 @@ def mlflow_sb3_logger(folder: Path):
             if metrics:
                 mlflow.log_metrics(metrics, step=step)
 
-    return Logger(str(folder), [CSVOutputFormat(str(folder / "learner_progress.csv")), MLflowOutputFormat()])
+    return Logger(str(folder), [continued_csv(folder / "learner_progress.csv", resumed_at), MLflowOutputFormat()])
 
 
 class HeldoutValidator:
@@ -244,7 +271,7 @@ def build_learner(opts: TrainingOptions, venv, hp: dict, state: dict, ckpt: Path
         model = resume_model(opts.algo, venv, opts.seed, hp, ckpt / state["files"]["model"], int(state["num_timesteps"]))
     else:
         model = build_model(opts.algo, venv, opts.seed, hp)
-    model.set_logger(mlflow_sb3_logger(folder))
+    model.set_logger(mlflow_sb3_logger(folder, int(state["num_timesteps"]) if opts.resume else None))
 
     def act(obs: np.ndarray):
         a, _ = model.predict(venv.normalize_obs(np.asarray(obs, dtype=np.float32)[None]), deterministic=True)
@@ -281,6 +308,7 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
     validation: list = [tuple(v) for v in state.get("validation", [])]
     dropped: list[dict] = state.get("dropped", [])
     folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / RUN_MARKER, opts.command + "\n")  # a kill before the first checkpoint: see RUN_MARKER
     run = mlflow.active_run()
     t_start = time.time()
     # a resumed run keeps the learner it started with (PPO's rollout length, DQN's schedule)
@@ -371,6 +399,7 @@ def save_agent(folder: Path, cfg: InstanceSetConfig, opts: TrainingOptions, lear
     if diag is not None:
         meta["learner_diagnostics"] = diag.name
     write_agent_json(folder, meta)
+    (folder / RUN_MARKER).unlink(missing_ok=True)  # a whole agent now: the marker has done its job
     mlflow.log_artifact(str(folder / "learning_curve.png"), artifact_path="plots")
     if diag is not None:
         mlflow.log_artifact(str(diag), artifact_path="plots")
