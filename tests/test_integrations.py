@@ -207,6 +207,11 @@ def _trainer(env, tmp_path, callback, deepspeed, steps, start: Hparams, report_t
         deepspeed=deepspeed, bf16=bool(deepspeed and "bf16" in deepspeed), report_to=list(report_to), use_cpu=True, save_strategy="no", disable_tqdm=True,
         logging_steps=1000, seed=0)
     trainer = Trainer(model=model, args=args, train_dataset=_records(data.train), callbacks=[callback])
+    return trainer, _watch(trainer, callback), data
+
+
+def _watch(trainer, callback) -> dict[int, set[tuple[float, float, float]]]:
+    """What the optimizer that steps holds when it steps, by Trainer step."""
     used: dict[int, set[tuple[float, float, float]]] = {}  # step -> (lr, weight decay, clip) per param group stepped
 
     def clip_in_force() -> float:  # where the code that clips reads its threshold
@@ -226,7 +231,7 @@ def _trainer(env, tmp_path, callback, deepspeed, steps, start: Hparams, report_t
         return opt
 
     trainer.create_optimizer = create_and_watch
-    return trainer, used, data
+    return used
 
 
 DS_CONFIGS = {
@@ -282,6 +287,53 @@ def test_trainer_callback_steers_a_peft_lora_model_through_deepspeed(env, tmp_pa
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("lora_" in k for k in changed)  # only the adapters trained
     assert any("lora_B" in k for k in changed)
+
+
+def test_trainer_callback_steers_trl_sft_trainer_with_its_own_lora(env, tmp_path):
+    """TRL's SFTTrainer, as its docs show it: a prompt/completion dataset (loss on the completion
+    only), LoRA through its peft_config argument, DeepSpeed ZeRO 0; the controller sets what the
+    optimizer uses at every step, and only the adapters train."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from agents.integrations import ControllerCallback
+    from trainers.data import raw_records
+    from trainers.models import model_path
+    from trainers.session import _import_deepspeed, ensure_process_group
+
+    _import_deepspeed("cpu")
+    ensure_process_group("cpu")
+    inst = env.cfg.instance("bbc-topic-first-sentence")  # held out from the agent's training
+    records = raw_records(inst.dataset)[:96]
+    assert set(records[0]) == {"prompt", "completion"}
+    path = model_path("tiny-gpt")
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    start = Hparams(2e-3, 0.02, 0.5)
+    args = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=12, per_device_train_batch_size=8,
+                     learning_rate=start.lr, weight_decay=start.weight_decay, max_grad_norm=start.grad_clip,
+                     lr_scheduler_type="cosine", deepspeed=DS_CONFIGS["deepspeed zero 0 fp32"], use_cpu=True,
+                     report_to=[], save_strategy="no", disable_tqdm=True, logging_steps=1000, seed=0,
+                     max_length=env.cfg.session.seq_len, completion_only_loss=True,
+                     bf16=False)  # SFTConfig's default is bf16, where DeepSpeed ZeRO 0 takes one zero-gradient
+    # step at the start lr while it builds its optimizer, before the Trainer's first step
+    cb = ControllerCallback(AGENT, decision_interval=4)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args,
+                         train_dataset=Dataset.from_list(records), processing_class=tok, callbacks=[cb],
+                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True))
+    used = _watch(trainer, cb)
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert cb._engine is not None and len(cb.schedule) == 12 and sorted(used) == list(range(12))
+    for step, h in enumerate(cb.schedule):  # the cosine scheduler never reached a step
+        assert {lr for lr, _, _ in used[step]} == {h.lr} and {c for _, _, c in used[step]} == {h.grad_clip}
+    assert len({h.lr for h in cb.schedule}) == 3  # it acted at each of its three decisions
+    assert all(math.isfinite(g) and g > 0 for g in cb.ctl.grad_norm)
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("lora_" in k for k in changed) and any("lora_B" in k for k in changed)
 
 
 def test_trainer_and_environment_decide_alike(env, controller, tmp_path):
