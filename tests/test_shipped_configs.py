@@ -144,6 +144,30 @@ def test_the_wide_family_file_is_what_its_generator_writes():
     assert "python -m trainers.instance_family --seed 0" in path.read_text().splitlines()[0]
 
 
+def test_replacing_a_heldout_draw_changes_only_that_draw(monkeypatch):
+    """A held-out draw measured below the separation rule is replaced from its own pool by a stream
+    of its own: the training instances and every other held-out instance keep their draws, and the
+    replacement does not train, in effect, like the draw it replaces (text pools hold 24 articles,
+    so their data sizes above 24 are one size) nor like another instance of its pool."""
+    from trainers import instance_family as fam
+
+    shipped, replaced = fam.BELOW_SEPARATION, fam.generate(0)
+    assert shipped  # else this test checks nothing
+    monkeypatch.setattr(fam, "BELOW_SEPARATION", ())
+    original = fam.generate(0)
+    assert replaced["train"] == original["train"]
+    gone = [a["name"] for a, b in zip(original["heldout"], replaced["heldout"]) if a != b]
+    assert sorted(gone) == sorted(shipped)
+    names = {i["name"] for i in replaced["heldout"]}
+    assert not names & set(gone)
+    for inst in replaced["heldout"]:
+        pool, draw = fam._parse(inst["name"])
+        same = [o["name"] for o in replaced["heldout"] if o is not inst and fam.pool_of(o["name"]) == pool
+                and fam._effective(*fam._parse(o["name"])) == fam._effective(pool, draw)]
+        assert not same, inst["name"]
+        assert fam._effective(pool, draw) not in {fam._effective(*fam._parse(g)) for g in gone}
+
+
 def test_the_wide_generators_cost_model_uses_the_configs_batch_and_validation_sizes():
     """The cost cap prices episodes at the config's micro-batch and validation size: a change to
     one without the other would cap the wrong cost."""

@@ -104,6 +104,13 @@ EXTRAPOLATION = [
     ("depth", "bbc-topic-first-sentence", {"adapter": ("full", 8), "total_steps": 40, "accumulation": 1}),
 ]
 DATA_SIZES = (32, 64, 128, 256)
+# Held-out draws measured unable to tell methods apart (a 16-run Optuna search gained < 2% of the
+# default recipe's test loss over it; `python -m agents.headroom --config smollm2_wide --transfer
+# --seeds 1 --workers 2`, instances_below_separation in results/headroom/smollm2_wide.json) and
+# replaced, as issue 23 asks. A replacement comes from the same pool through a stream of its own,
+# so every other instance keeps its draw. Replacing selects for instances where a search pays:
+# the report lists what was replaced.
+BELOW_SEPARATION = ("bbc-tech-lm-k1-b40-ga1-n64", "chitchat-lm-k1-b40-ga1-n64")
 
 
 def pool_of(name: str) -> Optional[str]:
@@ -166,18 +173,42 @@ def _label(draw: dict[str, Any]) -> str:
     return f"{adapter}-b{draw['total_steps']}-ga{draw['accumulation']}-n{draw.get('train_examples') or 'all'}"
 
 
+def _effective(pool: str, draw: dict[str, Any]) -> str:
+    """A draw's label with its data size cut to its pool's (24-article text pools train on all 24
+    whether 64 or 256 are drawn): two draws with one effective label train alike."""
+    size = min(draw["train_examples"], POOL_DATASETS[pool]["max_train_examples"])
+    return f"{pool}-{_label({**draw, 'train_examples': size})}"
+
+
+def _parse(name: str) -> tuple[str, dict[str, Any]]:
+    """(pool, draw) back from an instance name written by _label."""
+    pool = pool_of(name)
+    adapter, steps, accumulation, size = name[len(pool) + 1:].split("-")
+    kind = ("lora", int(adapter[4:])) if adapter.startswith("lora") else ("full", int(adapter[1:]))
+    return pool, {"adapter": kind, "total_steps": int(steps[1:]), "accumulation": int(accumulation[2:]),
+                  "train_examples": int(size[1:])}
+
+
 def generate(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
     """The family: {'train': [...], 'heldout': [...]} as plain data, the same for the same seed."""
     rng = np.random.default_rng(seed)
+    replacements = np.random.default_rng([seed, 1])  # only replaced draws read it (BELOW_SEPARATION)
+    replaced = {_effective(pool, draw) for pool, draw in map(_parse, BELOW_SEPARATION)}
     out: dict[str, list[dict[str, Any]]] = {"train": [], "heldout": []}
     for group, pools in (("train", TRAIN_POOLS), ("heldout", HELDOUT_POOLS)):
         for pool, dataset, _family, count in pools:
             labels: set[str] = set()
+            drawn: set[str] = set()  # effective labels of the pool's instances so far
             for _ in range(count):
                 draw = _draw(rng, pool)
                 while _label(draw) in labels:  # no instance repeats another of its pool
                     draw = _draw(rng, pool)
+                while group == "heldout" and _effective(pool, draw) in replaced:  # nor a replaced one, in effect,
+                    draw = _draw(replacements, pool)
+                    while _effective(pool, draw) in drawn:  # nor, by replacing, one already drawn
+                        draw = _draw(replacements, pool)
                 labels.add(_label(draw))
+                drawn.add(_effective(pool, draw))
                 out[group].append(_instance(f"{pool}-{_label(draw)}", dataset, draw))
     pools = {p: d for p, d, _, _ in HELDOUT_POOLS}
     for axis, pool, change in EXTRAPOLATION:
@@ -199,7 +230,9 @@ def render(seed: int, out: Path) -> str:
               "# <pool>-<k layers | lora rank>-b<budget steps>-ga<accumulation>-n<training examples>.",
               "# Families (data source x task kind) by pool:"]
     header += [f"#   {pool}: {fam}" for pool, fam in FAMILIES.items()]
-    header += ["# Held-out rule: see the generator's docstring; tests/test_shipped_configs.py checks it.", ""]
+    header += ["# Held-out rule: see the generator's docstring; tests/test_shipped_configs.py checks it.",
+               "# Held-out draws replaced because a 16-run search could not beat the default recipe by 2%",
+               "# of its test loss (BELOW_SEPARATION in the generator): " + ", ".join(BELOW_SEPARATION), ""]
     lines = []
     for group, insts in family.items():  # one instance per line: a diff shows what a change moved
         lines.append(f"{group}:")
