@@ -51,7 +51,7 @@ def options(args: argparse.Namespace, argv: Optional[list[str]]):
     from agents.experiments.matched_compute import ComparisonOptions
     from agents.learners.agent_folder import Controller
     from agents.reporting.mlflow_tracking import check_tracking_uri
-    from envs.actions import ActionMap
+    from envs.control import action_map_for
     from trainers.models import model_path
     from trainers.retarget import with_model, with_set_ranges, with_user_data
 
@@ -72,7 +72,7 @@ def options(args: argparse.Namespace, argv: Optional[list[str]]):
                           "name some with --instances")
     for n in names:
         cfg.instance(n)
-    controller.check_compatible(ActionMap(cfg.action, cfg.bounds))
+    controller.check_compatible(action_map_for(cfg))
     default_name = Path(args.agent).name + (f"-on-{Path(args.data).stem}" if args.data else "")
     return ComparisonOptions(
         agent=str(Path(args.agent).resolve()), cfg=cfg, instances=names,

@@ -14,13 +14,14 @@ A plan says which hyperparameters each training step of the next decision interv
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from envs.finetune_env import FineTuneEnv
-from trainers.config import RecipeConfig
+from envs.finetune_env import FineTuneEnv, eval_outcome
+from trainers.config import InstanceSetConfig, RecipeConfig
 from trainers.schedules import recipe_schedule
 from trainers.session import Hparams
 
@@ -120,3 +121,72 @@ def run_episode(env: FineTuneEnv, plan: Plan, instance: str, seed: Optional[int]
         pass
     assert last is not None and "episode_log" in last.info
     return last.info["episode_log"]
+
+
+class ReferenceRuns:
+    """The base recipe's validation curves by (instance, batch seed), for the paired reward:
+    kept in memory, and in ``folder`` (one JSON file each) when given, so that each is computed
+    once across processes and sessions. A file whose key (instance, session, episode, bounds,
+    recipe) differs is computed again."""
+
+    def __init__(self, folder: Optional[str] = None) -> None:
+        from pathlib import Path
+
+        self.folder = Path(folder) if folder else None
+        self._mem: dict[tuple[str, int], tuple[dict, list[float]]] = {}
+
+    @staticmethod
+    def key(cfg: InstanceSetConfig, instance: str, seed: int) -> dict[str, Any]:
+        inst = cfg.instance(instance)
+        return {"instance": inst.model_dump(mode="json"), "session": cfg.session_for(inst).model_dump(mode="json"),
+                "episode": cfg.episode.model_dump(mode="json"), "bounds": cfg.bounds.model_dump(mode="json"),
+                "recipe": cfg.base_recipe.model_dump(mode="json"), "seed": seed}
+
+    def _path(self, instance: str, seed: int):
+        return self.folder / f"{instance}-seed{seed}.json" if self.folder else None
+
+    def get(self, cfg: InstanceSetConfig, instance: str, seed: int) -> Optional[list[float]]:
+        import json
+
+        key = self.key(cfg, instance, seed)
+        held = self._mem.get((instance, seed))
+        if held is not None and held[0] == key:
+            return held[1]
+        path = self._path(instance, seed)
+        if path is not None and path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None  # unreadable: computed again
+            if saved.get("key") == key:
+                self._mem[(instance, seed)] = (key, saved["curve"])
+                return saved["curve"]
+        return None
+
+    def curve(self, env: FineTuneEnv, instance: str, seed: int) -> list[float]:
+        """The curve of (instance, seed): kept, or the recipe run now through ``env`` (the one episode
+        loop, so its batches and evaluations are the controller's own), as the environment keeps
+        losses (a diverged point holds the last good one)."""
+        saved = self.get(env.cfg, instance, seed)
+        if saved is not None:
+            return saved
+        cfg = env.cfg
+        steps = recipe_schedule(cfg.base_recipe, cfg.steps_for(cfg.instance(instance)), min_lr=cfg.bounds.lr[0])
+        log = run_episode(env, SchedulePlan(steps), instance, seed)
+        curve, kept = [], log["initial_eval_loss"]
+        for _, loss in log["eval_curve"]:
+            _, _, kept = eval_outcome(kept, loss, log["initial_eval_loss"], cfg.episode.divergence_factor,
+                                      math.isfinite(loss))
+            curve.append(kept)
+        self.put(cfg, instance, seed, curve)
+        return curve
+
+    def put(self, cfg: InstanceSetConfig, instance: str, seed: int, curve: list[float]) -> None:
+        key = self.key(cfg, instance, seed)
+        self._mem[(instance, seed)] = (key, curve)
+        path = self._path(instance, seed)
+        if path is not None:
+            from trainers.atomic_files import write_json_atomic
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, {"key": key, "curve": curve})

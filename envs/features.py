@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -79,3 +80,111 @@ def observe(
     v[13] = last_eval_change / ref
     v = np.nan_to_num(v, nan=OBS_HIGH, posinf=OBS_HIGH, neginf=OBS_LOW)
     return np.clip(v, OBS_LOW, OBS_HIGH).astype(np.float32)
+
+
+# ---------------------------------------------------------------- the scale-free observation
+# Signals that mean the same on a 1-layer tail at loss 4 and a LoRA adapter at loss 0.3 (what
+# LHOPT found transfers across tasks), the controller's own correction, and the run's context.
+SCALE_FREE_FEATURES = (
+    "progress",
+    "lr_pos",  # where the lr in force sits in its bounds (log scale)
+    "lr_scale_log2",  # the controller's correction of its base (0: the base's own lr)
+    "weight_decay_scale_log2",
+    "grad_clip_scale_log2",
+    "base_lr_fraction",  # the base's lr now over its peak: where the recipe's schedule stands
+    "cooldown_started",
+    "train_loss_rel",  # the interval's mean training loss over the initial validation loss
+    "train_loss_slope_t",  # the loss's slope over the interval over its standard error (a t statistic), log-compressed
+    "update_ratio_log10",  # |weights after - before| / |weights before| over the interval
+    "update_cosine",  # cosine of this interval's weight change with the previous one's
+    "grad_norm_log_rel",  # log10 of the interval's mean gradient norm over the first interval's
+    "fraction_clipped",
+    "eval_loss_rel",
+    "last_eval_change_rel",
+    "gap_to_best_rel",  # validation loss now minus the best so far, over the initial loss
+    "ctx_log10_trainable_params",
+    "ctx_lora",
+    "ctx_log2_lora_rank",
+    "ctx_log2_effective_batch",
+    "ctx_log10_budget",
+    "ctx_log10_train_examples",
+)
+
+
+def feature_names(kind: str) -> tuple[str, ...]:
+    """The observation a ``control.features`` kind builds."""
+    return SCALE_FREE_FEATURES if kind == "scale_free" else FEATURE_NAMES
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a practitioner knows about a run before it starts, as the controller sees it."""
+
+    trainable_params: int
+    lora_rank: int  # 0: the layers' own weights train
+    effective_batch: int  # examples per optimizer step (micro-batch x accumulation)
+    budget: int  # optimizer steps
+    train_examples: int
+
+    def features(self) -> list[float]:
+        return [math.log10(max(self.trainable_params, 1)), float(self.lora_rank > 0),
+                math.log2(self.lora_rank) if self.lora_rank > 0 else 0.0, math.log2(max(self.effective_batch, 1)),
+                math.log10(max(self.budget, 1)), math.log10(max(self.train_examples, 1))]
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    """How the trainable weights moved over the last decision interval."""
+
+    ratio: float = 0.0  # |delta| / |weights before|
+    cosine: float = 0.0  # with the interval before's delta (0 when there was none)
+
+
+def _t_slope(y: np.ndarray) -> float:
+    """The least-squares slope of ``y`` over its standard error: how sure the trend is, whatever
+    the loss's scale or noise; sign(t) log(1 + |t|)."""
+    n = len(y)
+    if n < 3:
+        return 0.0
+    x = np.arange(n, dtype=np.float64)
+    x -= x.mean()
+    slope = float((x * (y - y.mean())).sum() / (x * x).sum())
+    resid = y - y.mean() - slope * x
+    se = math.sqrt(float((resid ** 2).sum()) / (n - 2) / float((x * x).sum()))
+    t = slope / se if se > 0 else 0.0
+    return math.copysign(math.log1p(abs(t)), t)  # a clear trend reads as clear at t = 5 or 50
+
+
+def observe_scale_free(
+    progress: float,
+    hparams: Hparams,
+    bounds: HparamBounds,
+    log2_scales: Sequence[float],
+    base_lr_fraction: float,
+    cooldown_started: bool,
+    steps: Sequence[StepMetrics],
+    update: UpdateStats,
+    first_grad_norm: Optional[float],
+    eval_loss: float,
+    initial_eval_loss: float,
+    last_eval_change: float,
+    best_eval_loss: float,
+    context: RunContext,
+) -> np.ndarray:
+    """SCALE_FREE_FEATURES, in order, clipped to [OBS_LOW, OBS_HIGH]."""
+    ref = max(initial_eval_loss, 1e-8)
+    v = [progress, _pos(hparams.lr, *bounds.lr), *log2_scales, base_lr_fraction, float(cooldown_started)]
+    if steps:
+        loss = np.array([s.loss for s in steps], dtype=np.float64)
+        gn = np.array([s.grad_norm for s in steps], dtype=np.float64)
+        mean_gn = float(gn.mean())
+        v += [float(loss.mean()) / ref, _t_slope(loss)]
+        v += [math.log10(max(update.ratio, 1e-12)), update.cosine]
+        v += [math.log10(max(mean_gn, 1e-12) / max(first_grad_norm or mean_gn, 1e-12)),
+              float(np.mean([s.clipped for s in steps]))]
+    else:
+        v += [1.0, 0.0, math.log10(1e-12), 0.0, 0.0, 0.0]  # before any step: nothing has moved
+    v += [eval_loss / ref, last_eval_change / ref, (eval_loss - best_eval_loss) / ref]
+    v += context.features()
+    out = np.nan_to_num(np.asarray(v, dtype=np.float64), nan=OBS_HIGH, posinf=OBS_HIGH, neginf=OBS_LOW)
+    return np.clip(out, OBS_LOW, OBS_HIGH).astype(np.float32)

@@ -17,9 +17,12 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.actions import ActionMap
-from envs.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, observe
+from envs.control import ControlActions, ControlledSchedule, action_map_for  # noqa: F401 (re-exported)
+from envs.features import (OBS_HIGH, OBS_LOW, RunContext, UpdateStats, feature_names, observe,
+                           observe_scale_free)
 from trainers.config import InstanceSetConfig, InstanceSpec, SessionConfig, load_config, parse_config
 from trainers.data import TaskData, build_task_data
+from trainers.schedules import recipe_schedule
 from trainers.session import EvalResult, FineTuneSession, Hparams, StepMetrics
 
 
@@ -52,6 +55,7 @@ class EpisodeLog:
     test_metric: Optional[float] = None
     metric_name: Optional[str] = None
     initial_hparams: Optional[dict[str, float]] = None  # the start set at reset, before any action
+    control_events: list[dict[str, Any]] = field(default_factory=list)  # rollbacks, cooldowns (envs/control.py)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -68,6 +72,14 @@ MAX_ENGINES = 8
 def engine_config(cfg: SessionConfig) -> SessionConfig:
     """What decides an engine: everything but gradient accumulation, which a live engine changes."""
     return cfg.model_copy(update={"gradient_accumulation_steps": 1})
+
+
+def seeded_session_seed(seed: int) -> int:
+    """The batch-and-dropout seed a reset seeded with ``seed`` gives its session (its stream's first
+    draw), so an unseeded episode can train on the same batches as a seeded run."""
+    from gymnasium.utils import seeding
+
+    return int(seeding.np_random(seed)[0].integers(2**31 - 1))
 
 
 USER_GUESS_FACTOR = (0.01, 100.0)  # a user's guess at the lr is often off by 10-100x either way
@@ -94,11 +106,15 @@ class FineTuneEnv(gym.Env):
         session: Optional[FineTuneSession | dict[Optional[int], FineTuneSession]] = None,
         overrides: Optional[dict] = None,
         user_guess_lr: Optional[float] = None,
+        references: Optional[Any] = None,
     ) -> None:
         """session: an engine to share (for the set's own session), or a dict of them by engine
         configuration (``env.sessions`` of another environment); missing ones are built on first use.
         user_guess_lr: "user's guess" starts (``user_guess_start``) around this lr on every reset,
-        e.g. the transferred recipe's; a reset's ``options={"user_guess_lr": ...}`` sets it per episode."""
+        e.g. the transferred recipe's; a reset's ``options={"user_guess_lr": ...}`` sets it per episode.
+        references: where the base recipe's own runs are kept for the paired reward (control.reward
+        'paired'; an envs.episode.ReferenceRuns); without them the reward is the validation
+        improvement, as for every environment that only runs methods (info["reward_kind"] says)."""
         if user_guess_lr is not None and not (math.isfinite(user_guess_lr) and user_guess_lr > 0):
             raise ValueError(f"user_guess_lr must be a positive number, got {user_guess_lr!r}")
         self.user_guess_lr = user_guess_lr
@@ -130,8 +146,15 @@ class FineTuneEnv(gym.Env):
             self.sessions = {self._engine_cfg: session} if session is not None else {}
         self.session  # the set's default engine is built now, as before any reset
         self.actions = ActionMap(self.cfg.action, self.cfg.bounds)
-        self.action_space = self.actions.space
-        self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(FEATURE_NAMES),), dtype=np.float32)
+        control = self.cfg.control
+        self.controlled = control.enabled  # else the original mechanics, unchanged
+        self.action_map: ActionMap | ControlActions = action_map_for(self.cfg)
+        self.action_space = self.action_map.space
+        self.feature_names = feature_names(control.features)
+        self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(self.feature_names),), dtype=np.float32)
+        self.references = references if control.reward == "paired" else None
+        self._in_reference = False
+        self.schedule: Optional[ControlledSchedule] = None
         self._data: dict[str, TaskData] = {}
         self._pools: dict[tuple[str, Optional[int]], TaskData] = {}  # by (dataset, trainable depth)
         self._initial_eval: dict[str, EvalResult] = {}
@@ -220,10 +243,93 @@ class FineTuneEnv(gym.Env):
         return Hparams(user_guess_start(user_guess_lr, log_uniform), drawn.weight_decay, drawn.grad_clip)
 
     def _obs(self, steps: Sequence[StepMetrics]) -> np.ndarray:
+        if self.cfg.control.features == "scale_free":
+            sched = self.schedule
+            at = min(self.steps_done, self.total_steps - 1)
+            peak = max(h.lr for h in sched.base)
+            return observe_scale_free(
+                self.steps_done / self.total_steps, self.session.hparams(), self.cfg.bounds,
+                [float(np.log2(x)) for x in sched.scales], sched.base_lr(at) / peak, sched.cooldown_start is not None,
+                steps, self._update, self._first_grad_norm, self.eval_loss, self.initial_eval.loss,
+                self.last_eval_change, self._best_eval, self.run_context())
         return observe(
             self.steps_done / self.total_steps, self.session.hparams(), self.cfg.bounds, steps,
             self.eval_loss, self.initial_eval.loss, self.last_eval_change,
         )
+
+    def run_context(self) -> RunContext:
+        """What a practitioner knows about the current run before it starts."""
+        s = self.cfg.session_for(self.instance)
+        return RunContext(self.session.trainable_count(), s.lora.rank if s.lora else 0,
+                          s.micro_batch_size * s.gradient_accumulation_steps, self.total_steps,
+                          len(self.task_data(self.instance).train))
+
+    # ------------------------------------------------------------ control (envs/control.py)
+    def _controlled_schedule(self, drawn: Hparams, start: Optional[str]) -> ControlledSchedule:
+        """Residual: the base recipe over this instance's budget, its lr scaled by the start (1 for
+        the recipe's own, the guess's factor for a user's guess). Otherwise the drawn start held."""
+        if self.cfg.control.residual:
+            recipe = self.cfg.base_recipe
+            base = recipe_schedule(recipe, self.total_steps, min_lr=self.cfg.bounds.lr[0])
+            scales = np.array([drawn.lr / recipe.lr if start == "user_guess" else 1.0, 1.0, 1.0])
+        else:
+            base, scales = [self.actions.clip(drawn)] * self.total_steps, np.ones(3)
+        sched = ControlledSchedule(base, self.cfg.bounds)
+        sched.scales = sched.clamped(scales, 0)
+        return sched
+
+    def _run_state_reset(self) -> None:
+        """What the control keeps within one episode: the best validation so far (and, with
+        schedule actions, its snapshot), and the weights' last change."""
+        control = self.cfg.control
+        self._rollback_due = False
+        self._best_eval = self.eval_loss
+        self._keeps_best = self.controlled and control.schedule_actions
+        self._best_snapshot = self.session.snapshot() if self._keeps_best else None
+        self._snapshot_eval = self.eval_loss  # the validation loss the snapshot was taken at
+        self._watch_weights = control.features == "scale_free"
+        self._update, self._last_delta, self._first_grad_norm = UpdateStats(), None, None
+
+    def _roll_back(self) -> None:
+        """Back to the best validation's snapshot. The batch stream goes on (new batches, not the
+        ones already seen), and the steps spent stay spent."""
+        self._rollback_due = False
+        self.session.restore(self._best_snapshot, rng=False)
+        self.eval_loss, self.last_eval_change = self._snapshot_eval, 0.0
+        self.log.control_events.append({"step": self.steps_done, "event": "rollback",
+                                        "to_eval_loss": self._snapshot_eval})
+
+    def _note_update(self, before: list) -> None:
+        """The interval's weight change relative to the weights, and its cosine with the last one."""
+        import torch
+
+        norm = lambda ts: float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in ts])))  # noqa: E731
+        size = norm(before)
+        torch._foreach_sub_(before, self.session.trainable_views())  # now minus the change
+        change = norm(before)
+        cos = 0.0
+        if self._last_delta is not None and change > 0:
+            dot = float(sum(torch.sum(a * b) for a, b in zip(before, self._last_delta)))
+            last = norm(self._last_delta)
+            cos = dot / (change * last) if last > 0 else 0.0
+        self._update = UpdateStats(change / max(size, 1e-12), cos)
+        self._last_delta = before
+
+    def _reference_curve(self, inst: InstanceSpec, seed: int) -> list[float]:
+        """The base recipe's validation losses at each decision on (instance, batch seed), from
+        ``references`` (envs.episode.ReferenceRuns: kept, or run once through this environment's
+        own episode loop); the episode stream is left as it was."""
+        stream, seed_of_stream, cycle = self._np_random, self._np_random_seed, self._cycle
+        self._in_reference = True
+        try:
+            return self.references.curve(self, inst.name, seed)
+        finally:
+            self._in_reference = False
+            self._np_random, self._np_random_seed, self._cycle = stream, seed_of_stream, cycle
+
+    def _reference_at(self, k: int) -> float:
+        """The recipe's kept validation loss at decision k (its last, past a run it ended early)."""
+        return self.reference[min(k, len(self.reference) - 1)]
 
     # ------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
@@ -233,18 +339,39 @@ class FineTuneEnv(gym.Env):
         options = options or {}
         t0 = time.perf_counter()
         self.instance = self._choose(options)
+        # paired reward: the batch seed (a seed of the reference pool in training) and the base recipe's
+        # own run on it, computed first (it runs an episode of its own) and then kept
+        self.batch_seed, self.reference = seed, None
+        if self.references is not None and not self._in_reference:
+            if seed is None:
+                self.batch_seed = int(self.np_random.integers(self.cfg.control.reference_seeds))
+            self.reference = self._reference_curve(self.instance, self.batch_seed)
         session_cfg = self.cfg.session_for(self.instance)
         self._use_engine(session_cfg)
         self.total_steps = self.cfg.steps_for(self.instance)
         guess = options.get("user_guess_lr", self.user_guess_lr)
+        start = options.get("start")
+        if start not in (None, "recipe", "user_guess"):
+            raise ValueError(f"reset option start must be 'recipe' or 'user_guess', got {start!r}")
+        if self.cfg.control.residual:  # the base recipe's lr, or a user's guess at it
+            if start is None:
+                start = "user_guess" if seed is None and self.np_random.random() < self.cfg.control.user_guess_fraction \
+                    else "recipe"
+            guess = self.cfg.base_recipe.lr if start == "user_guess" else None
         if guess is not None and not (isinstance(guess, (int, float)) and math.isfinite(guess) and guess > 0):
             raise ValueError(f"reset option user_guess_lr must be a positive number, got {guess!r}")
         # drawn even when given: the seed stream stays the same
         drawn = self._draw_initial(self.instance, seed, float(guess) if guess is not None else None)
+        if self.controlled:
+            self.schedule = self._controlled_schedule(drawn, start)
+            drawn = self.schedule.hparams_at(0)
         initial = options.get("initial_hparams")
         hp = Hparams(**initial) if isinstance(initial, dict) else (initial or drawn)
         hp = self.actions.clip(hp)
-        session_seed = int(self.np_random.integers(2**31 - 1))
+        if self.reference is not None:  # the batches and dropout of the recipe's run on this seed
+            session_seed = seeded_session_seed(self.batch_seed)
+        else:
+            session_seed = int(self.np_random.integers(2**31 - 1))
         self.session_seed = session_seed  # seeds dropout and batch order: a loop outside can draw the same batches
         self.session.reset_to_base(session_seed)
         self.session.set_gradient_accumulation(session_cfg.gradient_accumulation_steps)
@@ -258,6 +385,7 @@ class FineTuneEnv(gym.Env):
         self.eval_loss = self.initial_eval.loss
         self.last_eval_change = 0.0
         self.steps_done = 0
+        self._run_state_reset()
         self.log = EpisodeLog(self.instance.name, seed, self.initial_eval.loss, metric_name=self.initial_eval.metric_name,
                               initial_hparams=hp.as_dict())
         if self.evaluate_test:
@@ -266,7 +394,10 @@ class FineTuneEnv(gym.Env):
             self.log.initial_test_loss = self._initial_test[self.instance.name].loss
         self.log.eval_curve.append((0, self.eval_loss))
         info = {"instance": self.instance.name, "hparams": hp.as_dict(), "eval_loss": self.eval_loss,
-                "eval_metric": self.initial_eval.metric, "steps_done": 0}
+                "eval_metric": self.initial_eval.metric, "steps_done": 0,
+                "reward_kind": "paired" if self.reference is not None else "improvement"}
+        if self.schedule is not None:
+            info["start_lr_scale"] = float(self.schedule.scales[0])
         return self._obs([]), info
 
     def step(self, action):
@@ -278,8 +409,14 @@ class FineTuneEnv(gym.Env):
 
     def interval_for_action(self, action) -> list[Hparams]:
         """The per-step hyperparameters an action asks for: its deltas on the current ones, held
-        for one decision interval."""
-        return [self.actions.apply(action, self.session.hparams())] * self.interval_steps()
+        for one decision interval; under control (envs/control.py), its change of the scales on
+        the base schedule, the cooldown, and a rollback before the interval trains."""
+        if self.schedule is None:
+            return [self.actions.apply(action, self.session.hparams())] * self.interval_steps()
+        decoded = self.action_map.decode(action)
+        self.schedule.act(decoded, self.steps_done)
+        self._rollback_due = decoded.rollback
+        return self.schedule.interval(self.steps_done, self.interval_steps())
 
     def step_with_schedule(self, per_step: Sequence[Hparams]):
         """Train len(per_step) steps, setting each step's hyperparameters; used by env.step,
@@ -288,6 +425,9 @@ class FineTuneEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self.steps_done >= self.total_steps:
             raise RuntimeError("episode is over: call reset()")
+        if self._rollback_due:
+            self._roll_back()
+        before_weights = self.session.trainable_weights() if self._watch_weights else None
         steps: list[StepMetrics] = []
         for h in per_step[: self.total_steps - self.steps_done]:
             self.session.set_hparams(h)
@@ -301,6 +441,10 @@ class FineTuneEnv(gym.Env):
         self.timing = {"train_seconds": sum(s.seconds for s in steps)}
 
         finite = all(math.isfinite(s.loss) and math.isfinite(s.grad_norm) for s in steps)
+        if before_weights is not None:
+            self._note_update(before_weights)
+        if self._first_grad_norm is None and steps:
+            self._first_grad_norm = float(np.mean([s.grad_norm for s in steps]))
         ev = self.session.evaluate("validation") if finite else None
         self.timing["eval_seconds"] = ev.seconds if ev else 0.0
         new_loss = ev.loss if ev is not None else float("nan")
@@ -309,7 +453,15 @@ class FineTuneEnv(gym.Env):
         diverged, self.last_eval_change, self.eval_loss = eval_outcome(
             before, new_loss, self.initial_eval.loss, ep.divergence_factor, finite)
         reward = -ep.divergence_penalty if diverged else (before - new_loss) / self.initial_eval.loss
+        if self.reference is not None and not diverged:  # the change in advantage over the recipe's own run
+            k = len(self.log.eval_curve)
+            ref_now, ref_before = self._reference_at(k), self._reference_at(k - 1)
+            reward = ((ref_now - new_loss) - (ref_before - before)) / self.initial_eval.loss
         self.log.eval_curve.append((self.steps_done, new_loss))
+        if not diverged and self.eval_loss < self._best_eval:
+            self._best_eval = self.eval_loss
+            if self._keeps_best:
+                self._best_snapshot, self._snapshot_eval = self.session.snapshot(), self.eval_loss
         self.log.rewards.append(float(reward))
         self.log.diverged = diverged
         terminated = diverged or self.steps_done >= self.total_steps
@@ -338,6 +490,11 @@ class FineTuneEnv(gym.Env):
             info["test_metric"] = self.log.test_metric
         if terminated:
             info["episode_log"] = self.log.as_dict()
+            if self.reference is not None:
+                info["episode_log"]["reference_eval_loss"] = self._reference_at(len(self.log.eval_curve) - 1)
+        if self.schedule is not None:
+            info["lr_scale"] = float(self.schedule.scales[0])
+            info["cooldown_start"] = self.schedule.cooldown_start
         return self._obs(steps), float(reward), terminated, False, info
 
     # ------------------------------------------------------------ checkpoints (PBT)

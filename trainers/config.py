@@ -267,6 +267,37 @@ class RecipeConfig(_Strict):
     decay: Literal["constant", "linear", "cosine"] = "linear"
 
 
+class ControlConfig(_Strict):
+    """How a controller's actions become hyperparameters, what it observes and what rewards it
+    (envs/control.py). The defaults are the original controller: deltas on the current
+    hyperparameters from a start drawn from the instance's ranges, the basic observation, and the
+    validation improvement as reward. Each part switches on alone, so an ablation is a config."""
+
+    # actions correct a base recipe's schedule: lr(t) = scale x recipe_lr(t) (and wd, clip likewise);
+    # a controller that never acts runs the recipe exactly, from the recipe's own start
+    residual: bool = False
+    recipe: Optional[RecipeConfig] = None  # the base, and the paired reward's rival; None: default_recipe
+    # two more action entries: start the cooldown now (its shape from the entry's size), and roll back
+    # to the best snapshot so far (the budget spent is not refunded)
+    schedule_actions: bool = False
+    features: Literal["basic", "scale_free"] = "basic"  # envs/features.py
+    # paired: each decision's reward is its change in advantage over the base recipe's own run on the
+    # same instance and batch seed, so an episode's return is its final advantage over the recipe
+    reward: Literal["improvement", "paired"] = "improvement"
+    # paired: training episodes draw their batch seed from this many, so the recipe's run of each
+    # (instance, seed) is computed once and reused
+    reference_seeds: int = Field(default=4, gt=0)
+    # residual: the share of training episodes that start from a user's guess (the recipe's lr x a
+    # factor drawn log-uniformly from 0.01 to 100) instead of the recipe's own lr
+    user_guess_fraction: float = Field(default=0.0, ge=0, le=1)
+    lr_log2_step: float = Field(default=1.0, gt=0)  # a full lr action multiplies by 2**this
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything differs from the original controller's mechanics."""
+        return self.residual or self.schedule_actions or self.features != "basic" or self.reward != "improvement"
+
+
 class InstanceSetConfig(_Strict):
     """A whole environment setup: session, episode, actions, and train / held-out instances."""
 
@@ -276,6 +307,7 @@ class InstanceSetConfig(_Strict):
     bounds: HparamBounds = HparamBounds()
     action: ActionConfig = ActionConfig()
     default_recipe: RecipeConfig = RecipeConfig()
+    control: ControlConfig = ControlConfig()
     train: tuple[InstanceSpec, ...]
     heldout: tuple[InstanceSpec, ...] = ()
 
@@ -299,6 +331,11 @@ class InstanceSetConfig(_Strict):
                         raise ValueError(f"{group}[{k}] ({inst.name}).init_{hp} {[lo, hi]} lies wholly outside "
                                          f"bounds.{hp} {[b_lo, b_hi]}")
         return self
+
+    @property
+    def base_recipe(self) -> RecipeConfig:
+        """The recipe a residual controller corrects and a paired reward measures against."""
+        return self.control.recipe or self.default_recipe
 
     def instance(self, name: str) -> InstanceSpec:
         for inst in self.train + self.heldout:
@@ -472,10 +509,28 @@ def with_instance_file(data: Any, path: Path) -> Any:
     return data
 
 
+def with_base_config(data: Any, path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """A config's ``extends: <yaml>``: that file (relative to this one's folder), with this one's
+    keys merged over it, so a variant (an ablation, a controller's setup) states only what differs."""
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    base = data.pop("extends")
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends: expected the file name of another config, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen + (path.resolve(),) or len(seen) > 8:
+        raise ConfigError(f"{path}: extends: {base} extends itself, through {len(seen) + 1} files")
+    base_data = read_structured_file(base_path, "config file")
+    base_data = with_base_config(with_instance_file(base_data, base_path), base_path, seen + (path.resolve(),))
+    if not isinstance(base_data, dict):
+        raise ConfigError(f"{base_path}: expected a mapping at the top level (extended by {path})")
+    return deep_merge(base_data, data)
+
+
 def load_config(name_or_path: str | Path = "tiny", overrides: Optional[dict[str, Any]] = None) -> InstanceSetConfig:
     """Load a YAML instance set by name (configs/<name>.yaml) or path, with optional overrides."""
     path = resolve_config_path(name_or_path)
-    data = with_instance_file(read_structured_file(path, "config file"), path)
+    data = with_base_config(with_instance_file(read_structured_file(path, "config file"), path), path)
     if overrides:
         data = deep_merge(data or {}, overrides)
     return parse_config(data, source=str(path))

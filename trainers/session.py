@@ -323,6 +323,21 @@ class FineTuneSession:
     def hparams(self) -> Hparams:
         return engine_hparams(self.engine)
 
+    # ------------------------------------------------------------ the trainable weights
+    def trainable_count(self) -> int:
+        """How many weights train (the adapters' alone, under LoRA)."""
+        return sum(p.numel() for p in self._params)
+
+    @torch.no_grad()
+    def trainable_views(self) -> list[torch.Tensor]:
+        """The trainable weights as they are now, in fp32 (read-only use: a view where they are fp32)."""
+        return [p.detach().float() for p in self._params]
+
+    @torch.no_grad()
+    def trainable_weights(self) -> list[torch.Tensor]:
+        """A copy of the trainable weights in fp32: to measure how far a stretch of training moves them."""
+        return [p.detach().float().clone() for p in self._params]
+
     # ------------------------------------------------------------ data
     def prepare(self, data: TaskData, other_depths: Collection[int] = ()) -> TaskData:
         """What this session trains on: the data as tokenised, plus, when only a tail trains, the
@@ -493,9 +508,11 @@ class FineTuneSession:
             grad_accumulation=self.gradient_accumulation_steps,
         )
 
-    def restore(self, snap: Snapshot) -> None:
+    def restore(self, snap: Snapshot, rng: bool = True) -> None:
         """Clone again on the way in: optimizers keep the tensors they are given and update them
-        in place, which would otherwise corrupt the snapshot for the next restore."""
+        in place, which would otherwise corrupt the snapshot for the next restore. ``rng`` False
+        keeps the random streams (batch order, dropout) where they are: a rollback goes on to new
+        batches instead of replaying the ones it saw."""
         # checked before anything is loaded: a refused snapshot leaves the session as it was
         missing = self._snapshot_keys - snap.module.keys()
         unexpected = snap.module.keys() - self._snapshot_keys - self._frozen_keys
@@ -509,8 +526,9 @@ class FineTuneSession:
             opt.load_state_dict([_clone(snap.optimizer)], load_from_fp32_weights=True)
         else:  # torch optimizers, and DeepSpeed's unfused bf16 wrapper (its dict carries the fp32 masters)
             opt.load_state_dict(_clone(snap.optimizer))
-        torch.set_rng_state(snap.torch_rng)
-        self._data_rng.set_state(snap.data_rng)
+        if rng:
+            torch.set_rng_state(snap.torch_rng)
+            self._data_rng.set_state(snap.data_rng)
         self.step_count = snap.step
         self._data = snap.data
         if snap.grad_accumulation != self.gradient_accumulation_steps:

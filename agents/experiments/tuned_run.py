@@ -113,7 +113,7 @@ def tuned_run(controller, cfg: InstanceSetConfig, instance: str, seed: int, out:
     check_output(out, cfg, save_model)
     with exclusive_lock(out, "--out"):
         env = FineTuneEnv(cfg, split="all", evaluate_test=True)
-        controller.check_compatible(env.actions)
+        controller.check_compatible(env.action_map)
         log = run_episode(env, PolicyPlan(controller.act), instance, seed)
         save_run(out, log, cfg, env, str(controller.folder), save_model)
     return {"log": log, "out": str(out)}

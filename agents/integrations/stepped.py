@@ -47,6 +47,13 @@ class SteppedController:
         if total_steps < 1:
             raise ValueError(f"total_steps must be at least 1, got {total_steps}")
         self.controller = agent if isinstance(agent, Controller) else Controller(agent)
+        if self.controller.controlled:
+            from trainers.config import ConfigError
+
+            raise ConfigError(f"{self.controller.folder}: trained under control (residual schedule, schedule actions, "
+                              "scale-free observation or paired reward: env_config.yaml's 'control'); a loop of your "
+                              "own cannot drive such a controller yet. Use python -m agents.tune, which runs it in the "
+                              "environment it was trained in")
         cfg = self.controller.env_config
         self.actions = ActionMap(cfg.action, cfg.bounds)
         self.controller.check_compatible(self.actions)

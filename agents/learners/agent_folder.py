@@ -25,7 +25,6 @@ from typing import Any, Iterator
 import numpy as np
 import yaml
 
-from envs.actions import ActionMap
 from trainers.atomic_files import write_json_atomic, write_text_atomic
 from trainers.config import ConfigError, InstanceSetConfig, parse_config, read_structured_file
 
@@ -210,7 +209,8 @@ class Controller:
     """A trained policy, loaded from its folder, that maps an observation to an action."""
 
     def __init__(self, folder: str | Path) -> None:
-        from envs.features import FEATURE_NAMES
+        from envs.control import action_map_for
+        from envs.features import feature_names
 
         self.folder = Path(folder)
         self.meta = read_agent_json(self.folder)
@@ -218,9 +218,11 @@ class Controller:
         cfg_path = self.folder / "env_config.yaml"
         self.env_config = parse_config(read_structured_file(cfg_path, "file (the agent folder is incomplete)"),
                                        source=str(cfg_path))
-        if list(self.meta.get("observation", FEATURE_NAMES)) != list(FEATURE_NAMES):
+        names = list(feature_names(self.env_config.control.features))
+        self.feature_names = names
+        if list(self.meta.get("observation", names)) != names:
             raise ConfigError(f"{self.folder / AGENT_JSON}: trained on observation features "
-                              f"{self.meta['observation']}, this code builds {list(FEATURE_NAMES)}")
+                              f"{self.meta['observation']}, this code builds {names}")
         model_path = self.folder / self.meta["model_file"]
         if not model_path.is_file():
             raise ConfigError(f"{model_path}: missing; the agent folder is incomplete")
@@ -228,18 +230,17 @@ class Controller:
         if self.algo == "qlearning":
             from agents.learners.qlearning import QLearningAgent
 
-            self._q = QLearningAgent.load(model_path)
+            self._q = QLearningAgent.load(model_path, tuple(names))
         else:
             from gymnasium import spaces
 
             from agents.learners.sb3_setup import ObsNormalization, load_policy
             from envs.features import OBS_HIGH, OBS_LOW
 
-            obs_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(FEATURE_NAMES),), dtype=np.float32)
-            actions = ActionMap(self.env_config.action, self.env_config.bounds)
-            self._policy = load_policy(self.folder, self.meta, obs_space, actions.space)
+            obs_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(names),), dtype=np.float32)
+            self._policy = load_policy(self.folder, self.meta, obs_space, action_map_for(self.env_config).space)
             if self.meta.get("obs_normalization"):
-                self._normalizer = ObsNormalization.load(self.folder / self.meta["obs_normalization"], len(FEATURE_NAMES))
+                self._normalizer = ObsNormalization.load(self.folder / self.meta["obs_normalization"], len(names))
 
     @property
     def action_mode(self) -> str:
@@ -255,13 +256,20 @@ class Controller:
         h.update(json.dumps(self.meta["action_map"], sort_keys=True).encode())
         return h.hexdigest()[:16]
 
-    def check_compatible(self, action_map: ActionMap) -> None:
-        """An agent only makes sense with the action mapping it was trained on."""
+    @property
+    def controlled(self) -> bool:
+        """Whether it was trained under control (envs/control.py): residual, schedule actions, new
+        features or the paired reward."""
+        return self.env_config.control.enabled
+
+    def check_compatible(self, action_map) -> None:
+        """An agent only makes sense with the action mapping it was trained on (an
+        ``envs.actions.ActionMap`` or ``envs.control.ControlActions``)."""
         mine, theirs = self.meta["action_map"], action_map.describe()
-        for key in ("mode", "hparams", "max_log2_step", "menu"):
-            if mine.get(key) != theirs[key]:
+        for key in ("mode", "hparams", "max_log2_step", "menu", "control"):
+            if mine.get(key) != theirs.get(key):
                 raise ConfigError(f"{self.folder / AGENT_JSON}: action_map.{key} is {mine.get(key)!r} but the "
-                                  f"environment uses {theirs[key]!r}")
+                                  f"environment uses {theirs.get(key)!r}")
 
     def act(self, obs: np.ndarray):
         if self.algo == "qlearning":

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.features import FEATURE_NAMES
+from envs.features import FEATURE_NAMES, feature_names
 from trainers.config import ConfigError, InstanceSetConfig, read_structured_file
 
 LR_FEATURE = FEATURE_NAMES.index("lr_pos")
@@ -55,16 +55,27 @@ def lr_from_obs(raw_obs: np.ndarray, cfg: InstanceSetConfig) -> np.ndarray:
     """The current lr of each observation, decoded from its lr_pos feature (a log position in the
     hard bounds)."""
     lo, hi = (math.log(b) for b in cfg.bounds.lr)
-    pos = np.asarray(raw_obs, dtype=np.float64)[..., LR_FEATURE]
+    pos = np.asarray(raw_obs, dtype=np.float64)[..., feature_names(cfg.control.features).index("lr_pos")]
     return np.exp(lo + (pos + 1.0) / 2.0 * (hi - lo))
 
 
 def expert_action(raw_obs: np.ndarray, target_lr: np.ndarray, cfg: InstanceSetConfig) -> np.ndarray:
     """Box actions: the lr entry moves toward the target (a full step is 2**max_log2_step), the
-    others hold."""
-    lr = lr_from_obs(raw_obs, cfg)
-    a = np.zeros((len(lr), 3), dtype=np.float32)
-    a[:, 0] = np.clip(np.log2(target_lr / lr) / cfg.action.max_log2_step, -1.0, 1.0)
+    others hold. Under a residual base the target is a scale on the recipe: the one that puts the
+    recipe's peak at the instance's best constant lr (read from the lr_scale_log2 feature)."""
+    from envs.control import action_map_for
+
+    raw = np.asarray(raw_obs, dtype=np.float64)
+    width = getattr(action_map_for(cfg), "width", 3)
+    a = np.zeros((len(raw), width), dtype=np.float32)
+    names = feature_names(cfg.control.features)
+    if cfg.control.residual and "lr_scale_log2" in names:
+        scale_log2 = raw[..., names.index("lr_scale_log2")]
+        wanted = np.log2(target_lr / cfg.base_recipe.lr) - scale_log2
+        a[:, 0] = np.clip(wanted / cfg.control.lr_log2_step, -1.0, 1.0)
+        return a
+    step = cfg.control.lr_log2_step if cfg.control.enabled else cfg.action.max_log2_step
+    a[:, 0] = np.clip(np.log2(target_lr / lr_from_obs(raw, cfg)) / step, -1.0, 1.0)
     return a
 
 

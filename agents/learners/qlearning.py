@@ -36,19 +36,30 @@ class QLearningConfig:
         "last_eval_change": [0.0, 0.01],
     })
 
+    @classmethod
+    def for_features(cls, kind: str) -> "QLearningConfig":
+        """Bins over the observation a ``control.features`` kind builds: for the scale-free one,
+        where the run stands, the controller's own lr correction, the adapter, and the two signals
+        of an lr too high or too low (the loss trend's certainty, the updates' agreement)."""
+        if kind != "scale_free":
+            return cls()
+        return cls(bins={"progress": [0.34, 0.67], "lr_scale_log2": [-2.0, -0.5, 0.5, 2.0], "ctx_lora": [0.5],
+                         "train_loss_slope_t": [-2.0, 0.0], "update_cosine": [0.0, 0.5]})
+
 
 class QLearningAgent:
     """A Q-table keyed by discretised observations; unseen states start at zero."""
 
-    def __init__(self, n_actions: int, cfg: QLearningConfig = QLearningConfig(), seed: int = 0) -> None:
-        unknown = set(cfg.bins) - set(FEATURE_NAMES)
+    def __init__(self, n_actions: int, cfg: QLearningConfig = QLearningConfig(), seed: int = 0,
+                 features: tuple[str, ...] = FEATURE_NAMES) -> None:
+        unknown = set(cfg.bins) - set(features)
         if unknown:
-            raise ValueError(f"qlearning bins name unknown features {sorted(unknown)}; known: {FEATURE_NAMES}")
+            raise ValueError(f"qlearning bins name unknown features {sorted(unknown)}; known: {features}")
         self.n_actions = int(n_actions)  # gymnasium gives numpy ints; the table is saved as JSON
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
         self.q: dict[tuple[int, ...], np.ndarray] = {}
-        self._idx = [FEATURE_NAMES.index(f) for f in cfg.bins]
+        self._idx = [features.index(f) for f in cfg.bins]
         self._edges = [np.asarray(e, dtype=np.float64) for e in cfg.bins.values()]
         self.num_timesteps = 0
 
@@ -114,10 +125,10 @@ class QLearningAgent:
         write_json_atomic(path, data, indent=None)
 
     @classmethod
-    def load(cls, path: str | Path) -> "QLearningAgent":
+    def load(cls, path: str | Path, features: tuple[str, ...] = FEATURE_NAMES) -> "QLearningAgent":
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            agent = cls(data["n_actions"], QLearningConfig(**data["config"]))
+            agent = cls(data["n_actions"], QLearningConfig(**data["config"]), features=tuple(features))
             agent.num_timesteps = data["num_timesteps"]
             agent.q = {tuple(k): np.asarray(v, dtype=np.float64) for k, v in data["q"]}
         except (OSError, ValueError, KeyError, TypeError) as err:

@@ -51,11 +51,15 @@ def whole_rollouts(algo: str, n_envs: int, decisions: int) -> int:
     return rounded
 
 
-def learner_hparams(algo: str, n_envs: int, total: int, imitation: bool = False) -> dict[str, Any]:
+def learner_hparams(algo: str, n_envs: int, total: int, imitation: bool = False, control=None) -> dict[str, Any]:
     """Sized for expensive steps: updates every few dozen decisions, not thousands, but many
     gradient steps per rollout (minibatches of 16, 20 epochs: about 60 per 48 decisions, where
     10 epochs of one minibatch left the policy where it started). A policy warm-started by
-    imitation learns more gently, so PPO refines it instead of erasing it."""
+    imitation learns more gently, so PPO refines it instead of erasing it. Under control
+    (``control``, trainers.config.ControlConfig): with a residual base, exploration starts
+    narrower (schedule actions fire above 0.5, about one decision in twelve at the start rather
+    than one in five), and a paired reward is undiscounted (gamma 1, as LHOPT: the episode's
+    return is then exactly its final advantage over the recipe)."""
     if algo == "ppo":
         n_steps = max(4, min(48, total) // n_envs)  # a rollout never outgrows the whole run
         batch = min(16, n_steps * n_envs)
@@ -64,6 +68,10 @@ def learner_hparams(algo: str, n_envs: int, total: int, imitation: bool = False)
               "policy_kwargs": {"net_arch": [64, 64], "log_std_init": -0.5}}
         if imitation:
             hp.update({"learning_rate": 1e-4, "ent_coef": 0.0, "n_epochs": 10})
+        if control is not None and control.residual:
+            hp["policy_kwargs"] = {**hp["policy_kwargs"], "log_std_init": -1.0}
+        if control is not None and control.reward == "paired":
+            hp.update({"gamma": 1.0, "gae_lambda": 0.95})
         return hp
     if algo == "dqn":
         return {"learning_starts": min(64, total // 4), "buffer_size": 20_000, "batch_size": 32, "train_freq": 1,
@@ -72,7 +80,10 @@ def learner_hparams(algo: str, n_envs: int, total: int, imitation: bool = False)
                 "policy_kwargs": {"net_arch": [64, 64]}}
     from agents.learners.qlearning import QLearningConfig
 
-    return asdict(QLearningConfig())
+    hp = asdict(QLearningConfig.for_features(control.features if control is not None else "basic"))
+    if control is not None and control.reward == "paired":
+        hp["gamma"] = 1.0
+    return hp
 
 
 def _algo_class(algo: str):

@@ -22,13 +22,14 @@ from agents.learners.dropped_episodes import mark_dropped
 from agents.learners.sb3_setup import (ObsNormalization, build_model, learner_hparams, resume_model, save_checkpoint,
                                        save_policy)
 from agents.reporting import mlflow_tracking
-from envs.actions import ActionMap
+from envs.control import action_map_for
 from envs.episode import PolicyPlan, run_episode
-from envs.features import FEATURE_NAMES
+from envs.features import feature_names
 from trainers.atomic_files import write_json_atomic, write_text_atomic
 from trainers.config import InstanceSetConfig
 
 CURVE_FIELDS = ["timesteps", "instance", "return", "improvement", "diverged", "final_lr"]
+REFERENCE_RUNS = "reference_runs"  # the base recipe's runs for the paired reward (envs.episode.ReferenceRuns)
 
 
 @dataclass
@@ -249,13 +250,14 @@ class Learner:
     save: Callable[[Path, Optional[str]], dict]
 
 
-def build_learner(opts: TrainingOptions, venv, hp: dict, state: dict, ckpt: Path, folder: Path) -> Learner:
+def build_learner(opts: TrainingOptions, venv, hp: dict, state: dict, ckpt: Path, folder: Path,
+                  features: tuple[str, ...]) -> Learner:
     """A new learner, or the checkpoint's one continued (tensors only: nothing is unpickled)."""
     if opts.algo == "qlearning":
         from agents.learners.qlearning import QLearningAgent, QLearningConfig
 
-        q = (QLearningAgent.load(ckpt / state["files"]["qtable"]) if opts.resume
-             else QLearningAgent(venv.action_space.n, QLearningConfig(), seed=opts.seed))
+        q = (QLearningAgent.load(ckpt / state["files"]["qtable"], features) if opts.resume
+             else QLearningAgent(venv.action_space.n, QLearningConfig(**hp), seed=opts.seed, features=features))
 
         def save_table(dest: Path, tag: Optional[str]) -> dict:
             name = "qtable.json" if tag is None else f"qtable-{tag}.json"
@@ -313,15 +315,18 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
     t_start = time.time()
     # a resumed run keeps the learner it started with (PPO's rollout length, DQN's schedule)
     hp = state.get("learner_hparams") or learner_hparams(opts.algo, opts.n_envs, opts.decisions,
-                                                         imitation=opts.imitate is not None)
+                                                         imitation=opts.imitate is not None, control=cfg.control)
     if state.get("mlflow_run_id") != run.info.run_id:
         log_run_params(cfg, opts, hp)
     save_env_config(folder, cfg)
 
     seed = opts.seed + len(curve)  # a resumed run does not replay the episodes it already learned from
-    raw = make_vec_env(cfg, opts.n_envs, opts.backend, opts.ray_address, seed=seed, max_restarts=opts.max_restarts)
+    # the paired reward's recipe runs live in the agent folder: computed once, kept across --resume
+    references = str(folder / REFERENCE_RUNS) if cfg.control.reward == "paired" else None
+    raw = make_vec_env(cfg, opts.n_envs, opts.backend, opts.ray_address, seed=seed, max_restarts=opts.max_restarts,
+                       reference_folder=references)
     sessions = in_process_sessions(raw)
-    learner = build_learner(opts, VecMonitor(raw), hp, state, ckpt, folder)
+    learner = build_learner(opts, VecMonitor(raw), hp, state, ckpt, folder, feature_names(cfg.control.features))
     model, venv = learner.model, learner.venv
     venv.seed(seed)  # after the learner is built: SB3 seeds its env with the learner's seed on construction
     imitation: Optional[dict] = state.get("imitation")
@@ -384,8 +389,8 @@ def save_agent(folder: Path, cfg: InstanceSetConfig, opts: TrainingOptions, lear
                    f"{opts.algo.upper()} on {cfg.name}", validation)
     meta = {
         "name": folder.name, "algo": opts.algo, **files,
-        "action_map": ActionMap(cfg.action, cfg.bounds).describe(),
-        "observation": list(FEATURE_NAMES),
+        "action_map": action_map_for(cfg).describe(),
+        "observation": list(feature_names(cfg.control.features)),
         "env_config": "env_config.yaml", "instance_set": cfg.name,
         "training_instances": [i.name for i in cfg.train], "heldout_instances": [i.name for i in cfg.heldout],
         "total_timesteps": int(learner.model.num_timesteps), "seed": opts.seed, "n_envs": opts.n_envs,

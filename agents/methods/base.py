@@ -74,11 +74,18 @@ class MethodContext:
         self._controllers: dict[str, Any] = {}
         self._instance_keys: dict[str, dict] = {}
 
-    def env(self, optimizer: Optional[str] = None):
-        """The environment of the set, or of the set with another client optimizer; it evaluates
-        the test split at every episode's end."""
+    def env(self, optimizer: Optional[str] = None, control: Optional[Any] = None):
+        """The environment of the set, or of the set with another client optimizer, or with another
+        ``control`` (a controller trained under it: its actions decode, and it observes, as in
+        training; the engines are shared); it evaluates the test split at every episode's end."""
         from envs.finetune_env import FineTuneEnv
 
+        if control is not None and control != self.cfg.control:
+            key = f"control:{digest(control.model_dump(mode='json'))}"
+            if key not in self._envs:
+                self._envs[key] = FineTuneEnv(self.cfg.model_copy(update={"control": control}), split="all",
+                                              evaluate_test=True, session=self.env().sessions)
+            return self._envs[key]
         name = optimizer or self.cfg.session.optimizer
         if name not in self._envs:
             if name == self.cfg.session.optimizer:

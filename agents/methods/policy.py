@@ -21,6 +21,6 @@ class PolicyMethod(Method):
 
     def run(self, ctx: MethodContext, instance: str, seed: int, budgets: Sequence[int]) -> dict[int, RunRecord]:
         controller = ctx.controller(self.agent)
-        env = ctx.env()
-        controller.check_compatible(env.actions)
+        env = ctx.env(control=controller.env_config.control)
+        controller.check_compatible(env.action_map)
         return {1: RunRecord.of_episode(run_episode(env, PolicyPlan(controller.act), instance, seed))}

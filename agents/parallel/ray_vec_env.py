@@ -33,10 +33,10 @@ class WorkerFailure(RuntimeError):
 class EnvWorker:
     """Lives in a Ray actor: one FineTuneEnv, auto-reset like SB3's VecEnvs."""
 
-    def __init__(self, cfg_dict: dict, rank: int) -> None:
+    def __init__(self, cfg_dict: dict, rank: int, **env_options: Any) -> None:
         from agents.parallel.env_factory import make_env  # the session picks its device and accelerator
 
-        self.env = make_env(cfg_dict, rank)
+        self.env = make_env(cfg_dict, rank, **env_options)
         self.last_reset_seed: Optional[int] = None
 
     def where(self) -> dict[str, Any]:
@@ -64,15 +64,16 @@ class EnvWorker:
 class RayVecEnv(VecEnv):
     def __init__(self, cfg_dict: dict, n_envs: int, address: Optional[str] = None, seed: Optional[int] = None,
                  max_restarts: int = 3, call_timeout_s: float = 1800.0, start_timeout_s: float = 3600.0,
-                 worker_cls: type = EnvWorker) -> None:
+                 worker_cls: type = EnvWorker, env_options: Optional[dict] = None) -> None:
         """call_timeout_s bounds one decision interval on a worker; start_timeout_s bounds a reset,
-        which on a fresh worker builds the engine and the data (minutes for big models)."""
+        which on a fresh worker builds the engine and the data (minutes for big models).
+        env_options: keyword arguments of every worker's environment (env_factory.make_env)."""
         import ray
         from gymnasium import spaces
 
         from agents.parallel.ray_cluster import init_ray, worker_resources
-        from envs.actions import ActionMap
-        from envs.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW
+        from envs.finetune_env import action_map_for
+        from envs.features import OBS_HIGH, OBS_LOW, feature_names
         from trainers.config import parse_config
 
         if max_restarts < 0:
@@ -82,14 +83,15 @@ class RayVecEnv(VecEnv):
         self.max_restarts, self.call_timeout_s, self.start_timeout_s = max_restarts, call_timeout_s, start_timeout_s
         self._actor_cls = ray.remote(max_restarts=max_restarts, max_task_retries=0, scheduling_strategy="SPREAD",
                                      **worker_resources())(worker_cls)
-        self.workers = [self._actor_cls.remote(cfg_dict, rank) for rank in range(n_envs)]
+        self._env_options = dict(env_options or {})
+        self.workers = [self._actor_cls.remote(cfg_dict, rank, **self._env_options) for rank in range(n_envs)]
         self.failures = [0] * n_envs
         self.dropped: list[dict[str, Any]] = []
         self._base_seed = seed
         self._seeds: list[Optional[int]] = [None if seed is None else seed + i for i in range(n_envs)]
         self._pending: list = []
-        obs_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(FEATURE_NAMES),), dtype=np.float32)
-        super().__init__(n_envs, obs_space, ActionMap(cfg.action, cfg.bounds).space)
+        obs_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(feature_names(cfg.control.features)),), dtype=np.float32)
+        super().__init__(n_envs, obs_space, action_map_for(cfg).space)
 
     # ------------------------------------------------------------ VecEnv API
     def reset(self):

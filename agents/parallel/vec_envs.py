@@ -14,17 +14,20 @@ BACKENDS = ("inprocess", "subproc", "ray")
 
 
 def make_vec_env(cfg: InstanceSetConfig, n_envs: int = 1, backend: str = "inprocess",
-                 ray_address: Optional[str] = None, seed: Optional[int] = None, max_restarts: int = 3) -> VecEnv:
+                 ray_address: Optional[str] = None, seed: Optional[int] = None, max_restarts: int = 3,
+                 reference_folder: Optional[str] = None) -> VecEnv:
     """backend: 'inprocess' (one process, n engines), 'subproc' (a process per env), 'ray' (an actor
-    per env, each restarted at most max_restarts times)."""
+    per env, each restarted at most max_restarts times). reference_folder: see env_factory.make_env."""
+    options = {"reference_folder": reference_folder} if reference_folder else {}
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     cfg_dict = cfg.model_dump(mode="json")
     if backend == "ray":
         from agents.parallel.ray_vec_env import RayVecEnv
 
-        return RayVecEnv(cfg_dict, n_envs, address=ray_address, seed=seed, max_restarts=max_restarts)
-    fns = [functools.partial(make_env, cfg_dict, rank) for rank in range(n_envs)]
+        return RayVecEnv(cfg_dict, n_envs, address=ray_address, seed=seed, max_restarts=max_restarts,
+                         env_options=options)
+    fns = [functools.partial(make_env, cfg_dict, rank, **options) for rank in range(n_envs)]
     if backend == "subproc" and n_envs > 1:
         return SubprocVecEnv(fns, start_method="spawn")
     return DummyVecEnv(fns)

@@ -1,0 +1,254 @@
+"""Control (envs/control.py, trainers.config.ControlConfig): the residual schedule, schedule actions,
+the scale-free observation and the paired reward, on the real tiny engine at test size."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from envs.control import ControlActions, ControlledSchedule, Decoded, cooldown_power
+from envs.features import SCALE_FREE_FEATURES, RunContext, UpdateStats, observe_scale_free
+from trainers.config import ActionConfig, ControlConfig, HparamBounds, RecipeConfig, parse_config
+from trainers.schedules import recipe_schedule
+from trainers.session import Hparams, StepMetrics
+
+FULL = {"residual": True, "schedule_actions": True, "features": "scale_free", "reward": "paired",
+        "reference_seeds": 2, "lr_log2_step": 2.0}
+BOUNDS = HparamBounds(lr=(1e-5, 1e-1))
+
+
+@pytest.fixture(scope="module")
+def control_cfg(fast_cfg_dict):
+    return parse_config({**fast_cfg_dict, "control": FULL})
+
+
+@pytest.fixture()
+def control_env(control_cfg, tiny_session):
+    from envs.episode import ReferenceRuns
+    from envs.finetune_env import FineTuneEnv
+
+    return FineTuneEnv(control_cfg, split="all", session=tiny_session, references=ReferenceRuns())
+
+
+def _zero(env):
+    return np.zeros(env.action_space.shape, dtype=np.float32)
+
+
+def _episode(env, act, **reset):
+    obs, info = env.reset(**reset)
+    rewards, done = [], False
+    while not done:
+        obs, r, done, _, info = env.step(act(obs))
+        rewards.append(r)
+    return rewards, info["episode_log"]
+
+
+# ---------------------------------------------------------------- the schedule, by itself
+def test_no_correction_is_the_base_schedule_bit_for_bit():
+    base = recipe_schedule(RecipeConfig(lr=3e-4), 40, min_lr=1e-5)
+    sched = ControlledSchedule(base, BOUNDS)
+    for step in (0, 10, 20):
+        sched.act(Decoded(np.zeros(3)), step)
+    assert sched.interval(0, 40) == base  # the same objects' values, not approximately
+
+
+def test_scales_multiply_the_base_and_stop_where_the_peak_leaves_the_bounds():
+    base = recipe_schedule(RecipeConfig(lr=1e-3, decay="constant", warmup_fraction=0.0), 20)
+    sched = ControlledSchedule(base, BOUNDS)
+    sched.act(Decoded(np.array([2.0, 0.0, -1.0])), 0)  # lr x4, clip /2
+    h = sched.hparams_at(5)
+    assert h.lr == pytest.approx(4e-3) and h.grad_clip == pytest.approx(0.5) and h.weight_decay == base[5].weight_decay
+    for _ in range(10):  # far past the upper bound: the scale stops at bound / peak
+        sched.act(Decoded(np.array([2.0, 0.0, 0.0])), 5)
+    assert sched.scales[0] == pytest.approx(1e-1 / 1e-3)
+    sched.act(Decoded(np.array([-2.0, 0.0, 0.0])), 5)  # so one step down is felt at once
+    assert sched.hparams_at(6).lr == pytest.approx(1e-1 / 4)
+
+
+def test_cooldown_starts_once_from_the_current_lr_with_the_shape_asked():
+    assert cooldown_power(0.5) is None and cooldown_power(0.75) == 1.0 and cooldown_power(1.0) == 2.0
+    base = recipe_schedule(RecipeConfig(lr=1e-3, decay="constant", warmup_fraction=0.0), 40)
+    sched = ControlledSchedule(base, BOUNDS)
+    sched.act(Decoded(np.zeros(3), cooldown=1.0), 20)  # linear from step 20 to 0 at step 40
+    assert [sched.base_lr(s) for s in (19, 20, 30)] == pytest.approx([1e-3, 1e-3, 5e-4])
+    sched.act(Decoded(np.zeros(3), cooldown=2.0), 30)  # a second cooldown changes nothing
+    assert sched.cooldown_start == 20 and sched.cooldown_power == 1.0
+    square = ControlledSchedule(base, BOUNDS)
+    square.act(Decoded(np.zeros(3), cooldown=2.0), 20)
+    assert square.base_lr(30) == pytest.approx(1e-3 * 0.25)
+    assert all(sched.hparams_at(s).lr >= BOUNDS.lr[0] for s in range(40))  # never below the floor
+
+
+def test_control_actions_decode_box_and_menu():
+    ca = ControlActions(ActionConfig(mode="box"), ControlConfig(**FULL))
+    assert ca.space.shape == (5,)
+    d = ca.decode([0.5, -1.0, 0.0, 0.6, 0.9])
+    assert d.log2_scales.tolist() == [1.0, -1.0, 0.0] and d.cooldown == pytest.approx(2 ** -0.6) and d.rollback
+    assert ca.decode(np.zeros(5)).cooldown is None and not ca.decode(np.zeros(5)).rollback
+    menu = ControlActions(ActionConfig(mode="discrete"), ControlConfig(**FULL))
+    assert menu.space.n == len(ActionConfig().menu) + 2
+    assert menu.decode(len(ActionConfig().menu)).cooldown == 1.0  # the linear cooldown
+    assert menu.decode(len(ActionConfig().menu) + 1).rollback
+    assert not menu.decode(0).rollback and menu.decode(0).log2_scales.tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="5 entries"):
+        ca.decode(np.zeros(3))
+
+
+# ---------------------------------------------------------------- the scale-free observation
+def _steps(losses, norms):
+    return [StepMetrics(i, l, g, 1e-3, 100, 0.1, False) for i, (l, g) in enumerate(zip(losses, norms))]
+
+
+def test_the_scale_free_observation_does_not_see_the_losss_scale():
+    """A run at loss 4 and one at loss 0.4 that improve alike (the same relative curve, the same
+    relative gradient norms) look the same; the context and the controller's correction are there."""
+    rng = np.random.default_rng(0)
+    curve = 1.0 - 0.02 * np.arange(10) + 0.01 * rng.standard_normal(10)
+    ctx = RunContext(1_000_000, 16, 8, 120, 64)
+
+    def obs(scale):
+        return observe_scale_free(0.5, Hparams(1e-3, 0.01, 1.0), BOUNDS, [1.0, 0.0, 0.0], 0.8, False,
+                                  _steps(scale * curve, scale * np.ones(10)), UpdateStats(1e-3, 0.7), scale * 1.0,
+                                  scale * 0.9, scale * 1.0, -scale * 0.02, scale * 0.88, ctx)
+
+    a, b = obs(4.0), obs(0.4)
+    assert a.shape == (len(SCALE_FREE_FEATURES),)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    named = dict(zip(SCALE_FREE_FEATURES, a))
+    assert named["train_loss_slope_t"] < -math.log1p(5)  # a clear downward trend through the noise (t < -5)
+    assert named["lr_scale_log2"] == 1.0 and named["ctx_lora"] == 1.0 and named["ctx_log2_lora_rank"] == 4.0
+    assert named["update_cosine"] == pytest.approx(0.7) and named["update_ratio_log10"] == pytest.approx(-3)
+    assert named["gap_to_best_rel"] == pytest.approx(0.02)
+
+
+# ---------------------------------------------------------------- the environment under control
+def test_a_residual_controller_that_never_acts_runs_the_recipe_exactly(control_env, control_cfg):
+    """The same schedule, training losses and validation curve as the recipe run on the same seed,
+    bit for bit; the paired reward of every decision is exactly 0."""
+    from envs.episode import recipe_plan, run_episode
+
+    name = control_cfg.train[0].name
+    rewards, log = _episode(control_env, lambda o: _zero(control_env), seed=5, options={"instance": name})
+    recipe = run_episode(control_env, recipe_plan(control_env, control_cfg.base_recipe, name), name, 5)
+    assert log["schedule"] == recipe["schedule"]
+    assert log["train_loss"] == recipe["train_loss"] and log["eval_curve"] == recipe["eval_curve"]
+    assert rewards == [0.0] * len(rewards) and len(rewards) == 2
+    assert log["reference_eval_loss"] == recipe["eval_curve"][-1][1]
+
+
+def test_the_paired_return_is_the_final_advantage_over_the_recipe(control_env, control_cfg):
+    name = control_cfg.train[1].name
+    up = np.array([1.0, 0, 0, 0, 0], dtype=np.float32)  # lr x4 at every decision
+    rewards, log = _episode(control_env, lambda o: up, seed=1, options={"instance": name})
+    final, ref = log["eval_curve"][-1][1], log["reference_eval_loss"]
+    assert sum(rewards) == pytest.approx((ref - final) / log["initial_eval_loss"], abs=1e-9)
+    assert abs(sum(rewards)) > 1e-4  # the controller changed something
+    recipe = recipe_schedule(control_cfg.base_recipe, len(log["schedule"]), min_lr=control_cfg.bounds.lr[0])
+    assert log["schedule"][0]["lr"] == pytest.approx(4 * recipe[0].lr)  # its first decision, before step 0
+
+
+def test_reference_runs_are_computed_once_and_keyed_by_the_recipe(control_cfg, tiny_session, tmp_path):
+    from envs.episode import ReferenceRuns
+    from envs.finetune_env import FineTuneEnv, seeded_session_seed
+
+    env = FineTuneEnv(control_cfg, split="train", session=tiny_session, references=ReferenceRuns(str(tmp_path)))
+    env.reset()  # unseeded: a batch seed from the pool of 2, its recipe run computed and stored
+    assert env.batch_seed in (0, 1) and env.session_seed == seeded_session_seed(env.batch_seed)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [f"{env.instance.name}-seed{env.batch_seed}.json"]
+    again = ReferenceRuns(str(tmp_path))  # another process reads it back
+    assert again.get(control_cfg, env.instance.name, env.batch_seed) == env.reference
+    other = parse_config({**control_cfg.model_dump(mode="json"), "control": {**FULL, "recipe": {"lr": 3e-3}}})
+    assert again.get(other, env.instance.name, env.batch_seed) is None  # another recipe: computed again
+
+
+def test_rollback_returns_to_the_best_snapshot_and_spends_the_budget(fast_cfg_dict, tiny_session, monkeypatch):
+    """The interval after a rollback trains from the best validation's weights and optimizer
+    state, on new batches (the stream goes on), and the steps spent before it stay spent."""
+    from envs.finetune_env import FineTuneEnv
+
+    cfg = parse_config({**fast_cfg_dict, "episode": {**fast_cfg_dict["episode"], "total_steps": 12},
+                        "control": {**FULL, "reward": "improvement"}})
+    env = FineTuneEnv(cfg, split="all", session=tiny_session)
+    env.reset(seed=2, options={"instance": cfg.train[0].name})
+    env.step(_zero(env))  # improves on the start: its snapshot is kept
+    snap, best_eval = env._best_snapshot, env._snapshot_eval
+    assert best_eval == env._best_eval < env.initial_eval.loss and snap.step == 4
+    monkeypatch.setattr(env, "_keeps_best", False)  # the second interval leaves the snapshot as it was
+    env.step(_zero(env))
+    session, seen = env.session, {}
+    train = session.train
+
+    def watching(k):
+        seen.setdefault("weights", {k2: v.clone() for k2, v in session._module_state().items()})
+        seen.setdefault("batches", session._data_rng.get_state().clone())
+        return train(k)
+
+    monkeypatch.setattr(session, "train", watching)
+    rng_before = session._data_rng.get_state().clone()
+    env.step(np.array([1.0, 0, 0, 0, 1.0], dtype=np.float32))  # roll back, then train at lr x4
+    assert env.log.control_events == [{"step": 8, "event": "rollback", "to_eval_loss": best_eval}]
+    assert all(torch.equal(seen["weights"][k], v) for k, v in snap.module.items())  # from the best weights
+    assert torch.equal(seen["batches"], rng_before) and not torch.equal(rng_before, snap.data_rng)  # new batches
+    assert env.steps_done == 12 and len(env.log.schedule) == 12  # the budget is not refunded
+
+
+def test_user_guess_starts_scale_the_recipe(control_env, control_cfg):
+    name = control_cfg.heldout[0].name
+    _, info = control_env.reset(seed=4, options={"instance": name, "start": "user_guess"})
+    factor = info["start_lr_scale"]
+    assert 0.01 <= factor <= 100 and factor != 1.0
+    recipe = recipe_schedule(control_cfg.base_recipe, control_cfg.steps_for(control_cfg.instance(name)), min_lr=1e-5)
+    assert control_env.schedule.hparams_at(3).lr == pytest.approx(min(max(recipe[3].lr * factor, 1e-5), 1e-1))
+    _, again = control_env.reset(seed=4, options={"instance": name, "start": "user_guess"})
+    assert again["start_lr_scale"] == factor  # drawn from the seed: a rival run from the same start
+    _, own = control_env.reset(seed=4, options={"instance": name})
+    assert own["start_lr_scale"] == 1.0  # a seeded reset starts from the recipe unless asked
+
+
+def test_the_original_mechanics_are_untouched_without_control(tiny_env):
+    assert not tiny_env.controlled and tiny_env.schedule is None
+    assert tiny_env.action_space.shape == (3,) and tiny_env.observation_space.shape == (14,)
+
+
+def test_a_config_extends_another_and_refuses_a_loop(tmp_path):
+    from trainers.config import ConfigError, load_config
+
+    cfg = load_config("tiny_residual")
+    base = load_config("tiny")
+    assert cfg.control.residual and cfg.train == base.train and cfg.name == "tiny_residual"
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_a_controller_trained_under_control_acts_and_refuses_a_loop_of_your_own(tmp_path, fast_cfg_dict):
+    """Trained for a few decisions under full control: its folder loads, it acts on the
+    scale-free observation, compare's check knows its action map, and the ask-and-tell loop says
+    plainly that it cannot drive it yet."""
+    from agents.integrations import Hparams as H, SteppedController
+    from agents.learners.agent_folder import Controller
+    from agents.learners.training_run import TrainingOptions, run_training
+    from envs.control import action_map_for
+    from trainers.config import ConfigError
+
+    import mlflow
+
+    cfg = parse_config({**fast_cfg_dict, "control": FULL})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    with mlflow.start_run():
+        run_training(cfg, TrainingOptions(algo="ppo", decisions=8, checkpoint_every=0), tmp_path / "agent")
+    assert sorted(p.name for p in (tmp_path / "agent" / "reference_runs").iterdir())  # the paired reward's runs
+    ctl = Controller(tmp_path / "agent")
+    assert ctl.controlled and ctl.feature_names == list(SCALE_FREE_FEATURES)
+    action = ctl.act(np.zeros(len(SCALE_FREE_FEATURES), dtype=np.float32))
+    assert np.asarray(action).shape == (5,)
+    ctl.check_compatible(action_map_for(cfg))
+    with pytest.raises(ConfigError, match="action_map.control"):
+        ctl.check_compatible(action_map_for(parse_config(fast_cfg_dict)))
+    with pytest.raises(ConfigError, match="cannot drive such a controller yet"):
+        SteppedController(ctl, total_steps=10, initial=H(1e-3, 0.01, 1.0))
+    assert math.isfinite(float(np.sum(action)))
