@@ -157,15 +157,15 @@ def test_replacing_a_heldout_draw_changes_only_that_draw(monkeypatch):
     original = fam.generate(0)
     assert replaced["train"] == original["train"]
     gone = [a["name"] for a, b in zip(original["heldout"], replaced["heldout"]) if a != b]
-    assert sorted(gone) == sorted(shipped)
+    assert gone and set(gone) <= set(shipped)  # the first draws replaced (the rest replaced replacements)
     names = {i["name"] for i in replaced["heldout"]}
-    assert not names & set(gone)
+    assert not names & set(shipped)
     for inst in replaced["heldout"]:
         pool, draw = fam._parse(inst["name"])
         same = [o["name"] for o in replaced["heldout"] if o is not inst and fam.pool_of(o["name"]) == pool
                 and fam._effective(*fam._parse(o["name"])) == fam._effective(pool, draw)]
         assert not same, inst["name"]
-        assert fam._effective(pool, draw) not in {fam._effective(*fam._parse(g)) for g in gone}
+        assert fam._effective(pool, draw) not in {fam._effective(*fam._parse(g)) for g in shipped}
 
 
 def test_the_wide_generators_cost_model_uses_the_configs_batch_and_validation_sizes():
