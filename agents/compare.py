@@ -56,6 +56,7 @@ def options(args: argparse.Namespace, argv: Optional[list[str]]):
     from trainers.retarget import with_model, with_set_ranges, with_user_data
 
     check_tracking_uri(args.tracking_uri)
+    from trainers.models import check_model_limits
     controller = Controller(args.agent)
     cfg = controller.env_config
     if args.model:
@@ -73,6 +74,7 @@ def options(args: argparse.Namespace, argv: Optional[list[str]]):
     for n in names:
         cfg.instance(n)
     controller.check_compatible(action_map_for(cfg))
+    check_model_limits(cfg.session)
     default_name = Path(args.agent).name + (f"-on-{Path(args.data).stem}" if args.data else "")
     return ComparisonOptions(
         agent=str(Path(args.agent).resolve()), cfg=cfg, instances=names,

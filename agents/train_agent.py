@@ -72,10 +72,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def prepare(args: argparse.Namespace):
     """Every check, before anything is written or deleted; returns the config, folder and options."""
     from agents.learners.agent_folder import check_agent_folder
-    from agents.learners.sb3_setup import DEFAULT_DECISIONS, action_mode_for, whole_rollouts
-    from agents.learners.training_run import TrainingOptions
+    from agents.learners.sb3_setup import DEFAULT_DECISIONS, action_mode_for, resumed_rollouts, whole_rollouts
+    from agents.learners.training_run import TrainingOptions, read_state
     from agents.reporting.mlflow_tracking import check_tracking_uri
     from trainers.atomic_files import check_writable_folder
+    from trainers.models import check_model_limits
 
     cfg = load_config(args.config, {"action": {"mode": action_mode_for(args.algo)}})
     if args.subproc and (args.ray or args.ray_address):
@@ -84,11 +85,12 @@ def prepare(args: argparse.Namespace):
         raise ConfigError(f"instance set {cfg.name!r} has no held-out instances: add some under 'heldout', "
                           "or pass --no-heldout")
     name = args.name or f"{args.algo}-{cfg.name}-seed{args.seed}"
-    try:
-        plain_name(name)  # a name built from a config's name must be plain too
+    try:  # a name built from a config's name must be plain too
+        plain_name(name)
     except argparse.ArgumentTypeError as err:
         raise ConfigError(f"agent folder name {name!r} (from the config's name): {err}") from None
     check_tracking_uri(args.tracking_uri)
+    check_model_limits(cfg.session)  # a window the model cannot read stops here, before any folder or run
     if args.decisions == 0 and args.imitate is None:
         raise ConfigError("--decisions 0 learns nothing: it is only for --imitate (the imitation-only policy)")
     if args.imitate is not None:
@@ -99,12 +101,12 @@ def prepare(args: argparse.Namespace):
         from agents.learners.imitation import expert_targets
 
         expert_targets(Path(args.imitate), cfg)  # a bad file stops here, before anything is written
-    out = Path(args.out)
-    check_writable_folder(out, "--out")  # a folder, and one that takes files, before any training
-    folder = out / name
+    check_writable_folder(Path(args.out), "--out")  # a folder, and one that takes files, before any training
+    folder = Path(args.out) / name
     check_agent_folder(folder, args.resume, args.algo, imitate=args.imitate is not None)
-    decisions = DEFAULT_DECISIONS[args.algo] if args.decisions is None else args.decisions
-    decisions = decisions if args.resume else whole_rollouts(args.algo, args.n_envs, decisions)  # resume: its own
+    asked = DEFAULT_DECISIONS[args.algo] if args.decisions is None else args.decisions
+    decisions = resumed_rollouts(args.algo, read_state(folder), args.n_envs, asked) if args.resume \
+        else whole_rollouts(args.algo, args.n_envs, asked)
     opts = TrainingOptions(
         algo=args.algo, decisions=decisions, seed=args.seed, n_envs=args.n_envs,
         backend="ray" if (args.ray or args.ray_address) else ("subproc" if args.subproc else "inprocess"),
@@ -118,16 +120,14 @@ def prepare(args: argparse.Namespace):
 
 def train(args: argparse.Namespace) -> Path:
     from agents.experiments.agent_training import train_and_evaluate
+    from agents.reporting.heldout_report import verdict_lines
     from agents.reporting.mlflow_tracking import ui_command
 
     cfg, folder, opts = prepare(args)
-    workers = args.eval_workers or args.n_envs
     summary = train_and_evaluate(cfg, opts, folder, None if args.no_heldout else args.eval_seeds,
-                                 {"workers": workers})
+                                 {"workers": args.eval_workers or args.n_envs})
     print(f"\nagent folder: {folder}; review the runs in MLflow: {ui_command(args.tracking_uri)}")
     if summary is not None:
-        from agents.reporting.heldout_report import verdict_lines
-
         print(f"held-out table: {folder / 'heldout.md'}")
         print("\n".join(verdict_lines(folder, summary)))
     return folder

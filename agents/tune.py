@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> dict:
             cfg = with_steps(cfg, instance, args.steps)
     if args.lora_rank:
         cfg = with_lora(cfg, instance, args.lora_rank)
+    from trainers.models import check_model_limits
+
+    check_model_limits(cfg.session)
     out = Path(args.out) if args.out else REPO_ROOT / "results" / "tuned" / f"{instance}-{Path(args.agent).name}-seed{args.seed}"
     result = tuned_run(controller, cfg, instance, args.seed, out, not args.no_save_model)
     log = result["log"]

@@ -95,7 +95,7 @@ def _checkpoint(folder):
 
 
 @pytest.mark.parametrize("algo", ["qlearning", "ppo"])
-def test_resume_continues_from_checkpoint(algo, fast_yaml, tmp_path, tracking_uri):
+def test_resume_continues_from_checkpoint(algo, fast_yaml, tmp_path, tracking_uri, capsys):
     folder = _train(algo, fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])
     state, files = _checkpoint(folder)
     assert state["num_timesteps"] == 8 and all(f.is_file() for f in files.values())
@@ -105,8 +105,10 @@ def test_resume_continues_from_checkpoint(algo, fast_yaml, tmp_path, tracking_ur
                                    "--no-heldout", "--validate-every", "0"])
     folder = train_agent.train(args)
     meta = json.loads((folder / "agent.json").read_text())
-    # PPO finishes its rollout: the first run's 8-step rollouts take it from 8 to 16
+    # PPO learns whole rollouts: the first run's 8-step rollouts take it from 8 to 16, and it says so first
     expected = 12 if algo == "qlearning" else 16
+    note = "resuming at decision 8; PPO learns in whole rollouts of 8 decisions here"
+    assert (note in capsys.readouterr().err) == (algo == "ppo")
     assert meta["total_timesteps"] == expected and meta["mlflow_run_id"] == state["mlflow_run_id"]
     assert meta["learner_hparams"] == state["learner_hparams"]
     assert len((folder / "training_curve.csv").read_text().splitlines()) - 1 == expected // 2
@@ -280,3 +282,18 @@ def test_tune_runs_lora_adapters_and_replays_them(tmp_path):
     plain = tune.main(["--agent", str(agent), "--instance", "bbc-tech-lm", "--steps", "6", "--no-save-model",
                        "--out", str(tmp_path / "plain")])
     assert plain["log"]["train_loss"] != res["log"]["train_loss"]  # the adapters, not the weights, trained
+
+
+def test_a_checkpoint_mid_rollout_counts_only_the_rollouts_learned():
+    """PPO learns a rollout at its end: a checkpoint taken in the middle of one says it has learned
+    up to the last one, so a resume collects the partial rollout again and the total asked for is
+    learned, not skipped."""
+    from types import SimpleNamespace
+
+    from agents.learners.training_run import learned_decisions
+
+    mid = SimpleNamespace(num_timesteps=14, rollout_buffer=SimpleNamespace(full=False, pos=3))
+    assert learned_decisions(mid, n_envs=2) == 8
+    end = SimpleNamespace(num_timesteps=16, rollout_buffer=SimpleNamespace(full=True, pos=4))
+    assert learned_decisions(end, n_envs=2) == 16
+    assert learned_decisions(SimpleNamespace(num_timesteps=5), n_envs=2) == 5  # DQN, Q-learning: every step

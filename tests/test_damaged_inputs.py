@@ -62,11 +62,61 @@ def test_a_damaged_agent_folder_is_refused_naming_the_file_and_field(capsys, tmp
     assert sorted(p.name for p in folder.iterdir()) == before
 
 
+QTABLE_AGENT = SHIPPED_AGENT.parent / "qlearning-smollm2_cpu"
+QTABLE_DAMAGE = {
+    "nested deep": (lambda q: "[" * 10_000 + "]" * 10_000, "nested too deeply"),
+    "a NaN value": (lambda q: json.dumps({**q, "q": [[q["q"][0][0], [float("nan")] * q["n_actions"]]]}), "finite values"),
+    "a short row": (lambda q: json.dumps({**q, "q": [[q["q"][0][0], [0.0]]]}), "finite values"),
+    "another menu": (lambda q: json.dumps({**q, "n_actions": 999}), "n_actions is 999"),
+    "no config": (lambda q: json.dumps({k: v for k, v in q.items() if k != "config"}), "not a Q-table"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(QTABLE_DAMAGE))
+def test_a_damaged_q_table_is_refused_naming_the_file(capsys, tmp_path, damage):
+    folder = tmp_path / "agent"
+    shutil.copytree(QTABLE_AGENT, folder, ignore=shutil.ignore_patterns("checkpoint"))
+    make, says = QTABLE_DAMAGE[damage]
+    path = folder / json.loads((folder / "agent.json").read_text())["model_file"]
+    path.write_text(make(json.loads(path.read_text())))
+    line = _run(capsys, "agents.evaluate", ["--agent", str(folder), "--no-mlflow"])
+    assert says in line and str(path) in line
+
+
+def test_policy_weights_that_are_not_finite_are_refused(capsys, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy_agent(tmp_path)
+    weights = load_file(str(folder / "policy.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = weights[name].clone().fill_(float("nan"))
+    save_file(weights, str(folder / "policy.safetensors"))
+    line = _run(capsys, "agents.evaluate", ["--agent", str(folder), "--no-mlflow"])
+    assert "not finite" in line and name in line
+
+
 def test_the_shipped_agent_still_loads():
     from agents.learners.agent_folder import Controller
 
     c = Controller(SHIPPED_AGENT)
     assert c.algo == "ppo" and c._normalizer is not None
+
+
+@pytest.mark.parametrize("name", ["agent.json", "env_config.yaml"])
+def test_a_symlinked_agent_json_or_env_config_is_not_followed(capsys, tmp_path, name):
+    folder = _copy_agent(tmp_path)
+    (folder / name).unlink()
+    (folder / name).symlink_to(SHIPPED_AGENT / name)
+    line = _run(capsys, "agents.evaluate", ["--agent", str(folder), "--no-mlflow"])
+    assert "is a symlink" in line and name in line
+
+
+def test_a_deeply_nested_jsonl_record_is_named_by_line(tmp_path):
+    from trainers.data import DataFileError, read_jsonl
+
+    (tmp_path / "deep.jsonl").write_text('{"text": "fine"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataFileError, match=r"deep.jsonl:2: nested too deeply"):
+        read_jsonl(tmp_path / "deep.jsonl")
 
 
 def test_a_symlinked_model_file_is_not_followed(capsys, tmp_path):
@@ -136,6 +186,24 @@ def test_a_window_longer_than_the_model_reads_is_a_config_error(fast_cfg_dict):
         check_seq_len(cfg.session, model.config)
     check_seq_len(parse_config(dict(fast_cfg_dict, session=dict(fast_cfg_dict["session"], seq_len=limit))).session,
                   model.config)
+
+
+def test_a_window_the_model_cannot_read_stops_the_commands_before_any_folder(capsys, tmp_path, fast_cfg_dict):
+    import yaml
+
+    from trainers.models import max_positions
+
+    limit = max_positions("tiny-gpt")
+    long = dict(fast_cfg_dict, session=dict(fast_cfg_dict["session"], seq_len=limit + 1))
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(long))
+    out, db = tmp_path / "agents", tmp_path / "m.db"
+    line = _run(capsys, "agents.train_agent", ["--config", str(tmp_path / "long.yaml"), "--out", str(out),
+                                               "--tracking-uri", f"sqlite:///{db}", "--no-heldout"])
+    assert f"session.seq_len: {limit + 1} is longer than 'tiny-gpt' can read ({limit} positions" in line
+    assert not out.exists() and not db.exists()
+    line = _run(capsys, "agents.tune", ["--agent", str(SHIPPED_AGENT), "--config", str(tmp_path / "long.yaml"),
+                                        "--out", str(tmp_path / "tuned")])
+    assert "session.seq_len" in line and not (tmp_path / "tuned").exists()
 
 
 def test_a_lone_surrogate_in_jsonl_is_named_by_line(tmp_path):
@@ -266,6 +334,53 @@ def test_a_run_stopped_before_its_first_checkpoint_does_not_block_the_next(capsy
     assert "stopped before its first checkpoint" in capsys.readouterr().err
 
 
+def test_a_killed_replacement_leaves_the_earlier_agent_to_come_back(tmp_path):
+    """A run replacing a finished agent moves it aside; killed before its first checkpoint, it leaves
+    the earlier agent aside and its own marker in the folder. The next run clears the marker's folder,
+    and the earlier agent comes back if that run too learns nothing, or goes when it finishes."""
+    from agents.learners.agent_folder import AGENT_JSON, RUN_MARKER, replacing
+
+    folder, aside = tmp_path / "a", tmp_path / ".a.previous"
+    aside.mkdir()
+    (aside / AGENT_JSON).write_text('{"the": "earlier agent"}')
+    folder.mkdir()
+    (folder / RUN_MARKER).write_text("python -m agents.train_agent ...\n")  # what the killed run left
+    with pytest.raises(KeyboardInterrupt):
+        with replacing(folder, resume=False):
+            (folder).mkdir(exist_ok=True)
+            (folder / RUN_MARKER).write_text("the next run\n")
+            raise KeyboardInterrupt
+    assert (folder / AGENT_JSON).read_text() == '{"the": "earlier agent"}' and not aside.exists()
+    with replacing(folder, resume=False):  # a run that finishes replaces it
+        folder.mkdir(exist_ok=True)
+        (folder / AGENT_JSON).write_text('{"the": "new agent"}')
+    assert (folder / AGENT_JSON).read_text() == '{"the": "new agent"}' and not aside.exists()
+
+
+def test_ctrl_c_before_the_first_decision_leaves_nothing_to_refuse_the_next_run(tmp_path, fast_cfg_dict, monkeypatch):
+    """Stopped before it learned anything, a run writes no checkpoint: the next run is not told to
+    --resume a run that has nothing to resume, and clears the folder."""
+    import mlflow
+
+    from agents.learners import training_run
+    from agents.learners.agent_folder import RUN_MARKER, STATE_FILE, check_agent_folder
+    from trainers.config import parse_config
+
+    def interrupted(self, *a, **k):
+        raise KeyboardInterrupt
+
+    from agents.learners.qlearning import QLearningAgent
+
+    monkeypatch.setattr(QLearningAgent, "learn", interrupted)
+    folder = tmp_path / "a"
+    cfg = parse_config({**fast_cfg_dict, "action": {"mode": "discrete"}})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/m.db")
+    with mlflow.start_run(), pytest.raises(KeyboardInterrupt):
+        training_run.run_training(cfg, training_run.TrainingOptions("qlearning", 4), folder)
+    assert (folder / RUN_MARKER).is_file() and not (folder / "checkpoint" / STATE_FILE).exists()
+    check_agent_folder(folder, resume=False, algo="qlearning")  # not refused
+
+
 def test_ctrl_c_says_where_the_run_was_checkpointed(tmp_path, files):
     import os
     import signal
@@ -283,6 +398,12 @@ def test_ctrl_c_says_where_the_run_was_checkpointed(tmp_path, files):
     while not state.is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
     assert state.is_file(), "no checkpoint within the time allowed"
+    # a second real process on the same folder, while the first trains: refused, naming the first
+    argv = cmd[3:]
+    second = subprocess.run([sys.executable, "-m", "agents.train_agent", *argv], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert second.returncode == 2 and f"another training run (pid {proc.pid}" in second.stderr, second.stderr[-2000:]
+    assert proc.poll() is None  # the first goes on
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
@@ -313,6 +434,41 @@ def test_learner_progress_continues_from_the_checkpoint_on_resume(tmp_path):
     fresh = continued_csv(path, None)  # a new run starts the file empty
     fresh.close()
     assert path.read_text() == ""
+
+
+def test_a_written_file_and_its_folder_are_fsynced_before_and_after_the_rename(tmp_path, monkeypatch):
+    """A crash after the rename cannot leave an empty file: the data is synced before the rename and
+    the folder (which holds the rename) after it."""
+    import os
+
+    from trainers.atomic_files import write_json_atomic
+
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}"))),
+                                                   real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("rename", str(b))), real_replace(a, b))[1])
+    write_json_atomic(tmp_path / "x.json", {"a": 1})
+    kinds = [k for k, _ in calls]
+    assert kinds.index("fsync") < kinds.index("rename") < len(kinds) - 1 - kinds[::-1].index("fsync")
+    assert calls[-1] == ("fsync", str(tmp_path))  # the folder, after the rename
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+
+
+def test_an_output_on_a_disk_too_full_for_the_model_is_refused_before_work(capsys, tmp_path, monkeypatch):
+    import os
+
+    real = os.statvfs
+    monkeypatch.setattr(os, "statvfs", lambda p: type("Full", (), {"f_bavail": 10, "f_frsize": real(p).f_frsize})())
+    line = _tune(capsys, tmp_path, "--out", str(tmp_path / "tuned"))  # saves the model: its size is needed
+    assert "MiB free on its disk" in line and "needed" in line and not (tmp_path / "tuned").exists()
+
+
+@needs_unwritable
+def test_train_agent_refuses_an_output_it_cannot_write_before_training(capsys, tmp_path):
+    line = _run(capsys, "agents.train_agent", ["--out", str(UNWRITABLE / "agents"), "--no-heldout",
+                                               "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert "--out" in line and "is not writable" in line
 
 
 def test_files_keep_the_users_umask(tmp_path):
@@ -347,6 +503,33 @@ def test_tune_refuses_a_folder_another_run_writes(capsys, tmp_path):
     with exclusive_lock(tmp_path / "tuned", "--out"):
         assert "another run (pid" in _tune(capsys, tmp_path, "--out", str(tmp_path / "tuned"), "--no-save-model")
     assert not (tmp_path / "tuned").exists()
+
+
+def test_two_tune_processes_on_one_output_cannot_both_write(tmp_path):
+    """A real second process is refused while the first tunes into the same --out; the first's
+    results are whole when it ends."""
+    import os
+    import subprocess
+    import sys
+
+    from trainers.atomic_files import lock_holder
+
+    out = tmp_path / "tuned"
+    cmd = [sys.executable, "-m", "agents.tune", "--agent", str(SHIPPED_AGENT), "--instance", "bbc-tech-lm",
+           "--steps", "400", "--out", str(out), "--no-save-model"]
+    root = Path(__file__).resolve().parents[1]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=root,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.time() + 240
+    while lock_holder(out) is None and time.time() < deadline and first.poll() is None:
+        time.sleep(0.2)
+    assert lock_holder(out) is not None, "the first tune never took its lock"
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120)
+    assert second.returncode == 2 and f"another run (pid {first.pid}" in second.stderr, second.stderr[-2000:]
+    assert first.poll() is None, "the first tune ended before the second was tried: lengthen it"
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["eval_curve"][-1][0] == 400
 
 
 def test_a_save_that_fails_leaves_nothing_half_written(capsys, tmp_path, monkeypatch):

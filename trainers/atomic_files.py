@@ -19,8 +19,14 @@ from trainers.config import ConfigError
 
 
 def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """The mode a new file gets from the user's umask, read without changing it where Linux says it
+    (setting it to read it would, for that instant, hand any other thread's new file mode 0666)."""
+    try:
+        with open("/proc/self/status") as fh:
+            mask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
 
 

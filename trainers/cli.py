@@ -33,12 +33,17 @@ def fail(message: str) -> NoReturn:
 
 def run_command(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], Any],
                 argv: Optional[Sequence[str]] = None) -> Any:
-    """Parse, then run; a ConfigError anywhere in the body becomes the one error line."""
+    """Parse, then run; a ConfigError anywhere in the body becomes the one error line, and Ctrl-C
+    one line and exit 130 (a command that keeps work across a stop says what it kept itself)."""
     args = parser.parse_args(argv)
     try:
         return body(args)
     except ConfigError as err:
         fail(str(err))
+    except KeyboardInterrupt:
+        print(f"error: {parser.prog} interrupted (experiments keep every unit of work they finished: rerun "
+              "the same command to carry on)", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 # ------------------------------------------------------------------ argument types

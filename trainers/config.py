@@ -414,6 +414,12 @@ def read_structured_file(path: str | Path, what: str = "file") -> Any:
     if not p.is_file():
         raise ConfigError(f"{p}: no such {what}")
     try:
+        size = p.stat().st_size
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot be read ({err.strerror})") from None
+    if size > 4 * MAX_STRUCTURED_CHARS:  # before reading it: a multi-gigabyte "config" is refused unread
+        raise ConfigError(f"{p}: {size:,} bytes; a {what} of this project is under {MAX_STRUCTURED_CHARS:,} characters")
+    try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{p}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None

@@ -123,6 +123,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataFileError(f"{p}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+            except RecursionError:
+                raise DataFileError(f"{p}:{lineno}: nested too deeply to be a record") from None
             if not isinstance(obj, dict):
                 raise DataFileError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             keys = set(obj)

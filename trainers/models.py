@@ -188,6 +188,40 @@ def model_path(spec: str) -> Path:
     return p
 
 
+def max_positions(spec: str) -> Optional[int]:
+    """The longest window a model reads, from its config alone (no weights, nothing built): a
+    preset's own, or a folder's config.json (max_position_embeddings or n_positions); None when
+    it cannot be told without building the model."""
+    import json
+
+    if spec == "tiny-gpt":
+        return int(tiny_model_config().n_positions)
+    path = cache_dir() / "smollm2-135m" if spec == "smollm2-135m" else Path(spec)
+    try:
+        found = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # a preset not built yet (SmolLM2 reads 8,192), or not a folder: model_path says so
+    limit = found.get("max_position_embeddings") or found.get("n_positions") if isinstance(found, dict) else None
+    return limit if isinstance(limit, int) else None
+
+
+def check_seq_len(cfg, model_config) -> None:
+    """A window longer than the model's positions fails deep inside its embedding (IndexError):
+    say so as the config's error instead. ``cfg``: a SessionConfig."""
+    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    if isinstance(limit, int) and cfg.seq_len > limit:
+        raise ConfigError(f"session.seq_len: {cfg.seq_len} is longer than {cfg.model!r} can read "
+                          f"({limit} positions, its max_position_embeddings)")
+
+
+def check_model_limits(session) -> None:
+    """Before any work: a config's window (``session``, a SessionConfig) against what its model
+    reads, from the model's config alone."""
+    limit = max_positions(session.model)
+    if limit is not None:
+        check_seq_len(session, type("ModelConfig", (), {"max_position_embeddings": limit})())
+
+
 def load_model_and_tokenizer(spec: str, dtype: torch.dtype = torch.float32):
     """The model in train mode and its tokenizer (with a pad token)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

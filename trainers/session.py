@@ -19,6 +19,7 @@ import torch
 
 from trainers.config import ConfigError, SessionConfig
 from trainers.data import IGNORE, TaskData, TokenizedSplit
+from trainers.models import check_seq_len
 
 
 def resolve_device(cfg: SessionConfig) -> str:
@@ -221,15 +222,6 @@ def _add_adapters(module: torch.nn.Module, cfg: SessionConfig, is_tail: bool) ->
         _check_depth(cfg.trainable_last_layers, len(blocks), allow_all=True)
         within = [f"{path}.{i}" for i in range(len(blocks) - cfg.trainable_last_layers, len(blocks))]
     add_lora(module, cfg.lora, within)
-
-
-def check_seq_len(cfg: SessionConfig, model_config: Any) -> None:
-    """A window longer than the model's positions fails deep inside its embedding (IndexError):
-    say so as the config's error instead."""
-    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
-    if isinstance(limit, int) and cfg.seq_len > limit:
-        raise ConfigError(f"session.seq_len: {cfg.seq_len} is longer than {cfg.model!r} can read "
-                          f"({limit} positions, its max_position_embeddings)")
 
 
 class FineTuneSession:

@@ -43,10 +43,9 @@ CHECKPOINT_FILES = {"ppo": ("model", "obs_normalization"), "dqn": ("model", "obs
 
 
 def stopped_before_checkpoint(folder: Path) -> bool:
-    """A folder a run started in and left before its first checkpoint (killed, or Ctrl-C before
-    the first decision): it holds nothing learned, so a new run may clear it."""
-    return ((folder / RUN_MARKER).is_file() and not is_agent_folder(folder)
-            and not (folder / "checkpoint" / STATE_FILE).is_file())
+    """A folder a run started in and left before it learned anything (killed before its first
+    checkpoint, or stopped before its first decision): a new run may clear it."""
+    return (folder / RUN_MARKER).is_file() and not is_agent_folder(folder) and not learned_anything(folder)
 
 
 def check_agent_folder(folder: Path, resume: bool, algo: str, imitate: bool = False) -> None:
@@ -125,18 +124,20 @@ def replacing(folder: Path, resume: bool) -> Iterator[None]:
     body (the training) finishes, then goes; if the body fails before the new run learned anything,
     the earlier agent comes back."""
     previous = None
+    waiting = folder.with_name(f".{folder.name}.previous")  # a finished agent a killed run was replacing
     if not resume and folder.exists() and any(folder.iterdir()):
-        previous = folder.with_name(f".{folder.name}.previous")
-        if previous.exists():
-            shutil.rmtree(previous)
-        stale = stopped_before_checkpoint(folder)
-        folder.rename(previous)
-        if stale:
+        if stopped_before_checkpoint(folder):
+            shutil.rmtree(folder)
             print(f"clearing {folder}: a run started there and stopped before its first checkpoint, so it holds "
                   "nothing learned", file=sys.stderr)
         else:
+            if waiting.exists():  # older than the finished agent in the folder
+                shutil.rmtree(waiting)
+            folder.rename(waiting)
             print(f"replacing the earlier agent in {folder} (--name keeps both, --resume continues it); until this "
-                  f"run has saved its agent the earlier one waits in {previous}", file=sys.stderr)
+                  f"run has saved its agent the earlier one waits in {waiting}", file=sys.stderr)
+    if not resume and waiting.exists() and is_agent_folder(waiting):
+        previous = waiting
     try:
         yield
     except BaseException:
@@ -164,6 +165,7 @@ def read_agent_json(folder: str | Path) -> dict[str, Any]:
     path = folder / AGENT_JSON
     if not path.is_file():
         raise ConfigError(f"{folder}: not an agent folder (no {AGENT_JSON}); train one with python -m agents.train_agent")
+    inside_folder(folder, AGENT_JSON, f"{folder}: {AGENT_JSON}")  # not a symlink out of the folder
     meta = read_structured_file(path)
     if not isinstance(meta, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(meta).__name__}")
@@ -215,7 +217,7 @@ class Controller:
         self.folder = Path(folder)
         self.meta = read_agent_json(self.folder)
         self.algo: str = self.meta["algo"]
-        cfg_path = self.folder / "env_config.yaml"
+        cfg_path = inside_folder(self.folder, "env_config.yaml", f"{self.folder}: env_config.yaml")
         self.env_config = parse_config(read_structured_file(cfg_path, "file (the agent folder is incomplete)"),
                                        source=str(cfg_path))
         names = list(feature_names(self.env_config.control.features))
@@ -230,7 +232,7 @@ class Controller:
         if self.algo == "qlearning":
             from agents.learners.qlearning import QLearningAgent
 
-            self._q = QLearningAgent.load(model_path, tuple(names))
+            self._q = QLearningAgent.load(model_path, tuple(names), action_map_for(self.env_config).space.n)
         else:
             from gymnasium import spaces
 

@@ -125,12 +125,24 @@ class QLearningAgent:
         write_json_atomic(path, data, indent=None)
 
     @classmethod
-    def load(cls, path: str | Path, features: tuple[str, ...] = FEATURE_NAMES) -> "QLearningAgent":
+    def load(cls, path: str | Path, features: tuple[str, ...] = FEATURE_NAMES,
+             n_actions: Optional[int] = None) -> "QLearningAgent":
+        """A saved table, checked: read with the project's caps (size, nesting), one finite value
+        per action in every row, states of one bin index per binned feature, and (given
+        ``n_actions``) as many actions as the environment's menu."""
+        from trainers.config import read_structured_file
+
+        data = read_structured_file(Path(path), "Q-table")
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
             agent = cls(data["n_actions"], QLearningConfig(**data["config"]), features=tuple(features))
-            agent.num_timesteps = data["num_timesteps"]
-            agent.q = {tuple(k): np.asarray(v, dtype=np.float64) for k, v in data["q"]}
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            agent.num_timesteps = int(data["num_timesteps"])
+            agent.q = {tuple(int(i) for i in k): np.asarray(v, dtype=np.float64) for k, v in data["q"]}
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ConfigError(f"{path}: not a Q-table saved by this project ({type(err).__name__}: {err})") from None
+        if n_actions is not None and agent.n_actions != n_actions:
+            raise ConfigError(f"{path}: n_actions is {agent.n_actions}; the environment's menu has {n_actions}")
+        for state, values in agent.q.items():
+            if values.shape != (agent.n_actions,) or not np.isfinite(values).all() or len(state) != len(agent._idx):
+                raise ConfigError(f"{path}: the row of state {list(state)} must hold {agent.n_actions} finite values "
+                                  f"for a state of {len(agent._idx)} bins")
         return agent

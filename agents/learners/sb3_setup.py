@@ -51,6 +51,22 @@ def whole_rollouts(algo: str, n_envs: int, decisions: int) -> int:
     return rounded
 
 
+def resumed_rollouts(algo: str, state: dict, n_envs: int, decisions: int) -> int:
+    """Where a resumed run ends when asked for ``decisions`` in all: PPO goes on from its checkpoint
+    (a rollout boundary: agents.learners.training_run.learned_decisions) in whole rollouts of its
+    n_steps x ``n_envs``, so the total rounds up; said once, before the run."""
+    start = int(state.get("num_timesteps", 0))
+    if algo != "ppo" or decisions <= start:
+        return max(decisions, start)
+    rollout = int(state["learner_hparams"]["n_steps"]) * n_envs
+    total = start + -(-(decisions - start) // rollout) * rollout
+    if total != decisions:
+        print(f"note: resuming at decision {start}; PPO learns in whole rollouts of {rollout} decisions here "
+              f"({n_envs} environments x {rollout // n_envs} steps): {decisions} decisions become {total}",
+              file=sys.stderr)
+    return total
+
+
 def learner_hparams(algo: str, n_envs: int, total: int, imitation: bool = False, control=None) -> dict[str, Any]:
     """Sized for expensive steps: updates every few dozen decisions, not thousands, but many
     gradient steps per rollout (minibatches of 16, 20 epochs: about 60 per 48 decisions, where
@@ -208,5 +224,8 @@ def load_policy(folder: Path, meta: dict[str, Any], observation_space, action_sp
     except Exception as err:  # safetensors raises its own SafetensorError (a bare Exception subclass)
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"{path}: not this agent's policy weights ({first})") from None
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise ConfigError(f"{path}: tensor {bad[0]} holds values that are not finite (NaN or infinity)")
     policy.set_training_mode(False)
     return policy

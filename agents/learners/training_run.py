@@ -188,6 +188,16 @@ class HeldoutValidator:
         return float(np.mean(returns))
 
 
+def learned_decisions(model, n_envs: int) -> int:
+    """Decisions the learner has learned from. PPO learns a rollout at its end: a checkpoint taken
+    mid-rollout counts only the rollouts learned, and a resume collects the partial one again (its
+    environment steps are spent; nothing from it is in the weights). Others learn every step."""
+    buffer = getattr(model, "rollout_buffer", None)
+    if buffer is None or buffer.full:
+        return int(model.num_timesteps)
+    return int(model.num_timesteps) - int(buffer.pos) * n_envs
+
+
 def _write_curve(path: Path, curve: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CURVE_FIELDS)
@@ -336,11 +346,13 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
         atomic write; then the files it no longer points at. A crash at any moment leaves a whole
         checkpoint."""
         ckpt.mkdir(exist_ok=True)
-        files = learner.save(ckpt, f"{int(model.num_timesteps):08d}")
+        learned = learned_decisions(model, venv.num_envs)
+        files = learner.save(ckpt, f"{learned:08d}")
         write_json_atomic(ckpt / STATE_FILE, {
-            "num_timesteps": int(model.num_timesteps), "files": files, "curve": curve, "validation": validation,
-            "dropped": dropped, "mlflow_run_id": run.info.run_id, "algo": opts.algo, "learner_hparams": hp,
-            "imitation": imitation}, indent=None)
+            "num_timesteps": learned, "files": files, "curve": [r for r in curve if r["timesteps"] <= learned],
+            "validation": validation, "dropped": dropped, "mlflow_run_id": run.info.run_id, "algo": opts.algo,
+            "learner_hparams": hp, "imitation": imitation,
+            "decisions_not_learned": int(model.num_timesteps) - learned}, indent=None)
         for f in ckpt.iterdir():
             if f.name != STATE_FILE and f.name not in files.values():
                 f.unlink(missing_ok=True)
@@ -363,7 +375,9 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
                         reset_num_timesteps=not opts.resume)
     except BaseException:
         monitor.close()
-        checkpoint()  # a crash or Ctrl-C keeps everything learned so far: rerun with --resume
+        if int(model.num_timesteps) > 0 or imitation is not None:
+            checkpoint()  # a crash or Ctrl-C keeps everything learned so far: rerun with --resume
+        # else nothing was learned: the run marker alone stays, and the next run clears the folder
         mlflow.set_tag("status", "interrupted: resume with --resume")
         venv.close()
         raise
