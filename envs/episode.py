@@ -28,9 +28,12 @@ from trainers.session import Hparams
 
 class Plan:
     """Chooses the hyperparameters of each decision interval. ``initial`` (None: the environment
-    draws the start from the instance's ranges) is applied at reset."""
+    draws the start from the instance's ranges) is applied at reset; ``start_from`` (None: the
+    environment's default) asks a controlled environment for the recipe's own start or a user's
+    guess (envs/control.py)."""
 
     initial: Optional[Hparams] = None
+    start_from: Optional[str] = None
 
     def start(self, env: FineTuneEnv) -> None:
         """Called after every reset: a plan may be reused across episodes."""
@@ -40,8 +43,8 @@ class Plan:
 
 
 class PolicyPlan(Plan):
-    def __init__(self, act: Callable[[np.ndarray], Any]) -> None:
-        self.act = act
+    def __init__(self, act: Callable[[np.ndarray], Any], start_from: Optional[str] = None) -> None:
+        self.act, self.start_from = act, start_from
 
     def interval(self, env: FineTuneEnv, obs: np.ndarray) -> Sequence[Hparams]:
         return env.interval_for_action(self.act(obs))
@@ -102,6 +105,8 @@ def decisions(env: FineTuneEnv, plan: Plan, instance: str, seed: Optional[int],
     options: dict[str, Any] = {"instance": instance}
     if plan.initial is not None:
         options["initial_hparams"] = plan.initial
+    if plan.start_from is not None:
+        options["start"] = plan.start_from
     obs, _ = env.reset(seed=seed, options=options)
     if resume is not None:
         env.load_episode_state(resume)

@@ -56,6 +56,9 @@ class EpisodeLog:
     metric_name: Optional[str] = None
     initial_hparams: Optional[dict[str, float]] = None  # the start set at reset, before any action
     control_events: list[dict[str, Any]] = field(default_factory=list)  # rollbacks, cooldowns (envs/control.py)
+    # under control: the scales on the base schedule at the start and after each decision (lr, wd, clip)
+    start_scales: Optional[list[float]] = None
+    scales: list[list[float]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -387,7 +390,8 @@ class FineTuneEnv(gym.Env):
         self.steps_done = 0
         self._run_state_reset()
         self.log = EpisodeLog(self.instance.name, seed, self.initial_eval.loss, metric_name=self.initial_eval.metric_name,
-                              initial_hparams=hp.as_dict())
+                              initial_hparams=hp.as_dict(),
+                              start_scales=[float(x) for x in self.schedule.scales] if self.schedule else None)
         if self.evaluate_test:
             if self.instance.name not in self._initial_test:
                 self._initial_test[self.instance.name] = self.session.evaluate("test")
@@ -414,8 +418,13 @@ class FineTuneEnv(gym.Env):
         if self.schedule is None:
             return [self.actions.apply(action, self.session.hparams())] * self.interval_steps()
         decoded = self.action_map.decode(action)
+        cooling = self.schedule.cooldown_start is not None
         self.schedule.act(decoded, self.steps_done)
         self._rollback_due = decoded.rollback
+        self.log.scales.append([float(x) for x in self.schedule.scales])
+        if not cooling and self.schedule.cooldown_start is not None:
+            self.log.control_events.append({"step": self.steps_done, "event": "cooldown",
+                                            "power": self.schedule.cooldown_power})
         return self.schedule.interval(self.steps_done, self.interval_steps())
 
     def step_with_schedule(self, per_step: Sequence[Hparams]):

@@ -252,3 +252,87 @@ def test_a_controller_trained_under_control_acts_and_refuses_a_loop_of_your_own(
     with pytest.raises(ConfigError, match="cannot drive such a controller yet"):
         SteppedController(ctl, total_steps=10, initial=H(1e-3, 0.01, 1.0))
     assert math.isfinite(float(np.sum(action)))
+
+
+# ---------------------------------------------------------------- the evaluation of a residual controller
+def test_the_range_test_suggests_the_steepest_descent_and_pays_for_its_steps(fast_cfg_dict, tiny_session):
+    from agents.methods.base import MethodContext
+    from agents.methods.range_test import RangeTestMethod, suggest
+
+    lrs = np.logspace(-6, -1, 60)
+    losses = 5.0 - 2.0 / (1.0 + np.exp(-(np.log10(lrs) + 3.5) * 4))  # falls fastest at lr 10^-3.5
+    assert suggest(lrs, losses) == pytest.approx(10 ** -3.5, rel=0.25)
+    assert suggest(lrs[:8], losses[:8]) == pytest.approx(lrs[int(np.argmin(losses[:8]))] / 10)  # too few points
+    cfg = parse_config(fast_cfg_dict)
+    ctx = MethodContext(cfg, sessions={})
+    ctx._envs[cfg.session.optimizer] = __import__("envs.finetune_env", fromlist=["FineTuneEnv"]).FineTuneEnv(
+        cfg, split="all", evaluate_test=True, session=tiny_session)
+    rec = RangeTestMethod(cfg.default_recipe, iterations=30).run(ctx, cfg.heldout[0].name, 0, (1,))[1]
+    test = rec.log["range_test"]
+    assert 1 <= test["steps"] <= 30 and rec.compute_steps == cfg.episode.total_steps + test["steps"]
+    peak = max(h["lr"] for h in rec.log["schedule"])
+    assert peak == pytest.approx(test["suggested_lr"]) and test["lrs"] == sorted(test["lrs"])
+
+
+def test_no_control_from_the_recipes_start_is_the_base_recipe_and_a_guess_is_shared(control_cfg, tiny_session):
+    """held_start of a residual controller (its actions replaced by "no change") runs the base recipe
+    exactly; held_guess and policy_guess start from the same guess on the same seed."""
+    from agents.methods.base import MethodContext
+    from agents.methods.policy import PolicyMethod
+    from agents.methods.recipes import RecipeMethod
+    from envs.finetune_env import FineTuneEnv
+
+    ctx = MethodContext(control_cfg, sessions={})
+    ctx._envs[control_cfg.session.optimizer] = FineTuneEnv(control_cfg, split="all", evaluate_test=True,
+                                                           session=tiny_session)
+    name = control_cfg.heldout[0].name
+
+    class Agent:  # what PolicyMethod asks of a loaded controller
+        env_config = control_cfg
+
+        @staticmethod
+        def act(obs):
+            return np.array([1.0, 0, 0, 0, 0], dtype=np.float32)
+
+        @staticmethod
+        def check_compatible(action_map):
+            pass
+
+    ctx._controllers["agent"] = Agent
+    held = PolicyMethod("agent", "held_start", act=False).run(ctx, name, 3, (1,))[1].log
+    recipe = RecipeMethod("r", control_cfg.base_recipe).run(ctx, name, 3, (1,))[1].log
+    assert held["schedule"] == recipe["schedule"] and held["test_loss"] == recipe["test_loss"]
+    guess = PolicyMethod("agent", "held_guess", "user_guess", act=False).run(ctx, name, 3, (1,))[1].log
+    steered = PolicyMethod("agent", "policy_guess", "user_guess").run(ctx, name, 3, (1,))[1].log
+    assert guess["start_scales"] == steered["start_scales"] and guess["start_scales"][0] != 1.0
+    assert steered["scales"][-1][0] > guess["start_scales"][0] and guess["scales"][-1] == guess["start_scales"]
+    assert steered["schedule"] != guess["schedule"]
+
+
+def _run(instance, seed, loss, **extra):
+    return {"instance": instance, "seed": seed, "test_loss": loss, "schedule": [{}] * 10, **extra}
+
+
+def test_the_rescue_summary_reads_gaps_against_the_recipes_own_run():
+    from agents.reporting.rescue_report import rescue_summary
+
+    runs = {"policy": [], "held_start": [], "policy_guess": [], "held_guess": [], "range_test": []}
+    for inst, base in (("a", 2.0), ("b", 1.0), ("x", 4.0)):
+        for seed in range(3):
+            runs["held_start"].append(_run(inst, seed, base))
+            runs["policy"].append(_run(inst, seed, base - 0.1))
+            runs["policy_guess"].append(_run(inst, seed, base * 1.01, start_scales=[50.0, 1, 1],
+                                             scales=[[8.0, 1, 1], [1.5, 1, 1]]))
+            runs["held_guess"].append(_run(inst, seed, base + 1.0, start_scales=[50.0, 1, 1]))  # gaps 0.5, 1, 0.25
+            runs["range_test"].append(_run(inst, seed, base * 1.1, range_test={"steps": 100}))
+    s = rescue_summary(runs, extrapolation={"x"})
+    assert s["methods"]["policy_guess"]["median_gap"] == pytest.approx(0.01) and s["goal_met"]
+    assert s["methods"]["held_guess"]["median_gap"] == pytest.approx(0.5)
+    assert s["methods"]["range_test"]["mean_compute_steps"] == 110
+    assert s["policy_minus_base_recipe"]["in_range"]["n_instances"] == 2
+    assert s["policy_minus_base_recipe"]["extrapolation"]["n_instances"] == 1
+    assert s["policy_minus_base_recipe"]["in_range"]["mean"] == pytest.approx(-0.1)
+    assert s["policy_guess_minus"]["held_guess"]["better"]
+    assert s["steering_from_guesses"]["median_abs_final_log2_scale"] == pytest.approx(np.log2(1.5))
+    runs["policy_guess"] = [dict(r, test_loss=r["test_loss"] * 1.2) for r in runs["policy_guess"]]
+    assert not rescue_summary(runs)["goal_met"]

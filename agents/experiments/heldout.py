@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from agents.experiments.matched_compute import gather, method_context, method_tasks, record_is_stale
 from agents.experiments.runner import RecordStore, WorkerPool, run_tasks
-from agents.methods import HELDOUT, ComparisonSetup, MethodContext, build
+from agents.methods import HELDOUT, HELDOUT_RESCUE, ComparisonSetup, MethodContext, build
 from trainers.config import ConfigError, InstanceSetConfig
 
 STORE = "heldout_runs"
@@ -35,7 +35,8 @@ def evaluate_heldout(agent: Path, seeds: int, pool: Optional[dict] = None, reuse
     if not cfg.heldout:
         raise ConfigError(f"{agent / 'env_config.yaml'}: the agent's instance set has no held-out instances")
     reused = reused or {}
-    methods = build(tuple(m for m in HELDOUT if m not in reused), ComparisonSetup(cfg, str(Path(agent).resolve())))
+    asked = HELDOUT_RESCUE if cfg.control.residual else HELDOUT  # a residual controller: its rescue too
+    methods = build(tuple(m for m in asked if m not in reused), ComparisonSetup(cfg, str(Path(agent).resolve())))
     names = [i.name for i in cfg.heldout]
     opts = pool or {}
     if sessions is not None and opts.get("workers", 1) == 1 and opts.get("backend", "process") == "process":
@@ -47,7 +48,7 @@ def evaluate_heldout(agent: Path, seeds: int, pool: Optional[dict] = None, reuse
                             record_is_stale, desc="held-out evaluation")
     pairs = gather(methods, names, seeds, records)
     runs = {m.name: [p.one_run(m.name).log for p in pairs] for m in methods}
-    return {m: reused[m] if m in reused else runs[m] for m in HELDOUT}
+    return {m: reused[m] if m in reused else runs[m] for m in asked}
 
 
 def evaluate_and_report(agent: Path, seeds: int, command: str, pool: Optional[dict] = None,
@@ -55,11 +56,15 @@ def evaluate_and_report(agent: Path, seeds: int, command: str, pool: Optional[di
                         sessions: Optional[dict] = None) -> dict:
     """The evaluation, then heldout.json / heldout.md and the plots in the agent folder (and, with
     ``log_to_mlflow``, every episode as a nested run of the active MLflow run); prints the table."""
-    from agents.reporting.heldout_report import heldout_markdown, write_heldout_report
+    from agents.reporting.heldout_report import write_heldout_report
+
+    from agents.learners.agent_folder import Controller
 
     runs = evaluate_heldout(agent, seeds, pool, reused, sessions)
-    summary = write_heldout_report(agent, runs, command, log_to_mlflow=log_to_mlflow, extra=extra)
-    print("\n" + heldout_markdown(summary, f"Held-out evaluation of {agent.name}", command))
+    extrapolation = frozenset(i.name for i in Controller(agent).env_config.heldout if "extrapolation" in i.tags)
+    summary = write_heldout_report(agent, runs, command, log_to_mlflow=log_to_mlflow, extra=extra,
+                                   extrapolation=extrapolation)
+    print("\n" + (agent / "heldout.md").read_text())
     print(f"written: {agent / 'heldout.json'}, {agent / 'heldout.md'}")
     return summary
 

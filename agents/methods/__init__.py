@@ -10,7 +10,11 @@ line each in ``REGISTRY`` below. Adding a method is a new module and a registry 
     schedulefree_adamw, prodigy
                         one-run self-tuning optimizers at their READMEs' defaults
     pbt                 Ray Tune Population Based Training, population P
-    held_start          no control: the drawn start held (the held-out evaluation's third method)
+    range_test          an lr range test (lr_find), then the base recipe at the lr it suggests: one run
+    held_start          no control: the drawn start held (the held-out evaluation's third method); for
+                        a residual controller, its base recipe from the policy's start, never corrected
+    policy_guess        a residual controller from a user's guess at the lr (0.01x-100x the recipe's)
+    held_guess          the base recipe from that guess, never corrected: what the user would have run
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from agents.methods.base import Method, MethodContext, RunRecord
 from agents.methods.held_start import HeldStartMethod
 from agents.methods.pbt import PBTMethod
 from agents.methods.policy import PolicyMethod
+from agents.methods.range_test import RangeTestMethod
 from agents.methods.recipes import RecipeMethod, hand_schedule
 from agents.methods.search import SearchMethod
 from agents.methods.self_tuning import SelfTuningMethod
@@ -50,9 +55,17 @@ REGISTRY: dict[str, Callable[[ComparisonSetup], Optional[Method]]] = {
     "schedulefree_adamw": lambda s: SelfTuningMethod("schedulefree_adamw", s.cfg.default_recipe.grad_clip),
     "prodigy": lambda s: SelfTuningMethod("prodigy", s.cfg.default_recipe.grad_clip),
     "pbt": lambda s: PBTMethod(s.pbt_populations) if s.pbt_populations else None,
-    "held_start": lambda s: HeldStartMethod(),
+    "range_test": lambda s: RangeTestMethod(s.cfg.base_recipe),
+    "held_start": lambda s: (PolicyMethod(s.agent, "held_start", act=False, compared=False)
+                             if s.cfg.control.residual else HeldStartMethod()),
+    "policy_guess": lambda s: (PolicyMethod(s.agent, "policy_guess", "user_guess", compared=False)
+                               if s.cfg.control.residual else None),
+    "held_guess": lambda s: (PolicyMethod(s.agent, "held_guess", "user_guess", act=False, compared=False)
+                             if s.cfg.control.residual else None),
 }
 HELDOUT = HELDOUT_METHODS  # what agents.evaluate runs: policy, default_recipe, held_start
+# and for a residual controller, the rescue of a user's wrong start too (agents/experiments/heldout.py)
+HELDOUT_RESCUE = HELDOUT_METHODS + ("policy_guess", "held_guess", "range_test")
 
 
 def build(names: tuple[str, ...], setup: ComparisonSetup) -> list[Method]:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
+
+import numpy as np
 
 from agents.methods.base import Method, MethodContext, RunRecord
 from envs.episode import PolicyPlan, run_episode
@@ -12,15 +14,22 @@ from envs.episode import PolicyPlan, run_episode
 class PolicyMethod(Method):
     agent: str  # the agent folder
     name: str = "policy"
+    # a residual controller's start (envs/control.py): None, the recipe's own lr; "user_guess", the
+    # recipe's lr x a factor drawn from the seed (0.01x to 100x), the same for every method that asks
+    start: Optional[str] = None
+    act: bool = True  # False: the same start and base schedule, never corrected (no control)
+    compared: bool = True  # False for the variants above: the held-out table's, not compare's rivals
 
     def key(self) -> dict[str, Any]:
         # its weights, observation statistics and action mapping: an agent trained further is run afresh
         from agents.learners.agent_folder import Controller
 
-        return {"agent": Controller(self.agent).fingerprint()}
+        variant = {**({"start": self.start} if self.start else {}), **({} if self.act else {"act": False})}
+        return {"agent": Controller(self.agent).fingerprint(), **variant}  # a plain policy's key as it always was
 
     def run(self, ctx: MethodContext, instance: str, seed: int, budgets: Sequence[int]) -> dict[int, RunRecord]:
         controller = ctx.controller(self.agent)
         env = ctx.env(control=controller.env_config.control)
         controller.check_compatible(env.action_map)
-        return {1: RunRecord.of_episode(run_episode(env, PolicyPlan(controller.act), instance, seed))}
+        act = controller.act if self.act else (lambda obs: np.zeros(env.action_space.shape, dtype=np.float32))
+        return {1: RunRecord.of_episode(run_episode(env, PolicyPlan(act, self.start), instance, seed))}

@@ -37,10 +37,14 @@ def lr_points(runs: dict[str, list[dict]]) -> list[tuple[str, float, float]]:
 def steering(runs: dict[str, list[dict]]) -> dict:
     """How the policy moves the learning rate: lr_contraction = std(log final lr) / std(log
     starting lr) over held-out episodes (1: holds its start; 0: ends every run at one lr); and,
-    among the lowest and highest thirds of starts, how often it raised or lowered them."""
+    among the lowest and highest thirds of starts, how often it raised or lowered them. A residual
+    controller's lr follows its recipe's warmup and decay, so its start and end are read as scales
+    on the recipe, over its episodes from a user's guess (the others all start at scale 1)."""
     import numpy as np
 
-    pts = lr_points(runs)
+    from agents.reporting.rescue_report import scale_points
+
+    pts = scale_points(runs["policy_guess"]) if "policy_guess" in runs else lr_points(runs)
     if len(pts) < 2:
         return {"lr_contraction": None, "n_episodes": len(pts)}
     start = np.log([p[1] for p in pts])
@@ -53,7 +57,9 @@ def steering(runs: dict[str, list[dict]]) -> dict:
             "lowest_third_starts_raised": float(np.mean(final[low] > start[low])),
             "highest_third_starts_lowered": float(np.mean(final[high] < start[high])),
             "median_abs_log2_change": float(np.median(np.abs(final - start)) / np.log(2)),
-            "definition": "std(log final lr) / std(log starting lr) over held-out policy episodes"}
+            "definition": ("std(log final lr scale) / std(log starting lr scale) over the policy's held-out episodes "
+                           "from a user's guess (scale: lr over the recipe's own)" if "policy_guess" in runs else
+                           "std(log final lr) / std(log starting lr) over held-out policy episodes")}
 
 
 def paired_differences(runs: dict[str, list[dict]], baseline: str) -> dict[str, list[float]]:
@@ -166,7 +172,10 @@ def heldout_markdown(summary: dict, title: str, command: str) -> str:
 
 
 def write_heldout_report(folder: Path, runs: dict[str, list[dict]], command: str, log_to_mlflow: bool = True,
-                         extra: dict | None = None) -> dict:
+                         extra: dict | None = None, extrapolation: frozenset[str] = frozenset()) -> dict:
+    """``extrapolation``: held-out instances outside the training range, reported apart where a
+    residual controller's rescue table is written (agents/reporting/rescue_report.py)."""
+    from agents.reporting.rescue_report import rescue_markdown, rescue_summary, scale_points
     from trainers.provenance import machine_info
 
     summary = summarise_heldout(runs)
@@ -174,15 +183,28 @@ def write_heldout_report(folder: Path, runs: dict[str, list[dict]], command: str
     summary["measured_at"] = utc_now()
     summary["machine"] = machine_info()
     summary.update(extra or {})
-    write_json_atomic(folder / "heldout.json", {"summary": summary, "runs": runs})
-    write_text_atomic(folder / "heldout.md", heldout_markdown(summary, f"Held-out evaluation of {folder.name}", command))
+    text = heldout_markdown(summary, f"Held-out evaluation of {folder.name}", command)
     plots = []
-    labels = {"policy": "policy", "default_recipe": "default recipe", "held_start": "held start (no control)"}
+    if "policy_guess" in runs:  # a residual controller: against its recipe, and its rescue of wrong starts
+        summary["rescue"] = rescue_summary(runs, extrapolation)
+        text += rescue_markdown(summary["rescue"])
+        plots.append(final_vs_start_lr(scale_points(runs["policy_guess"]), folder / "rescue_scales.png",
+                                       f"{folder.name}: from a user's guess, the lr scale it ends at",
+                                       ("start lr / the recipe's (a user's guess)", "final lr / the recipe's (policy)"),
+                                       target=1.0))
+    write_json_atomic(folder / "heldout.json", {"summary": summary, "runs": runs})
+    write_text_atomic(folder / "heldout.md", text)
+    labels = {"policy": "policy", "default_recipe": "default recipe", "held_start": "held start (no control)",
+              "policy_guess": "policy from a user's guess", "held_guess": "the guess, no control",
+              "range_test": "range test, then the recipe"}
+    if "policy_guess" in runs:
+        labels["held_start"] = "base recipe (no control)"
     for inst in sorted({r["instance"] for r in runs["policy"]}):
         seed = next(r["seed"] for r in runs["policy"] if r["instance"] == inst)  # the first seed of each instance
-        picked = {labels[m]: next(r for r in runs[m] if r["instance"] == inst and r["seed"] == seed) for m in METHODS}
+        picked = {labels[m]: next(r for r in runs[m] if r["instance"] == inst and r["seed"] == seed)
+                  for m in runs if m in labels}
         plots.append(trajectories(picked, folder / f"trajectory_{inst}.png", f"{inst} (seed {seed})"))
-    if runs.get("policy") and runs.get("held_start"):
+    if runs.get("policy") and runs.get("held_start") and "policy_guess" not in runs:
         plots.append(final_vs_start_lr(lr_points(runs), folder / "lr_final_vs_start.png",
                                        f"{folder.name}: final vs starting lr on held-out instances"))
     if log_to_mlflow:

@@ -88,9 +88,12 @@ def lr_paths_by_instance(panels: dict[str, list[tuple[str, list[int], list[float
     return save_figure(fig, out)
 
 
-def final_vs_start_lr(points: Sequence[tuple[str, float, float]], out: Path, title: str) -> Path:
+def final_vs_start_lr(points: Sequence[tuple[str, float, float]], out: Path, title: str,
+                      what: tuple[str, str] = ("starting learning rate (drawn)", "final learning rate (policy)"),
+                      target: float | None = None) -> Path:
     """One point per held-out episode, (instance, starting lr, final lr), log-log: a controller
-    that steers pulls the points off the diagonal toward a band; one that holds sits on it."""
+    that steers pulls the points off the diagonal toward a band; one that holds sits on it.
+    ``what``: the axes' labels; ``target``: a level to draw across (the recipe's own, for scales)."""
     fig, ax = plt.subplots(figsize=(5.6, 4.6))
     names = sorted({p[0] for p in points})
     for name in names:
@@ -101,10 +104,12 @@ def final_vs_start_lr(points: Sequence[tuple[str, float, float]], out: Path, tit
         lo = min(min(p[1], p[2]) for p in points) / 1.5
         hi = max(max(p[1], p[2]) for p in points) * 1.5
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="no control (final = start)")
+    if target is not None:
+        ax.axhline(target, color="grey", lw=0.8, ls=":", label="the recipe's own")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("starting learning rate (drawn)")
-    ax.set_ylabel("final learning rate (policy)")
+    ax.set_xlabel(what[0])
+    ax.set_ylabel(what[1])
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return save_figure(fig, out)
