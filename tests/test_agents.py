@@ -284,16 +284,28 @@ def test_tune_runs_lora_adapters_and_replays_them(tmp_path):
     assert plain["log"]["train_loss"] != res["log"]["train_loss"]  # the adapters, not the weights, trained
 
 
-def test_a_checkpoint_mid_rollout_counts_only_the_rollouts_learned():
-    """PPO learns a rollout at its end: a checkpoint taken in the middle of one says it has learned
-    up to the last one, so a resume collects the partial rollout again and the total asked for is
-    learned, not skipped."""
-    from types import SimpleNamespace
+def test_a_checkpoint_mid_rollout_counts_only_the_rollouts_learned(fast_yaml, tmp_path, tracking_uri, monkeypatch):
+    """PPO learns a rollout at its end. A run of one 8-decision rollout is resumed for 16 and stopped
+    in the middle of its second rollout (decision 11): its checkpoint says it learned 8, and the
+    next resume collects that rollout again and learns the 16 asked for, not 8 more from 11."""
+    from agents.learners import training_run
 
-    from agents.learners.training_run import learned_decisions
+    folder = _train("ppo", fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])  # 8 decisions, rollouts of 8
+    real = training_run.TrainingMonitor.on_step
 
-    mid = SimpleNamespace(num_timesteps=14, rollout_buffer=SimpleNamespace(full=False, pos=3))
-    assert learned_decisions(mid, n_envs=2) == 8
-    end = SimpleNamespace(num_timesteps=16, rollout_buffer=SimpleNamespace(full=True, pos=4))
-    assert learned_decisions(end, n_envs=2) == 16
-    assert learned_decisions(SimpleNamespace(num_timesteps=5), n_envs=2) == 5  # DQN, Q-learning: every step
+    def stop_at_11(self, n, infos):
+        if n == 11:
+            raise KeyboardInterrupt
+        return real(self, n, infos)
+
+    resume = ["--algo", "ppo", "--config", str(fast_yaml), "--decisions", "16", "--out", str(tmp_path),
+              "--tracking-uri", tracking_uri, "--resume", "--no-heldout", "--validate-every", "0"]
+    monkeypatch.setattr(training_run.TrainingMonitor, "on_step", stop_at_11)
+    with pytest.raises(Exception, match="checkpointed at decision 8"):
+        train_agent.train(train_agent.parse_args(resume))
+    state = json.loads((folder / "checkpoint" / "state.json").read_text())
+    assert state["num_timesteps"] == 8 and state["decisions_not_learned"] == 3
+    assert all(r["timesteps"] <= 8 for r in state["curve"])
+    monkeypatch.setattr(training_run.TrainingMonitor, "on_step", real)
+    meta = json.loads((train_agent.train(train_agent.parse_args(resume)) / "agent.json").read_text())
+    assert meta["total_timesteps"] == 16

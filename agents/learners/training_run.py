@@ -66,6 +66,7 @@ class TrainingMonitor:
         self.validate, self.validate_every = validate, validate_every
         self.bar = progress(total=total, initial=start, desc="learning the controller", unit="decision", smoothing=0.05)
         self.last = start
+        self.learned = start  # PPO: the decisions in its weights (set when each rollout starts)
         self.validation: list = validation
         self.dropped: list[dict] = dropped
 
@@ -114,6 +115,9 @@ def sb3_callback(monitor: TrainingMonitor):
     from stable_baselines3.common.callbacks import BaseCallback
 
     class _Callback(BaseCallback):
+        def _on_rollout_start(self) -> None:  # the last rollout is learned: PPO's weights hold it
+            monitor.learned = int(self.model.num_timesteps)
+
         def _on_step(self) -> bool:
             infos = self.locals["infos"]
             mark_dropped(self.model, infos)
@@ -188,14 +192,14 @@ class HeldoutValidator:
         return float(np.mean(returns))
 
 
-def learned_decisions(model, n_envs: int) -> int:
+def learned_decisions(model, learned_by_rollouts: int) -> int:
     """Decisions the learner has learned from. PPO learns a rollout at its end: a checkpoint taken
-    mid-rollout counts only the rollouts learned, and a resume collects the partial one again (its
-    environment steps are spent; nothing from it is in the weights). Others learn every step."""
-    buffer = getattr(model, "rollout_buffer", None)
-    if buffer is None or buffer.full:
+    before the rollout in flight is learned counts only the rollouts learned (when the last one
+    started: ``learned_by_rollouts``), and a resume collects the partial one again (its environment
+    steps are spent; nothing from it is in the weights). DQN and Q-learning learn every step."""
+    if getattr(model, "rollout_buffer", None) is None:
         return int(model.num_timesteps)
-    return int(model.num_timesteps) - int(buffer.pos) * n_envs
+    return min(int(model.num_timesteps), int(learned_by_rollouts))
 
 
 def _write_curve(path: Path, curve: list[dict]) -> None:
@@ -346,7 +350,7 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
         atomic write; then the files it no longer points at. A crash at any moment leaves a whole
         checkpoint."""
         ckpt.mkdir(exist_ok=True)
-        learned = learned_decisions(model, venv.num_envs)
+        learned = learned_decisions(model, monitor.learned)
         files = learner.save(ckpt, f"{learned:08d}")
         write_json_atomic(ckpt / STATE_FILE, {
             "num_timesteps": learned, "files": files, "curve": [r for r in curve if r["timesteps"] <= learned],
@@ -373,9 +377,10 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
         else:
             model.learn(total_timesteps=opts.decisions - start, callback=sb3_callback(monitor),
                         reset_num_timesteps=not opts.resume)
+        monitor.learned = int(model.num_timesteps)  # the last rollout learned
     except BaseException:
         monitor.close()
-        if int(model.num_timesteps) > 0 or imitation is not None:
+        if learned_decisions(model, monitor.learned) > 0 or imitation is not None:
             checkpoint()  # a crash or Ctrl-C keeps everything learned so far: rerun with --resume
         # else nothing was learned: the run marker alone stays, and the next run clears the folder
         mlflow.set_tag("status", "interrupted: resume with --resume")
