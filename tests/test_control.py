@@ -32,6 +32,14 @@ def control_env(control_cfg, tiny_session):
     return FineTuneEnv(control_cfg, split="all", session=tiny_session, references=ReferenceRuns())
 
 
+def _fresh_mlflow(mlflow, tmp_path) -> None:
+    """A store of the test's own, with no run or experiment another test left active."""
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("control")
+
+
 def _zero(env):
     return np.zeros(env.action_space.shape, dtype=np.float32)
 
@@ -238,7 +246,7 @@ def test_a_controller_trained_under_control_acts_and_refuses_a_loop_of_your_own(
     import mlflow
 
     cfg = parse_config({**fast_cfg_dict, "control": FULL})
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    _fresh_mlflow(mlflow, tmp_path)
     with mlflow.start_run():
         run_training(cfg, TrainingOptions(algo="ppo", decisions=8, checkpoint_every=0), tmp_path / "agent")
     assert sorted(p.name for p in (tmp_path / "agent" / "reference_runs").iterdir())  # the paired reward's runs
@@ -249,9 +257,72 @@ def test_a_controller_trained_under_control_acts_and_refuses_a_loop_of_your_own(
     ctl.check_compatible(action_map_for(cfg))
     with pytest.raises(ConfigError, match="action_map.control"):
         ctl.check_compatible(action_map_for(parse_config(fast_cfg_dict)))
-    with pytest.raises(ConfigError, match="cannot drive such a controller yet"):
+    with pytest.raises(ValueError, match="pass model="):  # it observes the run's weights and context
         SteppedController(ctl, total_steps=10, initial=H(1e-3, 0.01, 1.0))
     assert math.isfinite(float(np.sum(action)))
+
+
+def test_ask_and_tell_drives_a_controlled_agent_as_the_environment_does(tmp_path, fast_cfg_dict, tiny_session):
+    """A residual controller with schedule actions and the scale-free observation, in a bare
+    DeepSpeed loop on the environment's own engine and batches, from a user's guess: the same
+    observations, per-step hyperparameters, rollback and losses as the environment's episode.
+    Its actions are scripted (raise the lr, start a cooldown, roll back, lower it) so every part acts."""
+    import mlflow
+
+    from agents.integrations import ModelSnapshots, SteppedController, set_engine_hparams
+    from agents.learners.agent_folder import Controller
+    from agents.learners.training_run import TrainingOptions, run_training
+    from envs.episode import PolicyPlan, run_episode
+    from envs.finetune_env import FineTuneEnv
+
+    cfg = parse_config({**fast_cfg_dict, "episode": {**fast_cfg_dict["episode"], "total_steps": 16},
+                        "control": {**FULL, "reward": "improvement"}})
+    _fresh_mlflow(mlflow, tmp_path)
+    with mlflow.start_run():
+        run_training(cfg, TrainingOptions(algo="ppo", decisions=4, checkpoint_every=0), tmp_path / "agent")
+    ctl_agent = Controller(tmp_path / "agent")
+    script = [[1.0, 0, 0, 0, 0], [0, 0, 0, 0.9, 0], [0, 0, 0, 0, 1.0], [-1.0, 0, 0, 0, 0]]
+    seen: list = []
+
+    def act(obs):
+        seen.append(np.asarray(obs))
+        return np.asarray(script[(len(seen) - 1) % len(script)], dtype=np.float32)
+
+    ctl_agent.act = act
+    env = FineTuneEnv(cfg, split="all", session=tiny_session)
+    name = cfg.heldout[0].name
+    log = run_episode(env, PolicyPlan(act, "user_guess"), name, 7)
+    env_obs, seen[:] = list(seen), []
+    assert [e["event"] for e in log["control_events"]] == ["cooldown", "rollback"]
+
+    env.reset(seed=7, options={"instance": name, "start": "user_guess"})
+    session, engine = env.session, env.session.engine
+    # the user's guess at the recipe's peak lr: the factor the environment drew for this seed
+    start = Hparams(cfg.base_recipe.lr * log["start_scales"][0], cfg.base_recipe.weight_decay, cfg.base_recipe.grad_clip)
+    ctl = SteppedController(ctl_agent, 16, start, initial_eval_loss=env.initial_eval.loss, decision_interval=4,
+                            model=engine.module, context={"effective_batch": session.cfg.micro_batch_size,
+                                                          "train_examples": len(session.data.train)},
+                            snapshots=ModelSnapshots(engine.module, engine.optimizer))
+    train = session.data.train
+    g = torch.Generator().manual_seed(env.session_seed)
+    params = [p for p in engine.module.parameters() if p.requires_grad]
+    engine.train()
+    for step in range(16):
+        set_engine_hparams(engine, ctl.hparams_for(step))
+        batch = train.select(torch.randint(0, len(train), (session.cfg.micro_batch_size,), generator=g))
+        out = engine(**session.engine_inputs(batch))
+        engine.backward(out.loss)
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+        engine.step()
+        ctl.tell_step(float(out.loss.detach()), norm)
+        if ctl.wants_eval(step):
+            ctl.tell_eval(session.evaluate("validation").loss)
+    for a, b in zip(seen, env_obs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert len(seen) == len(env_obs) == 4
+    assert [h.as_dict() for h in ctl.schedule] == log["schedule"]
+    assert ctl.train_loss == log["train_loss"] and [list(p) for p in ctl.eval_curve] == [list(p) for p in log["eval_curve"]]
+    assert [r["done"] for r in ctl.rollbacks] == [True]
 
 
 # ---------------------------------------------------------------- the evaluation of a residual controller

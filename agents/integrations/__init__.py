@@ -3,10 +3,11 @@ ask-and-tell API for hand-written DeepSpeed loops.
 
     from agents.integrations import ControllerCallback, SteppedController, set_engine_hparams
 """
-from agents.integrations.stepped import SteppedController, read_schedule, set_engine_hparams
+from agents.integrations.stepped import ModelSnapshots, SteppedController, read_schedule, set_engine_hparams
 from trainers.session import Hparams
 
-__all__ = ["ControllerCallback", "Hparams", "SteppedController", "read_schedule", "set_engine_hparams"]
+__all__ = ["ControllerCallback", "Hparams", "ModelSnapshots", "SteppedController", "read_schedule",
+           "set_engine_hparams"]
 
 
 def __getattr__(name: str):

@@ -16,6 +16,15 @@ It does what ``FineTuneEnv`` does between two decisions, with the same code: the
 environment's ``eval_outcome``. tests/test_integrations.py checks that a loop
 driven this way takes the environment's decisions and schedule exactly.
 
+A controller trained under control (envs/control.py: a residual base recipe, schedule actions,
+the scale-free observation) is driven the same way, with what the environment reads from its own
+engine handed over: ``model`` (the module that trains, for the weights' movement and the count of
+trainable weights), ``context`` (the effective batch and the number of training examples) and, for
+rollback, ``snapshots`` (``ModelSnapshots(model, optimizer)``: without it a rollback the controller
+asks for is recorded, not done). ``initial`` is the user's guess at the recipe's peak: the base
+recipe's schedule, laid over ``total_steps``, starts scaled by ``initial.lr / recipe.lr`` (and
+weight decay and clipping likewise); ``initial=None`` starts from the recipe's own values.
+
 A longer run than the training episodes: the controller was trained on episodes of
 ``episode.total_steps`` steps with a decision every ``episode.decision_interval`` steps. On a run of
 ``total_steps`` steps it makes the same number of decisions, evenly spread (the interval is
@@ -30,10 +39,14 @@ from typing import Any, Optional
 
 import numpy as np
 
+import torch
+
 from agents.learners.agent_folder import Controller
 from envs.actions import ActionMap
-from envs.features import FEATURE_NAMES, observe
+from envs.control import ControlActions, ControlledSchedule
+from envs.features import RunContext, UpdateStats, observe, observe_scale_free
 from envs.finetune_env import eval_outcome
+from trainers.schedules import recipe_schedule
 from trainers.session import Hparams, StepMetrics, apply_hparams
 
 set_engine_hparams = apply_hparams  # the one helper that sets lr, weight decay and clipping on a DeepSpeed engine
@@ -42,21 +55,29 @@ set_engine_hparams = apply_hparams  # the one helper that sets lr, weight decay 
 class SteppedController:
     """A learned controller, asked for each step's hyperparameters and told what the step did."""
 
-    def __init__(self, agent: str | Path | Controller, total_steps: int, initial: Hparams,
-                 initial_eval_loss: Optional[float] = None, decision_interval: Optional[int] = None) -> None:
+    def __init__(self, agent: str | Path | Controller, total_steps: int, initial: Optional[Hparams],
+                 initial_eval_loss: Optional[float] = None, decision_interval: Optional[int] = None,
+                 model: Optional[torch.nn.Module] = None, context: Optional[dict[str, int]] = None,
+                 snapshots: Optional["ModelSnapshots"] = None) -> None:
         if total_steps < 1:
             raise ValueError(f"total_steps must be at least 1, got {total_steps}")
         self.controller = agent if isinstance(agent, Controller) else Controller(agent)
-        if self.controller.controlled:
-            from trainers.config import ConfigError
-
-            raise ConfigError(f"{self.controller.folder}: trained under control (residual schedule, schedule actions, "
-                              "scale-free observation or paired reward: env_config.yaml's 'control'); a loop of your "
-                              "own cannot drive such a controller yet. Use python -m agents.tune, which runs it in the "
-                              "environment it was trained in")
         cfg = self.controller.env_config
+        control = cfg.control
         self.actions = ActionMap(cfg.action, cfg.bounds)
-        self.controller.check_compatible(self.actions)
+        self.control = ControlActions(cfg.action, control) if control.enabled else None
+        self.controller.check_compatible(self.control or self.actions)
+        if initial is None and not control.residual:
+            raise ValueError("initial: give the starting hyperparameters (only a residual controller starts from "
+                             "its recipe's own)")
+        self.model, self.snapshots = model, snapshots
+        if control.features == "scale_free":
+            if model is None or not context or {"effective_batch", "train_examples"} - set(context):
+                raise ValueError("this controller observes the run's weights and context: pass model=<the module "
+                                 "that trains> and context={'effective_batch': ..., 'train_examples': ...}")
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            self.context = RunContext(sum(p.numel() for p in trainable), lora_rank(model),
+                                      int(context["effective_batch"]), int(total_steps), int(context["train_examples"]))
         self.bounds = cfg.bounds
         self.divergence_factor = cfg.episode.divergence_factor
         self.total_steps = int(total_steps)
@@ -66,8 +87,17 @@ class SteppedController:
         if decision_interval < 1:
             raise ValueError(f"decision_interval must be at least 1, got {decision_interval}")
         self.decision_interval = int(decision_interval)
+        self.schedule_state: Optional[ControlledSchedule] = None
+        if self.control is not None:
+            self.schedule_state = controlled_schedule(cfg, int(total_steps), initial)
+            initial = self.schedule_state.hparams_at(0)
         self.initial = self.actions.clip(initial)
         self.current = self.initial
+        self._update, self._last_delta, self._first_grad_norm = UpdateStats(), None, None
+        self._weights_before = self._weights() if control.features == "scale_free" else None
+        self.best_eval = math.inf
+        self._snapshot = None
+        self.rollbacks: list[dict[str, Any]] = []  # each asked for: done, or not (no snapshots given)
         self.initial_eval_loss: Optional[float] = None
         self.eval_loss = math.nan
         self.last_eval_change = 0.0
@@ -102,19 +132,69 @@ class SteppedController:
             raise RuntimeError(f"step {step - 1} wanted an evaluation (wants_eval): tell_eval() it before asking "
                                "for the next step")
         if self.is_decision_step(step) and not self.diverged:
+            if self._weights_before is not None and step > 0:
+                self._note_update()
             obs = self.observation()
             action = self.controller.act(obs)
-            self.current = self.actions.apply(action, self.current)
-            self.decisions.append({"step": step, "observation": dict(zip(FEATURE_NAMES, map(float, obs))),
-                                   "action": np.asarray(action).tolist(), "hparams": self.current.as_dict()})
+            if self.schedule_state is None:
+                self.current = self.actions.apply(action, self.current)
+            else:
+                decoded = self.control.decode(action)
+                self.schedule_state.act(decoded, step)
+                if decoded.rollback:
+                    self._roll_back(step)
+            self.decisions.append({"step": step, "observation": dict(zip(self.controller.feature_names, map(float, obs))),
+                                   "action": np.asarray(action).tolist()})
             self._interval_steps = []
+            if self._weights_before is not None:
+                self._weights_before = self._weights()
+        if self.schedule_state is not None and not self.diverged:
+            self.current = self.schedule_state.hparams_at(step)
+        if self.is_decision_step(step) and self.decisions and self.decisions[-1]["step"] == step:
+            self.decisions[-1]["hparams"] = self.current.as_dict()
         self.schedule.append(self.current)
         return self.current
 
     def observation(self) -> np.ndarray:
         """What the controller sees now: the environment's observation function on this run's state."""
+        if self.controller.env_config.control.features == "scale_free":
+            sched = self.schedule_state
+            at = min(self.steps_done, self.total_steps - 1)
+            return observe_scale_free(
+                self.steps_done / self.total_steps, self.current, self.bounds, [float(np.log2(x)) for x in sched.scales],
+                sched.base_lr(at) / max(h.lr for h in sched.base), sched.cooldown_start is not None,
+                self._interval_steps, self._update, self._first_grad_norm, self.eval_loss, self.initial_eval_loss,
+                self.last_eval_change, self.best_eval, self.context)
         return observe(self.steps_done / self.total_steps, self.current, self.bounds, self._interval_steps,
                        self.eval_loss, self.initial_eval_loss, self.last_eval_change)
+
+    # ------------------------------------------------------------ under control: what the environment does
+    def _weights(self) -> list[torch.Tensor]:
+        return [p.detach().float().clone() for p in self.model.parameters() if p.requires_grad]
+
+    def _note_update(self) -> None:
+        """As the environment: the last interval's weight change over the weights, and its cosine
+        with the change before."""
+        before = self._weights_before
+        norm = lambda ts: float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in ts])))  # noqa: E731
+        size = norm(before)
+        torch._foreach_sub_(before, [p.detach().float() for p in self.model.parameters() if p.requires_grad])
+        change = norm(before)
+        cos = 0.0
+        if self._last_delta is not None and change > 0:
+            dot = float(sum(torch.sum(a * b) for a, b in zip(before, self._last_delta)))
+            last = norm(self._last_delta)
+            cos = dot / (change * last) if last > 0 else 0.0
+        self._update = UpdateStats(change / max(size, 1e-12), cos)
+        self._last_delta = before
+
+    def _roll_back(self, step: int) -> None:
+        if self.snapshots is None or self._snapshot is None:
+            self.rollbacks.append({"step": step, "done": False, "why": "no snapshots given"})
+            return
+        self.snapshots.restore(self._snapshot[0])
+        self.eval_loss, self.last_eval_change = self._snapshot[1], 0.0
+        self.rollbacks.append({"step": step, "done": True, "to_eval_loss": self._snapshot[1]})
 
     # ------------------------------------------------------------ tell
     def tell_step(self, loss: float, grad_norm: float, skipped: bool = False) -> None:
@@ -134,6 +214,8 @@ class SteppedController:
         self.train_loss.append(loss)
         self.grad_norm.append(grad_norm)
         self.steps_done += 1
+        if self._first_grad_norm is None and self.steps_done == min(self.decision_interval, self.total_steps):
+            self._first_grad_norm = float(np.mean(self.grad_norm))  # the first interval's, as the environment
         self._eval_due = self.wants_eval(self.steps_done - 1)
 
     def wants_eval(self, step: int) -> bool:
@@ -152,8 +234,9 @@ class SteppedController:
                 raise RuntimeError("the first tell_eval() must come before any step")
             if not math.isfinite(eval_loss) or eval_loss <= 0:
                 raise ValueError(f"the reference evaluation loss must be a positive number, got {eval_loss}")
-            self.initial_eval_loss = self.eval_loss = eval_loss
+            self.initial_eval_loss = self.eval_loss = self.best_eval = eval_loss
             self.eval_curve.append((0, eval_loss))
+            self._keep_best(eval_loss)
             return
         finite = all(math.isfinite(s.loss) and math.isfinite(s.grad_norm) for s in self._interval_steps)
         diverged, self.last_eval_change, self.eval_loss = eval_outcome(
@@ -161,6 +244,13 @@ class SteppedController:
         self.diverged = self.diverged or diverged
         self.eval_curve.append((self.steps_done, eval_loss))
         self._eval_due = False
+        if not diverged and self.eval_loss < self.best_eval:
+            self.best_eval = self.eval_loss
+            self._keep_best(self.eval_loss)
+
+    def _keep_best(self, eval_loss: float) -> None:
+        if self.snapshots is not None and self.control is not None and self.control.control.schedule_actions:
+            self._snapshot = (self.snapshots.take(), eval_loss)
 
     # ------------------------------------------------------------ record
     def record(self) -> dict[str, Any]:
@@ -170,12 +260,62 @@ class SteppedController:
                 "decision_interval": self.decision_interval, "initial": self.initial.as_dict(),
                 "schedule": [h.as_dict() for h in self.schedule], "train_loss": self.train_loss,
                 "grad_norm": self.grad_norm, "eval_curve": self.eval_curve, "decisions": self.decisions,
-                "diverged": self.diverged}
+                "diverged": self.diverged, "rollbacks": self.rollbacks,
+                "scales": self.schedule_state.scales.tolist() if self.schedule_state is not None else None}
 
     def save(self, path: str | Path) -> Path:
         from trainers.atomic_files import write_json_atomic
 
         return write_json_atomic(path, self.record(), indent=1)
+
+
+def controlled_schedule(cfg, total_steps: int, initial: Optional[Hparams]) -> ControlledSchedule:
+    """The schedule a controller trained under ``cfg.control`` corrects in a run of ``total_steps``:
+    its base recipe laid over the run, scaled from the user's guess (``initial``; None: the
+    recipe's own values), or, without a residual base, ``initial`` held."""
+    bounds = cfg.bounds
+    if not cfg.control.residual:
+        sched = ControlledSchedule([initial] * total_steps, bounds)
+        return sched
+    recipe = cfg.base_recipe
+    sched = ControlledSchedule(recipe_schedule(recipe, total_steps, min_lr=bounds.lr[0]), bounds)
+    if initial is not None:
+        wd = initial.weight_decay / recipe.weight_decay if recipe.weight_decay > 0 else 1.0
+        sched.scales = sched.clamped(np.array([initial.lr / recipe.lr, wd, initial.grad_clip / recipe.grad_clip]), 0)
+    return sched
+
+
+def lora_rank(model: torch.nn.Module) -> int:
+    """The LoRA rank of a peft model's adapters (0 without any): what the controller's context reads."""
+    for module in model.modules():
+        a = getattr(module, "lora_A", None)
+        if isinstance(a, torch.nn.ModuleDict) and len(a):
+            return int(next(iter(a.values())).out_features)
+    return 0
+
+
+class ModelSnapshots:
+    """What a rollback restores in a loop of your own: the trainable weights and the optimizer's
+    state, cloned in memory (as FineTuneSession's snapshots). For a torch optimizer, DeepSpeed's
+    at ZeRO 0 in fp32 included."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: Any) -> None:
+        self.model, self.optimizer = model, optimizer
+
+    def take(self) -> tuple[list[torch.Tensor], dict]:
+        from trainers.session import _clone
+
+        return ([p.detach().clone() for p in self.model.parameters() if p.requires_grad],
+                _clone(self.optimizer.state_dict()))
+
+    def restore(self, snap: tuple[list[torch.Tensor], dict]) -> None:
+        from trainers.session import _clone
+
+        weights, state = snap
+        with torch.no_grad():
+            for p, w in zip([p for p in self.model.parameters() if p.requires_grad], weights):
+                p.copy_(w)
+        self.optimizer.load_state_dict(_clone(state))
 
 
 def read_schedule(path: str | Path) -> list[Hparams]:

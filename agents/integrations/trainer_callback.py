@@ -43,7 +43,7 @@ from typing import Any, Optional
 import torch
 from transformers import TrainerCallback
 
-from agents.integrations.stepped import SteppedController, set_engine_hparams
+from agents.integrations.stepped import ModelSnapshots, SteppedController, set_engine_hparams
 from trainers.session import Hparams
 
 SCHEDULE_FILE = "controller_schedule.json"
@@ -150,7 +150,15 @@ class ControllerCallback(TrainerCallback):
             self._eval_set = [train[i] for i in range(len(train) - n, len(train))]
         clip = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else 1.0
         initial = Hparams(float(args.learning_rate), float(args.weight_decay), float(clip))
-        self.ctl = SteppedController(self.agent, state.max_steps, initial, decision_interval=self.decision_interval)
+        train = train_dataloader.dataset if train_dataloader is not None else None
+        context = {"effective_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps
+                   * args.world_size, "train_examples": len(train) if hasattr(train, "__len__") else 0}
+        stepping = self._engine.optimizer if self._engine is not None else inner
+        # a rollback restores a torch optimizer's state (DeepSpeed's at ZeRO 0 fp32 is one); ZeRO's own
+        # and bf16's are not restored here, so a rollback asked for there is recorded as not done
+        snapshots = ModelSnapshots(model, stepping) if isinstance(stepping, torch.optim.Optimizer) else None
+        self.ctl = SteppedController(self.agent, state.max_steps, initial, decision_interval=self.decision_interval,
+                                     model=model, context=context, snapshots=snapshots)
         self.ctl.tell_eval(self.evaluate(args))
         if "mlflow" in (args.report_to or []):  # the Trainer's MLflowCallback (earlier in the list) has started its run
             import mlflow
