@@ -388,3 +388,40 @@ def test_trainer_callback_logs_the_applied_values_to_mlflow(env, tmp_path, monke
     lr = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "controller/lr"), key=lambda m: m.step)]
     assert lr == [h.lr for h in cb.schedule]
     assert "controller_schedule.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_trainer_callback_drives_a_controlled_agent_on_deepspeed(env, tmp_path, fast_cfg_dict):
+    """A residual controller with schedule actions and the scale-free observation in a real Trainer
+    on ZeRO 0 fp32: it lays its base recipe over the run from the Trainer's lr (the user's guess),
+    reads the weights' movement from the model, can roll back (the optimizer is a torch one), and the
+    optimizer steps with exactly the schedule it records."""
+    import mlflow
+
+    from agents.integrations import ControllerCallback
+    from agents.learners.training_run import TrainingOptions, run_training
+    from trainers.config import parse_config
+    from trainers.schedules import recipe_lr
+
+    cfg = parse_config({**fast_cfg_dict, "control": {"residual": True, "schedule_actions": True,
+                                                     "features": "scale_free", "lr_log2_step": 2.0}})
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("controlled")
+    with mlflow.start_run():
+        run_training(cfg, TrainingOptions(algo="ppo", decisions=4, checkpoint_every=0), tmp_path / "agent")
+    start = Hparams(2e-3, 0.02, 0.5)
+    cb = ControllerCallback(tmp_path / "agent", decision_interval=4)
+    trainer, used, data = _trainer(env, tmp_path, cb, DS_CONFIGS["deepspeed zero 0 fp32"], 12, start)
+    cb.eval_dataset = _records(data.validation)
+    trainer.train()
+    assert sorted(used) == list(range(12))
+    for step, h in enumerate(cb.schedule):
+        assert {lr for lr, _, _ in used[step]} == {h.lr} and {c for _, _, c in used[step]} == {h.grad_clip}
+    recipe = cfg.base_recipe
+    first = float(np.clip(cb.decisions[0]["action"][0], -1, 1)) * cfg.control.lr_log2_step
+    # step 0: the recipe's warmup at the Trainer's lr (the guess), times the first decision's change
+    assert cb.schedule[0].lr == pytest.approx(recipe_lr(recipe, 0, 12) * start.lr / recipe.lr * 2 ** first)
+    assert cb.ctl.schedule_state is not None and cb.ctl.snapshots is not None
+    assert [d["step"] for d in cb.decisions] == [0, 4, 8] and len(cb.decisions[0]["observation"]) == 22
+    assert cb.ctl.context.trainable_params == sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
