@@ -181,3 +181,20 @@ def test_the_wide_generators_cost_model_uses_the_configs_batch_and_validation_si
         adapter = ("lora", fam.LORA_DEPTH) if inst.lora else ("full", inst.trainable_layers)
         assert fam.estimated_seconds(pool, adapter, cfg.steps_for(inst), inst.gradient_accumulation_steps or 1) \
             <= fam.MAX_EPISODE_S
+
+
+def test_the_wide_controllers_recipe_is_the_transferred_recipe_it_was_tuned_as():
+    """The residual controller corrects the recipe tuned once on the training instances: the one the
+    headroom run stored, not a copy that drifted."""
+    import json
+
+    cfg = load_config("smollm2_wide_residual")
+    stored = json.loads((REPO_ROOT / "results" / "headroom" / "smollm2_wide" / "transferred_recipe.json").read_text())
+    record = stored["entries"]["transferred_recipe"]["record"]
+    assert cfg.control.recipe.model_dump(mode="json") == record["recipe"]
+    assert record["training_instances"] == [i.name for i in cfg.train] and record["n_trials"] == 16
+    assert cfg.train == load_config("smollm2_wide").train and cfg.heldout == load_config("smollm2_wide").heldout
+    for path in sorted((REPO_ROOT / "configs" / "ablations").glob("*.yaml")):  # each ablation: one part off
+        ablated = load_config(path)
+        differ = {k for k, v in ablated.control.model_dump().items() if v != cfg.control.model_dump()[k]}
+        assert len(differ) == 1 and ablated.train == cfg.train, path.name
