@@ -10,10 +10,12 @@ and the recipe's start, the recipe itself, step for step.
 
 Schedule actions (``schedule_actions``) add two entries to a box action, and two items to a
 discrete menu:
-  cooldown  above COOLDOWN_AT: from this step the base falls from its current value to the floor
-            at the end of the run as (1 - fraction of the rest done) ** power, the power from the
-            entry's size (0.5 at the threshold, 1 = linear at 0.75, 2 at 1): warmup-stable-decay's
-            "start the cooldown now", and its shape. Once per run.
+  cooldown  above COOLDOWN_AT: from this step the base falls from its current value toward zero
+            at the end of the run as (1 - fraction of the rest done) ** power, never above the base
+            itself: warmup-stable-decay's "start the cooldown now", and its shape. The power comes
+            from the entry's size: 1 (linear) just above the threshold, 2 at 0.75 (the discrete
+            menu's), 4 at 1; the larger, the sooner the lr falls. A base that already decays
+            linearly from its peak is changed by powers above 1 only. Once per run.
   rollback  above ROLLBACK_AT: the model and optimizer go back to the snapshot of the best
             validation so far (the environment keeps it); the steps spent are not refunded.
 """
@@ -31,14 +33,15 @@ from trainers.session import Hparams
 
 COOLDOWN_AT = 0.5
 ROLLBACK_AT = 0.5
-SCHEDULE_MENU = ((0.0, 0.0, 0.0, 0.75, 0.0), (0.0, 0.0, 0.0, 0.0, 1.0))  # a linear cooldown; a rollback
+SCHEDULE_MENU = ((0.0, 0.0, 0.0, 0.75, 0.0), (0.0, 0.0, 0.0, 0.0, 1.0))  # a quadratic cooldown; a rollback
 
 
 def cooldown_power(entry: float) -> Optional[float]:
-    """The cooldown's power for an action entry, or None below the threshold."""
+    """The cooldown's power for an action entry, or None below the threshold: 2 ** (4 (entry - 0.5)),
+    from 1 to 4."""
     if entry <= COOLDOWN_AT:
         return None
-    return float(2.0 ** ((min(entry, 1.0) - 0.75) * 4.0))
+    return float(2.0 ** ((min(entry, 1.0) - COOLDOWN_AT) * 4.0))
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,26 @@ class ControlledSchedule:
 
     def __post_init__(self) -> None:
         self.scales = np.asarray(self.scales, dtype=np.float64)
+        self.start_scales = self.scales.copy()
+
+    def start_at(self, scales: np.ndarray) -> None:
+        """The run's starting scales (clamped): a user's guess, or 1 for the base's own values."""
+        self.scales = self.clamped(scales, 0)
+        self.start_scales = self.scales.copy()
+
+    def log2_corrections(self) -> list[float]:
+        """What the controller has changed since the start, per hyperparameter (log2)."""
+        return [float(np.log2(s / s0)) for s, s0 in zip(self.scales, self.start_scales)]
+
+    def lr_at_bound(self, step: int) -> int:
+        """+1 / -1 when the lr scale sits at its upper / lower limit (see ``clamped``), else 0."""
+        lo, hi = self.bounds.lr
+        top = max(h.lr for h in self.base[min(step, self.total_steps - 1):])
+        if self.scales[0] >= hi / top * (1 - 1e-9):
+            return 1
+        if self.scales[0] <= lo / top * (1 + 1e-9):
+            return -1
+        return 0
 
     @property
     def total_steps(self) -> int:

@@ -84,11 +84,13 @@ def observe(
 
 # ---------------------------------------------------------------- the scale-free observation
 # Signals that mean the same on a 1-layer tail at loss 4 and a LoRA adapter at loss 0.3 (what
-# LHOPT found transfers across tasks), the controller's own correction, and the run's context.
+# LHOPT found transfers across tasks), the controller's own corrections, and the run's context.
+# The controller is not told the lr itself, nor how far its start is from its recipe's: a user's
+# wrong guess looks like the recipe's own start until the run's signals say otherwise.
 SCALE_FREE_FEATURES = (
     "progress",
-    "lr_pos",  # where the lr in force sits in its bounds (log scale)
-    "lr_scale_log2",  # the controller's correction of its base (0: the base's own lr)
+    "lr_at_bound",  # +1 / -1: the lr scale is at its upper / lower limit (the hard bounds), else 0
+    "lr_scale_log2",  # the controller's correction since the start (0: as it started)
     "weight_decay_scale_log2",
     "grad_clip_scale_log2",
     "base_lr_fraction",  # the base's lr now over its peak: where the recipe's schedule stands
@@ -157,8 +159,7 @@ def _t_slope(y: np.ndarray) -> float:
 
 def observe_scale_free(
     progress: float,
-    hparams: Hparams,
-    bounds: HparamBounds,
+    lr_at_bound: int,
     log2_scales: Sequence[float],
     base_lr_fraction: float,
     cooldown_started: bool,
@@ -173,7 +174,7 @@ def observe_scale_free(
 ) -> np.ndarray:
     """SCALE_FREE_FEATURES, in order, clipped to [OBS_LOW, OBS_HIGH]."""
     ref = max(initial_eval_loss, 1e-8)
-    v = [progress, _pos(hparams.lr, *bounds.lr), *log2_scales, base_lr_fraction, float(cooldown_started)]
+    v = [progress, float(lr_at_bound), *log2_scales, base_lr_fraction, float(cooldown_started)]
     if steps:
         loss = np.array([s.loss for s in steps], dtype=np.float64)
         gn = np.array([s.grad_norm for s in steps], dtype=np.float64)

@@ -251,8 +251,8 @@ class FineTuneEnv(gym.Env):
             at = min(self.steps_done, self.total_steps - 1)
             peak = max(h.lr for h in sched.base)
             return observe_scale_free(
-                self.steps_done / self.total_steps, self.session.hparams(), self.cfg.bounds,
-                [float(np.log2(x)) for x in sched.scales], sched.base_lr(at) / peak, sched.cooldown_start is not None,
+                self.steps_done / self.total_steps, sched.lr_at_bound(at),
+                sched.log2_corrections(), sched.base_lr(at) / peak, sched.cooldown_start is not None,
                 steps, self._update, self._first_grad_norm, self.eval_loss, self.initial_eval.loss,
                 self.last_eval_change, self._best_eval, self.run_context())
         return observe(
@@ -278,7 +278,7 @@ class FineTuneEnv(gym.Env):
         else:
             base, scales = [self.actions.clip(drawn)] * self.total_steps, np.ones(3)
         sched = ControlledSchedule(base, self.cfg.bounds)
-        sched.scales = sched.clamped(scales, 0)
+        sched.start_at(scales)
         return sched
 
     def _run_state_reset(self) -> None:
@@ -434,6 +434,9 @@ class FineTuneEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self.steps_done >= self.total_steps:
             raise RuntimeError("episode is over: call reset()")
+        # rewards count from the loss before a rollback: what it gives back is credited to the interval
+        # that follows, so the return still telescopes to the final improvement (or advantage)
+        reward_from = self.eval_loss
         if self._rollback_due:
             self._roll_back()
         before_weights = self.session.trainable_weights() if self._watch_weights else None
@@ -461,11 +464,11 @@ class FineTuneEnv(gym.Env):
         before = self.eval_loss
         diverged, self.last_eval_change, self.eval_loss = eval_outcome(
             before, new_loss, self.initial_eval.loss, ep.divergence_factor, finite)
-        reward = -ep.divergence_penalty if diverged else (before - new_loss) / self.initial_eval.loss
+        reward = -ep.divergence_penalty if diverged else (reward_from - new_loss) / self.initial_eval.loss
         if self.reference is not None and not diverged:  # the change in advantage over the recipe's own run
             k = len(self.log.eval_curve)
             ref_now, ref_before = self._reference_at(k), self._reference_at(k - 1)
-            reward = ((ref_now - new_loss) - (ref_before - before)) / self.initial_eval.loss
+            reward = ((ref_now - new_loss) - (ref_before - reward_from)) / self.initial_eval.loss
         self.log.eval_curve.append((self.steps_done, new_loss))
         if not diverged and self.eval_loss < self._best_eval:
             self._best_eval = self.eval_loss

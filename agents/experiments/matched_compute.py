@@ -101,7 +101,12 @@ def compare(opts: ComparisonOptions) -> dict[str, Any]:
     make_context = functools.partial(method_context, cfg.model_dump(mode="json"), str((out / "studies").resolve()))
     with WorkerPool(make_context, **(opts.pool or {})) as pool:
         pool.check()  # a bad --workers or a failed Ray start stops here, before any run
-        transferred = transferred_recipe(cfg, opts.transfer_trials, store, pool) if opts.transfer_trials else None
+        if cfg.control.residual and cfg.control.recipe is not None:  # the rival is the very recipe it corrects
+            transferred = {"recipe": cfg.control.recipe.model_dump(mode="json"),
+                           "source": "control.recipe: the recipe the residual controller corrects, tuned once on "
+                                     "the training instances (not tuned again here)"}
+        else:
+            transferred = transferred_recipe(cfg, opts.transfer_trials, store, pool) if opts.transfer_trials else None
         setup = ComparisonSetup(cfg, opts.agent, tuple(sorted(opts.budgets)), tuple(sorted(set(opts.pbt_populations))),
                                 RecipeConfig(**transferred["recipe"]) if transferred else None)
         asked = compared(setup)

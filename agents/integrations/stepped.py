@@ -22,14 +22,17 @@ engine handed over: ``model`` (the module that trains, for the weights' movement
 trainable weights), ``context`` (the effective batch and the number of training examples) and, for
 rollback, ``snapshots`` (``ModelSnapshots(model, optimizer)``: without it a rollback the controller
 asks for is recorded, not done). ``initial`` is the user's guess at the recipe's peak: the base
-recipe's schedule, laid over ``total_steps``, starts scaled by ``initial.lr / recipe.lr`` (and
-weight decay and clipping likewise); ``initial=None`` starts from the recipe's own values.
+recipe's schedule, laid over ``total_steps``, starts scaled by ``initial.lr / recipe.lr`` (the
+recipe's weight decay and clipping stand, as in training); ``initial=None`` starts from the
+recipe's own values.
 
-A longer run than the training episodes: the controller was trained on episodes of
-``episode.total_steps`` steps with a decision every ``episode.decision_interval`` steps. On a run of
-``total_steps`` steps it makes the same number of decisions, evenly spread (the interval is
-``ceil(total_steps / decisions)``), and its progress feature is step / total_steps, so it sees a run
-of any length the way it saw its training episodes. Pass ``decision_interval`` to choose otherwise.
+A longer run than the training episodes: a controller trained on episodes of one length
+(``episode.total_steps`` steps, a decision every ``episode.decision_interval``) makes as many
+decisions on a run of ``total_steps``, evenly spread (the interval is ``ceil(total_steps /
+decisions)``), and its progress feature is step / total_steps, so it sees a run of any length the
+way it saw its training episodes. One trained on a family of budgets (training budgets that differ
+2x or more, as the wide family's 30 to 200 steps) decided every ``episode.decision_interval`` steps
+whatever the budget, and does so here. Pass ``decision_interval`` to choose otherwise.
 """
 from __future__ import annotations
 
@@ -81,7 +84,10 @@ class SteppedController:
         self.bounds = cfg.bounds
         self.divergence_factor = cfg.episode.divergence_factor
         self.total_steps = int(total_steps)
-        if decision_interval is None:
+        budgets = [cfg.steps_for(i) for i in cfg.train]
+        if decision_interval is None and max(budgets) >= 2 * min(budgets):  # a family of budgets
+            decision_interval = cfg.episode.decision_interval
+        elif decision_interval is None:
             decisions = math.ceil(cfg.episode.total_steps / cfg.episode.decision_interval)
             decision_interval = math.ceil(self.total_steps / decisions)
         if decision_interval < 1:
@@ -161,7 +167,7 @@ class SteppedController:
             sched = self.schedule_state
             at = min(self.steps_done, self.total_steps - 1)
             return observe_scale_free(
-                self.steps_done / self.total_steps, self.current, self.bounds, [float(np.log2(x)) for x in sched.scales],
+                self.steps_done / self.total_steps, sched.lr_at_bound(at), sched.log2_corrections(),
                 sched.base_lr(at) / max(h.lr for h in sched.base), sched.cooldown_start is not None,
                 self._interval_steps, self._update, self._first_grad_norm, self.eval_loss, self.initial_eval_loss,
                 self.last_eval_change, self.best_eval, self.context)
@@ -279,9 +285,8 @@ def controlled_schedule(cfg, total_steps: int, initial: Optional[Hparams]) -> Co
         return sched
     recipe = cfg.base_recipe
     sched = ControlledSchedule(recipe_schedule(recipe, total_steps, min_lr=bounds.lr[0]), bounds)
-    if initial is not None:
-        wd = initial.weight_decay / recipe.weight_decay if recipe.weight_decay > 0 else 1.0
-        sched.scales = sched.clamped(np.array([initial.lr / recipe.lr, wd, initial.grad_clip / recipe.grad_clip]), 0)
+    if initial is not None:  # the guess is an lr: the recipe's weight decay and clipping stand, as in training
+        sched.start_at(np.array([initial.lr / recipe.lr, 1.0, 1.0]))
     return sched
 
 

@@ -29,6 +29,9 @@ LR_FEATURE = FEATURE_NAMES.index("lr_pos")
 
 def expert_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
     """instance -> best constant lr, for every training instance of cfg, from an lr-grid result."""
+    if cfg.control.features == "scale_free":
+        raise ConfigError(f"--imitate: the expert reads the lr in force from the observation, which {cfg.name}'s "
+                          "scale-free observation does not hold; imitation is not built for it")
     data = read_structured_file(Path(path))
     insts = data.get("instances") if isinstance(data, dict) else None
     if not isinstance(insts, dict):
@@ -61,19 +64,12 @@ def lr_from_obs(raw_obs: np.ndarray, cfg: InstanceSetConfig) -> np.ndarray:
 
 def expert_action(raw_obs: np.ndarray, target_lr: np.ndarray, cfg: InstanceSetConfig) -> np.ndarray:
     """Box actions: the lr entry moves toward the target (a full step is 2**max_log2_step), the
-    others hold. Under a residual base the target is a scale on the recipe: the one that puts the
-    recipe's peak at the instance's best constant lr (read from the lr_scale_log2 feature)."""
+    others hold."""
     from envs.control import action_map_for
 
     raw = np.asarray(raw_obs, dtype=np.float64)
     width = getattr(action_map_for(cfg), "width", 3)
     a = np.zeros((len(raw), width), dtype=np.float32)
-    names = feature_names(cfg.control.features)
-    if cfg.control.residual and "lr_scale_log2" in names:
-        scale_log2 = raw[..., names.index("lr_scale_log2")]
-        wanted = np.log2(target_lr / cfg.base_recipe.lr) - scale_log2
-        a[:, 0] = np.clip(wanted / cfg.control.lr_log2_step, -1.0, 1.0)
-        return a
     step = cfg.control.lr_log2_step if cfg.control.enabled else cfg.action.max_log2_step
     a[:, 0] = np.clip(np.log2(target_lr / lr_from_obs(raw, cfg)) / step, -1.0, 1.0)
     return a

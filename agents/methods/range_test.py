@@ -39,15 +39,25 @@ def suggest(lrs: Sequence[float], losses: Sequence[float]) -> float:
 
 
 def range_test(env, instance: str, seed: int, recipe: RecipeConfig, iterations: int = ITERATIONS) -> dict[str, Any]:
-    """The sweep on (instance, seed): its lrs, smoothed losses, steps spent and suggestion."""
+    """The sweep on (instance, seed) from its base model: its lrs, smoothed losses, steps spent and
+    suggestion."""
     env.reset(seed=seed, options={"instance": instance})
-    lo, hi = env.cfg.bounds.lr
     session = env.session
+
+    def train_at(lr: float) -> float:
+        session.set_hparams(Hparams(lr, recipe.weight_decay, recipe.grad_clip))
+        return session.train(1)[0].loss
+
+    return sweep(train_at, *env.cfg.bounds.lr, iterations)
+
+
+def sweep(train_at, lo: float, hi: float, iterations: int = ITERATIONS) -> dict[str, Any]:
+    """The exponential sweep from ``lo`` to ``hi``, one training step at each lr (``train_at(lr)``
+    returns the step's loss), stopped where the smoothed loss passes DIVERGE x its best."""
     lrs, smoothed, best, steps = [], [], math.inf, 0
     for i in range(iterations):
         lr = lo * (hi / lo) ** (i / max(iterations - 1, 1))
-        session.set_hparams(Hparams(lr, recipe.weight_decay, recipe.grad_clip))
-        loss = session.train(1)[0].loss
+        loss = train_at(lr)
         steps += 1
         if not math.isfinite(loss):
             break

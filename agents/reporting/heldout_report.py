@@ -156,7 +156,11 @@ def heldout_markdown(summary: dict, title: str, command: str) -> str:
                       f"starting lr over {st['n_episodes']} episodes; 1 = holds its start); of the lowest third of "
                       f"starts {st['lowest_third_starts_raised']:.0%} were raised, of the highest third "
                       f"{st['highest_third_starts_lowered']:.0%} were lowered; median |change| "
-                      f"{st['median_abs_log2_change']:.2f} doublings. Plot: lr_final_vs_start.png."]
+                      f"{st['median_abs_log2_change']:.2f} doublings. Plot: "
+                      f"{'rescue_scales.png' if 'rescue' in summary else 'lr_final_vs_start.png'}."]
+    if "rescue" in summary:
+        lines += ["", "A residual controller: held_start is its base recipe run from the recipe's own lr, never "
+                      "corrected; the steering is read from its runs that start at a user's guess."]
     lines += ["", "| instance | " + " | ".join(f"{m} test loss" for m in METHODS if m in summary) + " |",
               "|---|" + "---|" * sum(m in summary for m in METHODS)]
     insts = summary[METHODS[0]]["per_instance"].keys()
@@ -183,10 +187,11 @@ def write_heldout_report(folder: Path, runs: dict[str, list[dict]], command: str
     summary["measured_at"] = utc_now()
     summary["machine"] = machine_info()
     summary.update(extra or {})
-    text = heldout_markdown(summary, f"Held-out evaluation of {folder.name}", command)
     plots = []
     if "policy_guess" in runs:  # a residual controller: against its recipe, and its rescue of wrong starts
         summary["rescue"] = rescue_summary(runs, extrapolation)
+    text = heldout_markdown(summary, f"Held-out evaluation of {folder.name}", command)
+    if "rescue" in summary:
         text += rescue_markdown(summary["rescue"])
         plots.append(final_vs_start_lr(scale_points(runs["policy_guess"]), folder / "rescue_scales.png",
                                        f"{folder.name}: from a user's guess, the lr scale it ends at",
