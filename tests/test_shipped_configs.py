@@ -146,20 +146,25 @@ def test_the_wide_family_file_is_what_its_generator_writes():
 
 def test_replacing_a_heldout_draw_changes_only_that_draw(monkeypatch):
     """A held-out draw measured below the separation rule is replaced from its own pool by a stream
-    of its own: the training instances and every other held-out instance keep their draws, and the
-    replacement does not train, in effect, like the draw it replaces (text pools hold 24 articles,
-    so their data sizes above 24 are one size) nor like another instance of its pool."""
+    of its own, and a slot whose draws kept falling below it is left empty: the training instances
+    and every other held-out instance keep their draws, and no replacement trains, in effect, like a
+    draw it replaces (text pools hold 24 articles, so their data sizes above 24 are one size) nor
+    like another instance of its pool."""
     from trainers import instance_family as fam
 
-    shipped, replaced = fam.BELOW_SEPARATION, fam.generate(0)
-    assert shipped  # else this test checks nothing
+    shipped, empty, replaced = fam.BELOW_SEPARATION, fam.EMPTY_SLOTS, fam.generate(0)
+    assert shipped and empty  # else this test checks nothing
     monkeypatch.setattr(fam, "BELOW_SEPARATION", ())
+    monkeypatch.setattr(fam, "EMPTY_SLOTS", {})
     original = fam.generate(0)
     assert replaced["train"] == original["train"]
-    gone = [a["name"] for a, b in zip(original["heldout"], replaced["heldout"]) if a != b]
-    assert gone and set(gone) <= set(shipped)  # the first draws replaced (the rest replaced replacements)
-    names = {i["name"] for i in replaced["heldout"]}
-    assert not names & set(shipped)
+    now = {i["name"] for i in replaced["heldout"]}
+    first = {i["name"] for i in original["heldout"]}
+    assert first - now and first - now <= set(shipped)  # only draws measured below the rule went
+    assert len(replaced["heldout"]) == len(original["heldout"]) - len(empty)
+    assert not now & set(shipped)
+    kept = [i for i in original["heldout"] if i["name"] in now]
+    assert kept == [i for i in replaced["heldout"] if i["name"] in first]  # the others, unchanged and in order
     for inst in replaced["heldout"]:
         pool, draw = fam._parse(inst["name"])
         same = [o["name"] for o in replaced["heldout"] if o is not inst and fam.pool_of(o["name"]) == pool

@@ -117,7 +117,15 @@ BELOW_SEPARATION = (  # each with the share of the default recipe's test loss th
     "chitchat-lm-k4-b30-ga1-n128",  # 1.44% (a replacement)
     "chitchat-lm-k1-b30-ga1-n256",  # 1.93% (a replacement)
     "chitchat-lm-k2-b40-ga1-n32",  # 0.25% (a replacement)
+    "chitchat-lm-lora16-b30-ga1-n32",  # 1.88% (a replacement)
+    "chitchat-lm-lora64-b30-ga1-n32",  # 1.16% (a replacement)
+    "chitchat-lm-k2-b30-ga1-n64",  # 1.04% (a replacement)
 )
+# Held-out slots left empty, by pool and slot: chitchat-lm's second slot had seven draws (full weights
+# of 1, 2 and 4 layers, LoRA of rank 16 and 64) and none let a 16-run search beat the default recipe
+# by 2% (0.25% to 1.93%; 24 conversations and 30-40 steps leave little for any method to win), so it
+# is not filled. Its first draw still comes from the main stream: every other instance keeps its draw.
+EMPTY_SLOTS = {"chitchat-lm": 1}
 
 
 def pool_of(name: str) -> Optional[str]:
@@ -206,10 +214,12 @@ def generate(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
         for pool, dataset, _family, count in pools:
             labels: set[str] = set()
             drawn: set[str] = set()  # effective labels of the pool's instances so far
-            for _ in range(count):
+            for slot in range(count):
                 draw = _draw(rng, pool)
                 while _label(draw) in labels:  # no instance repeats another of its pool
                     draw = _draw(rng, pool)
+                if group == "heldout" and EMPTY_SLOTS.get(pool) == slot:
+                    continue
                 while group == "heldout" and _effective(pool, draw) in replaced:  # nor a replaced one, in effect,
                     draw = _draw(replacements, pool)
                     while _effective(pool, draw) in drawn:  # nor, by replacing, one already drawn
@@ -239,7 +249,9 @@ def render(seed: int, out: Path) -> str:
     header += [f"#   {pool}: {fam}" for pool, fam in FAMILIES.items()]
     header += ["# Held-out rule: see the generator's docstring; tests/test_shipped_configs.py checks it.",
                "# Held-out draws replaced because a 16-run search could not beat the default recipe by 2%",
-               "# of its test loss (BELOW_SEPARATION in the generator): " + ", ".join(BELOW_SEPARATION), ""]
+               "# of its test loss (BELOW_SEPARATION in the generator): " + ", ".join(BELOW_SEPARATION),
+               "# Held-out slots left empty after their draws kept falling below it (EMPTY_SLOTS): "
+               + ", ".join(f"{pool} slot {slot + 1}" for pool, slot in EMPTY_SLOTS.items()), ""]
     lines = []
     for group, insts in family.items():  # one instance per line: a diff shows what a change moved
         lines.append(f"{group}:")
