@@ -168,6 +168,21 @@ def headroom_section(results: Path) -> list[str]:
                 "| instance | split | best lr |", "|---|---|---|"]
         out += [f"| {i} | {x['split']} | {x['best_lr_refined']:.1e} |" for i, x in g["instances"].items()]
         out += ["", f"Spread across instances: {g['spread_refined']:.1f}x.", ""]
+    w = _read(results / "headroom" / "smollm2_wide.json")
+    if w is not None:
+        s, g = w["summary"], w["summary"]["transferred_recipe_gain_captured"]
+        out += ["### The wide family: headroom over the recipe tuned once", "",
+                f"Command: `{w['command']}` ({_machine(w.get('machine'))}; resumed across sessions, "
+                f"{_minutes(w.get('seconds_this_invocation'))} in its last invocation). {s['n_train_instances']} "
+                f"training and {s['n_heldout_instances']} held-out instances ({s['n_heldout_unseen_family']} from "
+                "families no training instance uses), one seed:", "",
+                f"- the held-out instances' best constant lr spans {s['best_constant_lr_spread_heldout']:.1f}x",
+                f"- the transferred recipe captures {g['iqm']:.2f} {_iv(g['ci95_low'], g['ci95_high'], '.2f')} of "
+                f"the gain of {s['search_reference']} over the default recipe (IQM over instances; 95% bootstrap "
+                "over instances)",
+                f"- held-out instances where that search gains under {s['separation_threshold']:.0%} of the "
+                f"default recipe's loss: {', '.join(s['instances_below_separation']) or 'none'}", "",
+                "Per instance: [headroom/smollm2_wide.md](headroom/smollm2_wide.md).", ""]
     return out
 
 
