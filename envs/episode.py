@@ -161,11 +161,14 @@ class ReferenceRuns:
         if path is not None and path.is_file():
             try:
                 saved = json.loads(path.read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 return None  # unreadable: computed again
-            if saved.get("key") == key:
-                self._mem[(instance, seed)] = (key, saved["curve"])
-                return saved["curve"]
+            curve = saved.get("curve") if isinstance(saved, dict) else None
+            whole = (isinstance(curve, list) and curve
+                     and all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in curve))
+            if saved.get("key") == key and whole:  # anything else (damaged, another key) is computed again
+                self._mem[(instance, seed)] = (key, curve)
+                return curve
         return None
 
     def curve(self, env: FineTuneEnv, instance: str, seed: int) -> list[float]:

@@ -349,6 +349,7 @@ class FineTuneEnv(gym.Env):
             if seed is None:
                 self.batch_seed = int(self.np_random.integers(self.cfg.control.reference_seeds))
             self.reference = self._reference_curve(self.instance, self.batch_seed)
+            t0 = time.perf_counter()  # the reset's own time, without the recipe's run
         session_cfg = self.cfg.session_for(self.instance)
         self._use_engine(session_cfg)
         self.total_steps = self.cfg.steps_for(self.instance)

@@ -44,7 +44,7 @@ class QLearningConfig:
         if kind != "scale_free":
             return cls()
         return cls(bins={"progress": [0.34, 0.67], "lr_scale_log2": [-2.0, -0.5, 0.5, 2.0], "ctx_lora": [0.5],
-                         "train_loss_slope_t": [-2.0, 0.0], "update_cosine": [0.0, 0.5]})
+                         "train_loss_slope_t": [-2.0, 0.0], "update_cosine": [0.0, 0.5], "cooldown_started": [0.5]})
 
 
 class QLearningAgent:

@@ -10,6 +10,15 @@ from agents.methods.base import Method, MethodContext, RunRecord
 from envs.episode import PolicyPlan, run_episode
 
 
+def no_change(env):
+    """The action that changes nothing: zeros for a box, the menu's all-zero row for a discrete one."""
+    if env.action_space.shape:
+        return lambda obs: np.zeros(env.action_space.shape, dtype=np.float32)
+    menu = env.action_map.menu if hasattr(env.action_map, "menu") else env.actions.cfg.menu
+    index = next(i for i, row in enumerate(menu) if not any(row))
+    return lambda obs: index
+
+
 @dataclass
 class PolicyMethod(Method):
     agent: str  # the agent folder
@@ -31,5 +40,5 @@ class PolicyMethod(Method):
         controller = ctx.controller(self.agent)
         env = ctx.env(control=controller.env_config.control)
         controller.check_compatible(env.action_map)
-        act = controller.act if self.act else (lambda obs: np.zeros(env.action_space.shape, dtype=np.float32))
+        act = controller.act if self.act else no_change(env)
         return {1: RunRecord.of_episode(run_episode(env, PolicyPlan(act, self.start), instance, seed))}
