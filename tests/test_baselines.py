@@ -155,9 +155,18 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
     compare.main(base + ["--seeds", "1", "--pbt-populations"])
     out = tmp_path / "compare" / folder.name
     for f in ["summary.md", "summary.csv", "summary.json", "loss_vs_compute.png", "paired_vs_compute.png", "per_instance.png",
-              "gain_vs_compute.png", "trajectories.png", "policy_lr_paths.png"]:
+              "gain_vs_compute.png", "performance_profile.png", "trajectories.png", "policy_lr_paths.png"]:
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
+    # rliable's probability of improvement against every rival at every budget, and the range test among them
+    assert set(s["probability_policy_better"]) == set(s["methods"]) - {"policy"} and "range_test" in s["methods"]
+    for m, by_b in s["probability_policy_better"].items():
+        assert set(by_b) == set(s["methods"][m]) and all(0 <= x["p"] <= 1 for x in by_b.values())
+    policy_loss = s["methods"]["policy"]["1"]["test_loss_mean"]
+    for m, x in s["probability_policy_better"].items():  # one run each here: 1, 0 or 0.5 by which is lower
+        one = s["methods"][m][max(x, key=int)]["test_loss_mean"]
+        assert x[max(x, key=int)]["p"] == (1.0 if policy_loss < one else 0.0 if policy_loss > one else 0.5)
+    assert s["methods"]["range_test"]["1"]["compute_steps"] > d["episode"]["total_steps"]  # the test's steps count
     # where and from which code the numbers came, in both files
     assert {"platform", "cpu_count", "torch", "git_commit"} <= set(s["machine"]) and "wall_seconds_this_invocation" in s
     assert f"commit {s['machine']['git_commit']};" in (out / "summary.md").read_text()

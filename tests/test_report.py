@@ -111,3 +111,21 @@ def test_train_agents_last_lines_call_a_non_steering_run_a_plumbing_run(tmp_path
                                                       headline=head)[0]
     steering = verdict_lines(tmp_path, {"lr_contraction": 0.4, "paired": paired}, headline=head)
     assert steering[0].startswith("the controller steers") and len(steering) == 2
+
+
+def test_probability_of_improvement_is_rliables_per_instance_mann_whitney_average():
+    from agents.reporting.statistics import probability_of_improvement
+
+    a = {"x": [1.0, 2.0], "y": [5.0]}
+    b = {"x": [1.5, 3.0], "y": [5.0], "z": [0.0]}  # z: only one method ran it, left out
+    # x: pairs (1<1.5, 1<3, 2>1.5, 2<3) -> 3/4; y: a tie -> 1/2; mean 0.625
+    point, lo, hi = probability_of_improvement(a, b, reps=500)
+    assert point == 0.625 and lo <= point <= hi
+    assert probability_of_improvement(b, a, reps=10)[0] == 1 - 0.625  # the two directions sum to 1
+    assert probability_of_improvement({"x": [1.0] * 3}, {"x": [2.0] * 3}, reps=50) == (1.0, 1.0, 1.0)
+
+
+def test_a_performance_profile_counts_the_runs_above_each_threshold():
+    from agents.reporting.statistics import performance_profile
+
+    assert performance_profile([0.0, 0.5, 1.0, 1.5], [-1.0, 0.25, 1.0, 2.0]) == [1.0, 0.75, 0.25, 0.0]

@@ -62,8 +62,42 @@ def write_outputs(out: Path, summary: dict, pairs: list[PairResult], command: st
     write_text_atomic(out / "summary.md", summary_markdown(summary, command))
     one_run = [m for m, by_b in summary["methods"].items() if list(by_b) == ["1"]]  # spread apart on x
     return [loss_plot(summary, out), paired_plot(summary, one_run, out), gain_plot(summary, one_run, out),
-            per_instance_plot(summary, pairs, budgets, out), trajectories_plot(pairs[0], budgets, out),
-            policy_lr_paths_plot(pairs, out)]
+            profile_plot(summary, out), per_instance_plot(summary, pairs, budgets, out),
+            trajectories_plot(pairs[0], budgets, out), policy_lr_paths_plot(pairs, out)]
+
+
+def _improvement_table(summary: dict) -> list[str]:
+    poi = summary.get("probability_policy_better")
+    if not poi:
+        return []
+    lines = ["", "Probability that the policy's run beats the method's (lower test loss): "
+                 + summary["probability_policy_better_method"] + ". 0.5 = no better, no worse.", "",
+             "| method | budget (runs) | P(policy better) [95% interval] |", "|---|---|---|"]
+    for m, by_b in poi.items():
+        for b, x in by_b.items():
+            lines.append(f"| {m} | {b} | {x['p']:.2f} [{x['ci95_low']:.2f}, {x['ci95_high']:.2f}] |")
+    return lines + ["", "Performance profiles (share of runs above each search-gain score): performance_profile.png", ""]
+
+
+def profile_plot(summary: dict, out: Path) -> Path:
+    """rliable's performance profiles on the search-gain scale: for each method (one-run methods,
+    and each search at its largest budget), the share of its runs scoring above tau."""
+    import matplotlib.pyplot as plt
+
+    prof = summary["performance_profile"]
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    for j, (m, by_b) in enumerate(prof["by_method"].items()):
+        b = max(by_b, key=int)
+        ax.plot(prof["taus"], by_b[b], lw=3 if m == "policy" else 1.5, color=f"C{j}",
+                label=m + ("" if b == "1" else f" (best of {b})"))
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel(f"search gain captured, tau (0 = default recipe, 1 = {summary['search_gain_reference']})")
+    ax.set_ylabel("share of runs above tau")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out / "performance_profile.png")
 
 
 def summary_csv(summary: dict) -> str:
@@ -83,7 +117,8 @@ def summary_markdown(summary: dict, command: str) -> str:
         lines += [f"Machine: {m['platform']}, {m['cpu_count']} CPUs, GPU {m['cuda'] or 'none'}; torch {m['torch']}; "
                   f"commit {m['git_commit']}; written {summary.get('measured_at')}, "
                   f"{summary.get('wall_seconds_this_invocation', float('nan')):.0f} s in this invocation", ""]
-    lines += _method_table(summary) + _gain_table(summary) + _failures(summary) + _per_instance_table(summary)
+    lines += (_method_table(summary) + _gain_table(summary) + _improvement_table(summary) + _failures(summary)
+              + _per_instance_table(summary))
     return "\n".join(lines) + "\n"
 
 

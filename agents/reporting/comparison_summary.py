@@ -8,7 +8,8 @@ import math
 
 from agents.reporting.records import PairResult
 from agents.reporting.statistics import (HIERARCHICAL_METHOD, hierarchical_bootstrap_mean, instance_level_intervals,
-                                         mean_ci95, stratified_bootstrap_iqm)
+                                         mean_ci95, performance_profile, probability_of_improvement,
+                                         stratified_bootstrap_iqm)
 
 REFERENCE_SEARCH = "optuna_tpe"  # search_gain_captured's 1.0: its largest budget's selected run
 
@@ -82,12 +83,39 @@ def summarise_comparison(pairs: list[PairResult], budgets: list[int]) -> dict:
     runs = [{"instance": p.instance, "seed": p.seed, "method": m, "budget": b,
              "compute_steps": x.compute_steps, "test_loss": x.test_loss}
             for p in pairs for m, by_budget in p.results.items() for b, x in sorted(by_budget.items())]
+    poi = {m: {b: dict(zip(("p", "ci95_low", "ci95_high"), probability_of_improvement(
+                   _losses(pairs, "policy", 1), _losses(pairs, m, int(b)))))
+               for b in by_b} for m, by_b in methods.items() if m != "policy"}
     return {"methods": methods, "optuna_budget_to_match_policy": match, "search_gain_captured": gain["by_method"],
+            "probability_policy_better": poi,
+            "probability_policy_better_method": ("rliable's probability of improvement on test loss: per instance "
+                                                 "the share of (policy run, method run) pairs where the policy's loss "
+                                                 "is lower (ties half), averaged over instances; 95% interval from "
+                                                 "2,000 stratified bootstrap resamples (runs within each instance)"),
+            "performance_profile": performance_profiles(gain["scores"]),
             "search_gain_reference": gain["reference"], "search_gain_interval": gain["interval"],
             "search_gain_instances_left_out": gain["instances_without_gain"],
             "search_gain_loss": gain["search_gain_loss"],
             "per_instance": per_instance_table(pairs), "failed_runs_scored_as_base_model": rescored,
             "pbt_errored_members": pbt_errored_members(pairs), "runs": runs}
+
+
+def _losses(pairs: list[PairResult], method: str, budget: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for p in pairs:
+        out.setdefault(p.instance, []).append(p.results[method][budget].test_loss)
+    return out
+
+
+PROFILE_TAUS = tuple(round(-0.5 + 0.05 * i, 2) for i in range(41))  # -0.5 .. 1.5 on the search-gain scale
+
+
+def performance_profiles(scores: dict[str, dict[str, list[float]]]) -> dict:
+    """rliable's performance profile of each method and budget over the search-gain scores of its
+    runs (instances x seeds pooled; 0 = default recipe, 1 = the reference search)."""
+    return {"taus": list(PROFILE_TAUS),
+            "by_method": {m: {b: performance_profile(s, PROFILE_TAUS) for b, s in by_b.items()}
+                          for m, by_b in scores.items()}}
 
 
 def pbt_errored_members(pairs: list[PairResult]) -> list[dict]:
@@ -114,17 +142,19 @@ def search_gain_captured(pairs: list[PairResult]) -> dict:
              for i, ps in by_inst.items()}
     default_loss = {i: sum(default(p) for p in ps) / len(ps) for i, ps in by_inst.items()}
     out: dict[str, dict] = {}
+    scores: dict[str, dict[str, list[float]]] = {}
     for m, by_budget in pairs[0].results.items():
         for b in sorted(by_budget):
             per_instance = {i: [(default(p) - p.results[m][b].test_loss) / denom[i] for p in ps]
                             for i, ps in by_inst.items()
                             if denom[i] > 1e-9}  # else the search was no better than the default recipe: no gain
+            scores.setdefault(m, {})[str(b)] = [x for v in per_instance.values() for x in v]
             point, lo, hi = stratified_bootstrap_iqm(per_instance) if per_instance else (math.nan,) * 3
             mean, mlo, mhi = hierarchical_bootstrap_mean(per_instance) if per_instance else (math.nan,) * 3
             out.setdefault(m, {})[str(b)] = {"iqm": point, "ci95_low": lo, "ci95_high": hi,
                                              "mean_over_instances": mean, "mean_ci95_low": mlo, "mean_ci95_high": mhi,
                                              "per_instance": {i: sum(v) / len(v) for i, v in per_instance.items()}}
-    return {"by_method": out, "reference": f"{REFERENCE_SEARCH} best of {ref_b}",
+    return {"by_method": out, "reference": f"{REFERENCE_SEARCH} best of {ref_b}", "scores": scores,
             "interval": "IQM over instances x seeds; 95% percentile interval from 5,000 stratified bootstrap "
                         "resamples (seeds within each instance; the instances and each instance's denominator are "
                         "held fixed, so the interval is narrower than one that also resampled the search's gain); "
