@@ -17,6 +17,28 @@ import pytest
 TEST_SESSION = {"micro_batch_size": 4, "seq_len": 32}
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_globals_stay_in_their_test():
+    """A test that sets MLflow's tracking URI or active experiment gives them back: the next test's
+    store has no experiment of that id (as CI once found)."""
+    import mlflow
+    import mlflow.tracking._tracking_service.utils as tracking
+    import mlflow.tracking.fluent as fluent
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")  # the setters export these for subprocesses
+    uri, experiment = tracking._tracking_uri, fluent._active_experiment_id  # None: not set
+    environ = {k: os.environ.get(k) for k in names}
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    tracking._tracking_uri, fluent._active_experiment_id = uri, experiment
+    for k, v in environ.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg():
     from trainers.config import load_config

@@ -146,10 +146,15 @@ def test_four_accumulated_micro_batches_make_the_step_of_their_union():
     assert accumulated.tokens == union.tokens == 4 * single.tokens
     assert accumulated.loss == pytest.approx(union.loss, rel=1e-5)
     assert accumulated.grad_norm == pytest.approx(union.grad_norm, rel=1e-4)
+    # Adam's first step moves each weight by about lr * sign(grad): where a gradient is ~eps, the order of
+    # the float sums decides it. So: almost every weight agrees to 1e-6, and none differs by a tenth of lr
+    lr = 1e-3
+    off = sum(int((w_acc[k] - w_union[k]).abs().gt(1e-6).sum()) for k in w_union)
+    assert off <= 1e-4 * sum(w.numel() for w in w_union.values())
     for k in w_union:
-        torch.testing.assert_close(w_acc[k], w_union[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(w_acc[k], w_union[k], rtol=0, atol=0.1 * lr)
         assert torch.equal(w_live[k], w_acc[k])
-    assert any(not torch.allclose(w_single[k], w_union[k], atol=1e-6) for k in w_union)  # one micro-batch differs
+    assert any(not torch.allclose(w_single[k], w_union[k], rtol=0, atol=0.1 * lr) for k in w_union)  # one micro-batch differs
 
 
 def test_an_environment_shares_an_engine_across_accumulation_and_not_across_adapters(monkeypatch):

@@ -120,3 +120,27 @@ def test_worker_that_crashes_at_every_start_stops_the_run(ray_local, cfg_dict):
         venv.reset()
     assert time.monotonic() - t0 < 240
     venv.close()
+
+
+def test_a_worker_killed_between_calls_drops_its_episode_instead_of_stepping_a_fresh_one(ray_local, cfg_dict):
+    """Killed while idle (PPO's update between rollouts, say), the worker is back before the next
+    step reaches it, with no episode: the step is a dropped episode and the worker resets."""
+    venv = RayVecEnv(cfg_dict, 1, seed=0)
+    venv.reset()
+    (pid,) = venv.worker_pids()
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # Ray restarts it on its own; where() waits for the new process
+        try:
+            if venv.worker_pids() != [pid]:
+                break
+        except ray.exceptions.RayActorError:
+            time.sleep(0.5)
+    assert venv.worker_pids() != [pid]
+    _, rewards, dones, infos = venv.step(np.zeros((1, 3), dtype=np.float32))
+    assert dones[0] and rewards[0] == 0.0 and "worker died" in infos[0]["dropped"]
+    assert "LostEpisode" in infos[0]["dropped"] and venv.failures == [1]
+    _, _, _, infos = venv.step(np.zeros((1, 3), dtype=np.float32))  # reset with its restart seed, it steps
+    assert "dropped" not in infos[0]
+    assert venv.worker_info()[0]["last_reset_seed"] == venv.dropped[0]["restart_seed"]
+    venv.close()

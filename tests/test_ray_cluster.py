@@ -17,12 +17,13 @@ from agents.parallel.ray_cluster import loopback_environment
 from trainers.config import REPO_ROOT
 
 
-def _env_worker_pids(raylet_pid: int) -> list[int]:
-    """Ray actor processes of class EnvWorker started by one node's raylet."""
+def _stepping_env_worker_pids(raylet_pid: int) -> list[int]:
+    """Ray actor processes of class EnvWorker started by one node's raylet that are in a step now
+    (Ray titles them ray::EnvWorker.step): its own children, not what they fork."""
     out = []
-    for child in psutil.Process(raylet_pid).children(recursive=True):
+    for child in psutil.Process(raylet_pid).children(recursive=False):
         try:
-            if "EnvWorker" in " ".join(child.cmdline()) or "EnvWorker" in child.name():
+            if "EnvWorker.step" in " ".join(child.cmdline()):
                 out.append(child.pid)
         except psutil.Error:
             pass
@@ -75,18 +76,16 @@ def test_train_agent_on_a_two_node_loopback_cluster_survives_a_killed_worker(loo
         cwd=REPO_ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         raylet = second.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-        state = out / "cluster" / "checkpoint" / "state.json"
         deadline = time.monotonic() + 600
         victim = None
         while time.monotonic() < deadline and proc.poll() is None:
-            workers = _env_worker_pids(raylet)
-            done = json.loads(state.read_text())["num_timesteps"] if state.is_file() else 0
-            if workers and done >= 6:  # both actors run, the second node's mid-run
-                victim = workers[0]
+            workers = _stepping_env_worker_pids(raylet)
+            if workers:  # the second node's worker, mid-step: its episode is lost (the first rollout
+                victim = workers[0]  # is the whole run, so no checkpoint can say how far it got)
                 os.kill(victim, signal.SIGKILL)
                 break
-            time.sleep(0.2)
-        assert victim is not None, "the second node never ran an environment worker mid-run"
+            time.sleep(0.05)
+        assert victim is not None, "the second node never ran an environment step"
         # nothing the cluster and the run started listens beyond loopback
         ours = {p.pid for p in psutil.Process().children(recursive=True)}
         assert not _non_loopback_listeners(ours)

@@ -30,6 +30,10 @@ class WorkerFailure(RuntimeError):
     """An environment worker failed more often than allowed; the run cannot go on."""
 
 
+class LostEpisode(RuntimeError):
+    """A step reached a worker that Ray restarted between calls: its episode is gone."""
+
+
 class EnvWorker:
     """Lives in a Ray actor: one FineTuneEnv, auto-reset like SB3's VecEnvs."""
 
@@ -52,6 +56,8 @@ class EnvWorker:
         return obs
 
     def step(self, action):
+        if self.env.log is None:  # killed while idle, restarted by Ray before this call reached it
+            raise LostEpisode(f"a fresh worker (pid {os.getpid()}) got a step with no episode to go on with")
         obs, reward, term, trunc, info = self.env.step(action)
         done = term or trunc
         if done:
@@ -130,9 +136,10 @@ class RayVecEnv(VecEnv):
     # ------------------------------------------------------------ faults
     def _gather(self, refs: list, timeout_s: float) -> list[Any]:
         """Each call's result, or the exception that stands for a dead or hung worker. Errors
-        raised by the environment's own code are not worker faults: they propagate."""
+        raised by the environment's own code are not worker faults: they propagate. A step that
+        reached a worker restarted while idle (LostEpisode) is one."""
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
         _, not_ready = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         pending = set(not_ready)
@@ -144,6 +151,10 @@ class RayVecEnv(VecEnv):
             try:
                 out.append(ray.get(ref))
             except RayActorError as err:
+                out.append(err)
+            except RayTaskError as err:  # the environment's own errors propagate; a lost episode is a fault
+                if not isinstance(err.cause, LostEpisode):
+                    raise
                 out.append(err)
         return out
 
