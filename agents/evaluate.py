@@ -6,6 +6,10 @@ Every held-out instance x seed runs three times on the same seeds (same batches 
 with the policy (deterministic actions); with the default static recipe; and with no control
 (``held_start``: the policy's own starting hyperparameters, drawn from the instance's range, held
 fixed). The last separates what the policy's steering buys from what its starting point gives.
+For a residual controller (``control.residual``), ``held_start`` is the recipe it corrects, run
+as is, and three more runs test the rescue of a user's wrong start (the recipe's lr x 0.01..100,
+drawn per instance and seed): the policy from that guess, the guess held, and a learning-rate
+range test (``range_test``, counted at its real cost in steps).
 Validation drives nothing here; the test split of each run is what is reported
 (agents/experiments/heldout.py). Writes heldout.json / heldout.md (and a trajectory plot per
 instance) into the agent folder, and logs them to MLflow. Runs are saved as they finish in the

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agents import report
-from agents.reporting.project_report import main_job, markers, with_blocks
+from agents.reporting.project_report import HEADLINE_CONTROLLER, controller_headline, main_job, markers, with_blocks
 from trainers.config import REPO_ROOT
 
 
@@ -40,15 +40,19 @@ def test_a_changed_summary_makes_the_committed_files_stale(tmp_path, capsys):
 
 
 def test_with_blocks_names_a_missing_repeated_or_reversed_block():
+    cb, ce = markers("controller")
     hb, he = markers("headline")
     mb, me = markers("main-job")
     results = REPO_ROOT / "results"
-    for readme in (f"intro\n{hb}\nold\n{he}\n",                          # no main-job block
-                   f"{hb}\n{he}\n{mb}\n{me}\n{mb}\n{me}\n",              # the main-job block twice
-                   f"{hb}\n{he}\n{me}\n{mb}\n"):                         # its end before its begin
+    for readme in (f"{cb}\n{ce}\nintro\n{hb}\nold\n{he}\n",                          # no main-job block
+                   f"{cb}\n{ce}\n{hb}\n{he}\n{mb}\n{me}\n{mb}\n{me}\n",              # the main-job block twice
+                   f"{cb}\n{ce}\n{hb}\n{he}\n{me}\n{mb}\n"):                         # its end before its begin
         with pytest.raises(ValueError, match="'main-job'"):
             with_blocks(readme, results)
-    done = with_blocks(f"top\n{hb}\nOLD_BLOCK_TEXT\n{he}\nmiddle\n{mb}\nOLD_BLOCK_TEXT\n{me}\nend\n", results)
+    with pytest.raises(ValueError, match="'controller'"):
+        with_blocks(f"{hb}\n{he}\n{mb}\n{me}\n", results)
+    done = with_blocks(f"top\n{cb}\nOLD_BLOCK_TEXT\n{ce}\n{hb}\nOLD_BLOCK_TEXT\n{he}\nmiddle\n{mb}\nOLD_BLOCK_TEXT\n{me}\nend\n",
+                       results)
     assert "OLD_BLOCK_TEXT" not in done and done.startswith("top\n") and "\nmiddle\n" in done and done.endswith("end\n")
 
 
@@ -129,3 +133,28 @@ def test_a_performance_profile_counts_the_runs_above_each_threshold():
     from agents.reporting.statistics import performance_profile
 
     assert performance_profile([0.0, 0.5, 1.0, 1.5], [-1.0, 0.25, 1.0, 2.0]) == [1.0, 0.75, 0.25, 0.0]
+
+
+def _controller_summary(in_range: tuple[float, float, float, float], goal_met: bool) -> dict:
+    lo, hi, tlo, thi = in_range
+    paired = {"mean": (lo + hi) / 2, "ci95_low": lo, "ci95_high": hi, "t_ci95_over_instances": [tlo, thi],
+              "n_instances": 12, "n_seeds": 3}
+    gap = {"median_gap": 0.01 if goal_met else 0.05, "median_gap_ci95": [0.0, 0.1], "mean_compute_steps": 90}
+    return {"summary": {"command": "python -m agents.evaluate --agent A", "machine": None, "rescue": {
+        "gap_goal": 0.02, "goal_met": goal_met, "methods": {"policy_guess": gap, "held_guess": gap},
+        "policy_minus_base_recipe": {"in_range": paired, "extrapolation": {"mean": 0.01, "n_instances": 1},
+                                     "extrapolation_instances": ["x-longer"]},
+        "steering_from_guesses": {"scale_contraction": 0.4}}}}
+
+
+@pytest.mark.parametrize("interval, says", [((-0.03, -0.01, -0.04, -0.005), "beats the recipe tuned once"),
+                                            ((-0.03, 0.01, -0.04, 0.02), "do not tell the controller"),
+                                            ((0.01, 0.03, 0.005, 0.04), "the recipe tuned once is better")])
+def test_the_controller_headline_says_which_way_it_came_out(tmp_path, interval, says):
+    assert "not evaluated yet" in controller_headline(tmp_path)
+    folder = tmp_path / HEADLINE_CONTROLLER
+    folder.mkdir(parents=True)
+    (folder / "heldout.json").write_text(json.dumps(_controller_summary(interval, goal_met=interval[1] < 0)))
+    text = controller_headline(tmp_path)
+    assert says in text and "x-longer" in text and "one instance: no interval" in text
+    assert ("goal ≤ 2%: met" in text) == (interval[1] < 0) and "0.40x" in text

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from agents.reporting.statistics import sign_by_both_intervals
 
 HEADLINE_COMPARISON = "compare/ppo-smollm2_cpu"
+HEADLINE_CONTROLLER = "agents/ppo-smollm2_wide_residual"  # the residual controller on the wide family (issue 24)
 MAIN_JOB = "main_job.json"  # written by scripts/time_main_job.sh
 
 
@@ -255,7 +256,58 @@ def _separated(lo: float, hi: float, tlo: float, thi: float) -> str:
         sign_by_both_intervals(lo, hi, tlo, thi)]
 
 
-README_BLOCKS = {"headline": headline, "main-job": main_job}
+def _paired_text(d: Optional[dict], unit: str = "+.4f") -> str:
+    if not d:
+        return "not measured"
+    if "ci95_low" not in d:
+        return f"{d['mean']:{unit}} (one instance: no interval)"
+    t = d["t_ci95_over_instances"]
+    return (f"{d['mean']:{unit}} (two-level bootstrap {_iv(d['ci95_low'], d['ci95_high'], unit)}, t over instance "
+            f"means {_iv(t[0], t[1], unit)}; {d['n_instances']} instances x {d['n_seeds']} seeds)")
+
+
+def controller_headline(results: Path) -> str:
+    """The README's first paragraph: the residual controller on the wide family's held-out
+    instances, against the recipe it corrects and from a user's wrong start, as heldout.json says."""
+    h = _read(results / HEADLINE_CONTROLLER / "heldout.json")
+    agent = _read(results / HEADLINE_CONTROLLER / "agent.json")
+    if h is None or "rescue" not in h.get("summary", {}):
+        return (f"(the wide family's controller is not evaluated yet: {HEADLINE_CONTROLLER}/heldout.json with a "
+                "rescue section is missing)")
+    s, r = h["summary"], h["summary"]["rescue"]
+    pm = r["policy_minus_base_recipe"]
+    ir = pm["in_range"]
+    sign = 0 if not ir or "ci95_low" not in ir else sign_by_both_intervals(
+        ir["ci95_low"], ir["ci95_high"], *ir["t_ci95_over_instances"])
+    verdict = {-1: "**the controller beats the recipe tuned once** (both intervals below 0)",
+               1: "**the recipe tuned once is better** (both intervals above 0): use the recipe today",
+               0: "**the intervals do not tell the controller from the recipe tuned once**: it adds nothing "
+                  "measurable yet, and the recipe alone is the simpler choice today"}[sign]
+    trained = (f"learned from {agent['total_timesteps']} decisions (`{agent.get('command', '?')}`, "
+               f"{_minutes(agent.get('training_seconds'))} of training in its last invocation)") if agent else "its training is not recorded"
+    m = r["methods"]
+    gaps = "; ".join(f"{name} {m[name]['median_gap']:+.1%} [{m[name]['median_gap_ci95'][0]:+.1%}, "
+                     f"{m[name]['median_gap_ci95'][1]:+.1%}] at {m[name]['mean_compute_steps']:.0f} steps"
+                     for name in ("policy_guess", "held_guess", "range_test") if name in m)
+    lines = [f"**Headline (issue 24).** The residual PPO controller on the wide SmolLM2 family "
+             f"(`configs/smollm2_wide_residual.yaml`), {trained}, on held-out instances it never saw, test loss "
+             "(negative = controller better):",
+             f"from the recipe's own start, controller − transferred recipe = {_paired_text(ir)}: {verdict}; "
+             f"on the extrapolation instances apart ({', '.join(pm['extrapolation_instances']) or 'none'}): "
+             f"{_paired_text(pm['extrapolation'])}.",
+             f"From a user's wrong guess (the recipe's lr x 0.01–100), the median gap to the recipe's test loss "
+             f"(95% interval, instances resampled) is: {gaps}; goal ≤ {r['gap_goal']:.0%}: "
+             f"{'met' if r['goal_met'] else 'not met'}."]
+    st = r.get("steering_from_guesses")
+    if st and st.get("scale_contraction") is not None:
+        lines.append(f"It steers: from the guesses its final lr scale spreads {st['scale_contraction']:.2f}x as widely "
+                     f"as the start's (1 = holds the guess).")
+    lines.append(f"Numbers: `{s['command']}` ({_machine(s.get('machine'))}); tables and plots in "
+                 f"[{HEADLINE_CONTROLLER}/heldout.md](results/{HEADLINE_CONTROLLER}/heldout.md).")
+    return "\n".join(lines)
+
+
+README_BLOCKS = {"controller": controller_headline, "headline": headline, "main-job": main_job}
 
 
 def markers(name: str) -> tuple[str, str]:
