@@ -374,14 +374,10 @@ def test_ctrl_c_before_the_first_decision_leaves_nothing_to_refuse_the_next_run(
     monkeypatch.setattr(QLearningAgent, "learn", interrupted)
     folder = tmp_path / "a"
     cfg = parse_config({**fast_cfg_dict, "action": {"mode": "discrete"}})
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/m.db")
-    try:  # an experiment of its own: another test's active experiment id means nothing in this store
-        experiment = mlflow.MlflowClient().create_experiment("ctrl-c")
-        with mlflow.start_run(experiment_id=experiment), pytest.raises(KeyboardInterrupt):
-            training_run.run_training(cfg, training_run.TrainingOptions("qlearning", 4), folder)
-    finally:
-        mlflow.set_tracking_uri(previous)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/m.db")  # (conftest gives MLflow's globals back after the test)
+    experiment = mlflow.MlflowClient().create_experiment("ctrl-c")  # another test's active experiment id: not here
+    with mlflow.start_run(experiment_id=experiment), pytest.raises(KeyboardInterrupt):
+        training_run.run_training(cfg, training_run.TrainingOptions("qlearning", 4), folder)
     assert (folder / RUN_MARKER).is_file() and not (folder / "checkpoint" / STATE_FILE).exists()
     check_agent_folder(folder, resume=False, algo="qlearning")  # not refused
 

@@ -144,11 +144,13 @@ def _controller_summary(in_range: tuple[float, float, float, float], goal_met: b
         "gap_goal": 0.02, "goal_met": goal_met, "methods": {"policy_guess": gap, "held_guess": gap},
         "policy_minus_base_recipe": {"in_range": paired, "extrapolation": {"mean": 0.01, "n_instances": 1},
                                      "extrapolation_instances": ["x-longer"]},
-        "steering_from_guesses": {"scale_contraction": 0.4}}}}
+        "steering_from_guesses": {"scale_contraction": 0.4, "median_abs_start_log2_scale": 3.0,
+                                  "median_abs_final_log2_scale": 1.0 if goal_met else 3.5}}}}
 
 
 @pytest.mark.parametrize("interval, says", [((-0.03, -0.01, -0.04, -0.005), "beats the recipe tuned once"),
                                             ((-0.03, 0.01, -0.04, 0.02), "do not tell the controller"),
+                                            ((-0.03, -0.01, -0.04, 0.005), "do not tell the controller"),
                                             ((0.01, 0.03, 0.005, 0.04), "the recipe tuned once is better")])
 def test_the_controller_headline_says_which_way_it_came_out(tmp_path, interval, says):
     assert "not evaluated yet" in controller_headline(tmp_path)
@@ -157,4 +159,18 @@ def test_the_controller_headline_says_which_way_it_came_out(tmp_path, interval, 
     (folder / "heldout.json").write_text(json.dumps(_controller_summary(interval, goal_met=interval[1] < 0)))
     text = controller_headline(tmp_path)
     assert says in text and "x-longer" in text and "one instance: no interval" in text
-    assert ("goal ≤ 2%: met" in text) == (interval[1] < 0) and "0.40x" in text
+    assert ("is met" in text) == (interval[1] < 0) and "0.40x" in text
+    assert ("steers toward the recipe" in text) == (interval[1] < 0)  # 3.0 -> 1.0 pulls back; 3.0 -> 3.5 does not
+    assert "its training is not recorded" in text
+    (folder / "agent.json").write_text(json.dumps({"total_timesteps": 1248, "command": "train", "training_seconds": 90}))
+    assert "learned from 1248 decisions (`train`, 1.5 min" in controller_headline(tmp_path)
+
+
+def test_the_controller_headline_gives_no_verdict_without_an_interval(tmp_path):
+    folder = tmp_path / HEADLINE_CONTROLLER
+    folder.mkdir(parents=True)
+    data = _controller_summary((-0.03, -0.01, -0.04, -0.005), goal_met=True)
+    data["summary"]["rescue"]["policy_minus_base_recipe"]["in_range"] = {"mean": -0.02, "n_instances": 1}
+    (folder / "heldout.json").write_text(json.dumps(data))
+    text = controller_headline(tmp_path)
+    assert "no verdict" in text and "beats" not in text

@@ -5,7 +5,10 @@ x seed runs three methods on the same seeds (same batches and dropout):
   default_recipe  the instance set's declared static recipe
   held_start      no control: the policy's own drawn start, held for the whole episode
 
-The last separates what the policy's steering buys from what its starting point gives.
+The last separates what the policy's steering buys from what its starting point gives. For a
+residual controller the start is its recipe (``control.recipe``), so ``held_start`` is that recipe
+run as is; three more methods measure the rescue of a user's wrong start: ``policy_guess``,
+``held_guess`` and ``range_test`` (agents/reporting/rescue_report.py).
 Validation drives nothing here; each run's test split is what is reported. Runs are saved in the
 agent folder's ``heldout_runs/`` as they finish, so an interrupted evaluation resumes.
 """

@@ -277,12 +277,14 @@ def controller_headline(results: Path) -> str:
     s, r = h["summary"], h["summary"]["rescue"]
     pm = r["policy_minus_base_recipe"]
     ir = pm["in_range"]
-    sign = 0 if not ir or "ci95_low" not in ir else sign_by_both_intervals(
-        ir["ci95_low"], ir["ci95_high"], *ir["t_ci95_over_instances"])
-    verdict = {-1: "**the controller beats the recipe tuned once** (both intervals below 0)",
-               1: "**the recipe tuned once is better** (both intervals above 0): use the recipe today",
-               0: "**the intervals do not tell the controller from the recipe tuned once**: it adds nothing "
-                  "measurable yet, and the recipe alone is the simpler choice today"}[sign]
+    if not ir or "ci95_low" not in ir:
+        verdict = "too few instances in the training range for an interval: **no verdict**"
+    else:
+        verdict = {-1: "**the controller beats the recipe tuned once** (both intervals below 0)",
+                   1: "**the recipe tuned once is better** (both intervals above 0): use the recipe today",
+                   0: "**the intervals do not tell the controller from the recipe tuned once**: it adds nothing "
+                      "measurable yet, and the recipe alone is the simpler choice today"}[
+            sign_by_both_intervals(ir["ci95_low"], ir["ci95_high"], *ir["t_ci95_over_instances"])]
     trained = (f"learned from {agent['total_timesteps']} decisions (`{agent.get('command', '?')}`, "
                f"{_minutes(agent.get('training_seconds'))} of training in its last invocation)") if agent else "its training is not recorded"
     m = r["methods"]
@@ -296,12 +298,15 @@ def controller_headline(results: Path) -> str:
              f"on the extrapolation instances apart ({', '.join(pm['extrapolation_instances']) or 'none'}): "
              f"{_paired_text(pm['extrapolation'])}.",
              f"From a user's wrong guess (the recipe's lr x 0.01–100), the median gap to the recipe's test loss "
-             f"(95% interval, instances resampled) is: {gaps}; goal ≤ {r['gap_goal']:.0%}: "
-             f"{'met' if r['goal_met'] else 'not met'}."]
+             f"(95% interval, instances resampled) is: {gaps}; the goal, the controller's median gap ≤ "
+             f"{r['gap_goal']:.0%} (point estimate), is {'met' if r['goal_met'] else 'not met'}."]
     st = r.get("steering_from_guesses")
     if st and st.get("scale_contraction") is not None:
-        lines.append(f"It steers: from the guesses its final lr scale spreads {st['scale_contraction']:.2f}x as widely "
-                     f"as the start's (1 = holds the guess).")
+        a, b, c = st["median_abs_start_log2_scale"], st["median_abs_final_log2_scale"], st["scale_contraction"]
+        pulls = b < a and c < 1
+        lines.append(f"{'It steers toward the recipe' if pulls else 'It does not pull the guesses back'}: the median "
+                     f"|log2(lr / recipe's lr)| goes from {a:.2f} at the start to {b:.2f} at the end (0 = the recipe's "
+                     f"lr), and the final scales spread {c:.2f}x as widely as the starts (1 = holds the guess).")
     lines.append(f"Numbers: `{s['command']}` ({_machine(s.get('machine'))}); tables and plots in "
                  f"[{HEADLINE_CONTROLLER}/heldout.md](results/{HEADLINE_CONTROLLER}/heldout.md).")
     return "\n".join(lines)
