@@ -445,7 +445,8 @@ def test_the_rescue_summary_reads_gaps_against_the_recipes_own_run():
     for inst, base in (("a", 2.0), ("b", 1.0), ("x", 4.0)):
         for seed in range(3):
             runs["held_start"].append(_run(inst, seed, base))
-            runs["policy"].append(_run(inst, seed, base - 0.1))
+            runs["policy"].append(_run(inst, seed, base - 0.1, start_scales=[1.0, 1, 1],
+                                       scales=[[1.0, 1, 1], [base, 1, 1]]))  # ends at 2x, 1x, 4x the recipe's lr
             runs["policy_guess"].append(_run(inst, seed, base * 1.01, start_scales=[50.0, 1, 1],
                                              scales=[[8.0, 1, 1], [1.5, 1, 1]]))
             runs["held_guess"].append(_run(inst, seed, base + 1.0, start_scales=[50.0, 1, 1]))  # gaps 0.5, 1, 0.25
@@ -459,6 +460,8 @@ def test_the_rescue_summary_reads_gaps_against_the_recipes_own_run():
     assert s["policy_minus_base_recipe"]["in_range"]["mean"] == pytest.approx(-0.1)
     assert s["policy_guess_minus"]["held_guess"]["better"]
     assert s["steering_from_guesses"]["median_abs_final_log2_scale"] == pytest.approx(np.log2(1.5))
+    assert s["correction_from_recipe"]["median_final_lr_scale"] == 2.0
+    assert s["correction_from_recipe"]["per_instance_mean_range"] == [1.0, 4.0]
     # intervals are over instances: more seeds of the same instances do not narrow them
     more = {m: rs + [dict(r, seed=r["seed"] + 3) for r in rs] for m, rs in runs.items()}
     s2 = rescue_summary(more, extrapolation={"x"})

@@ -262,8 +262,10 @@ def _paired_text(d: Optional[dict], unit: str = "+.4f") -> str:
     if "ci95_low" not in d:
         return f"{d['mean']:{unit}} (one instance: no interval)"
     t = d["t_ci95_over_instances"]
+    per = d.get("per_instance_mean") or {}
+    count = f"; lower on {sum(v < 0 for v in per.values())} of {len(per)} instances" if per else ""
     return (f"{d['mean']:{unit}} (two-level bootstrap {_iv(d['ci95_low'], d['ci95_high'], unit)}, t over instance "
-            f"means {_iv(t[0], t[1], unit)}; {d['n_instances']} instances x {d['n_seeds']} seeds)")
+            f"means {_iv(t[0], t[1], unit)}; {d['n_instances']} instances x {d['n_seeds']} seeds{count})")
 
 
 def controller_headline(results: Path) -> str:
@@ -282,8 +284,8 @@ def controller_headline(results: Path) -> str:
     else:
         verdict = {-1: "**the controller beats the recipe tuned once** (both intervals below 0)",
                    1: "**the recipe tuned once is better** (both intervals above 0): use the recipe today",
-                   0: "**the intervals do not tell the controller from the recipe tuned once**: it adds nothing "
-                      "measurable yet, and the recipe alone is the simpler choice today"}[
+                   0: "**not shown better than the recipe tuned once** by the project's rule (both intervals below "
+                      "0), so the recipe alone is still the simpler choice"}[
             sign_by_both_intervals(ir["ci95_low"], ir["ci95_high"], *ir["t_ci95_over_instances"])]
     trained = (f"learned from {agent['total_timesteps']} decisions (`{agent.get('command', '?')}`, "
                f"{_minutes(agent.get('training_seconds'))} of training in its last invocation)") if agent else "its training is not recorded"
@@ -300,13 +302,19 @@ def controller_headline(results: Path) -> str:
              f"From a user's wrong guess (the recipe's lr x 0.01–100), the median gap to the recipe's test loss "
              f"(95% interval, instances resampled) is: {gaps}; the goal, the controller's median gap ≤ "
              f"{r['gap_goal']:.0%} (point estimate), is {'met' if r['goal_met'] else 'not met'}."]
+    cr = r.get("correction_from_recipe")
+    if cr:
+        lo, hi = cr["per_instance_mean_range"]
+        lines.append(f"From the recipe's start its last lr is a median {cr['median_final_lr_scale']:.2f}x the recipe's "
+                     f"(instances' means {lo:.2f}-{hi:.2f}x).")
     st = r.get("steering_from_guesses")
     if st and st.get("scale_contraction") is not None:
         a, b, c = st["median_abs_start_log2_scale"], st["median_abs_final_log2_scale"], st["scale_contraction"]
-        pulls = b < a and c < 1
-        lines.append(f"{'It steers toward the recipe' if pulls else 'It does not pull the guesses back'}: the median "
-                     f"|log2(lr / recipe's lr)| goes from {a:.2f} at the start to {b:.2f} at the end (0 = the recipe's "
-                     f"lr), and the final scales spread {c:.2f}x as widely as the starts (1 = holds the guess).")
+        closed = (a - b) / a if a > 0 else 0.0
+        lines.append(f"From the guesses, the median |log2(lr / recipe's lr)| goes from {a:.2f} at the start to {b:.2f} "
+                     f"at the end (0 = the recipe's lr): it closes {closed:.0%} of the distance in log lr"
+                     f"{'' if closed > 0 else ', so it does not pull wrong guesses back'}; the final scales spread "
+                     f"{c:.2f}x as widely as the starts (1 = holds the guess).")
     lines.append(f"Numbers: `{s['command']}` ({_machine(s.get('machine'))}); tables and plots in "
                  f"[{HEADLINE_CONTROLLER}/heldout.md](results/{HEADLINE_CONTROLLER}/heldout.md).")
     return "\n".join(lines)

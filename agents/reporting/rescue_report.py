@@ -104,6 +104,19 @@ def rescue_summary(runs: dict[str, list[dict]], extrapolation: Iterable[str] = (
         "in_range": paired_intervals(runs, "policy", "held_start", insts - extrapolation),
         "extrapolation": paired_intervals(runs, "policy", "held_start", insts & extrapolation),
         "extrapolation_instances": sorted(insts & extrapolation)}
+    own = scale_points(runs["policy"])  # from the recipe's own lr: how far, and how differently, it corrects
+    if own:
+        final = np.array([p[2] for p in own])
+        per_inst: dict[str, list[float]] = {}
+        for name, _, f in own:
+            per_inst.setdefault(name, []).append(f)
+        means = np.array([np.mean(v) for v in per_inst.values()])
+        out["correction_from_recipe"] = {
+            "median_final_lr_scale": float(np.median(final)),
+            "final_lr_scale_iqr": [float(x) for x in np.percentile(final, [25, 75])],
+            "per_instance_mean_range": [float(means.min()), float(means.max())],
+            "definition": "the policy's lr over the recipe's own after its last decision, in its runs from the "
+                          "recipe's start (1 = the recipe); the range is over instances' means"}
     pts = scale_points(runs.get("policy_guess", []))
     if len(pts) >= 2:
         start, final = np.log2([p[1] for p in pts]), np.log2([p[2] for p in pts])
@@ -145,6 +158,11 @@ def rescue_markdown(summary: dict) -> str:
                      f"{d['n_runs']} |")
     for b, d in summary["policy_guess_minus"].items():
         lines.append(f"\npolicy_guess − {b}: {_interval_text(d)}")
+    cr = summary.get("correction_from_recipe")
+    if cr:
+        lines += ["", f"From the recipe's own start the policy ends at a median {cr['median_final_lr_scale']:.2f}x the "
+                      f"recipe's lr (IQR {cr['final_lr_scale_iqr'][0]:.2f}-{cr['final_lr_scale_iqr'][1]:.2f}; instances' "
+                      f"means {cr['per_instance_mean_range'][0]:.2f}-{cr['per_instance_mean_range'][1]:.2f})."]
     st = summary.get("steering_from_guesses")
     if st and st["scale_contraction"] is not None:
         lines += ["", f"Steering from the guesses: the final lr scale spreads {st['scale_contraction']:.2f}x as "
