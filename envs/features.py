@@ -142,6 +142,27 @@ class UpdateStats:
     cosine: float = 0.0  # with the interval before's delta (0 when there was none)
 
 
+def weight_update(before: list, now: Sequence, last_delta: Optional[list]) -> tuple[UpdateStats, list]:
+    """The interval's weight change over the weights, and its cosine with the change before
+    (``last_delta``); ``before`` becomes the change (before - now, in place) and is returned with
+    the stats, to be the next call's ``last_delta``. One code for the environment and the
+    controllers in a user's loop, so both observe the same numbers."""
+    import torch
+
+    def norm(ts) -> float:
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in ts])))
+
+    size = norm(before)
+    torch._foreach_sub_(before, list(now))
+    change = norm(before)
+    cos = 0.0
+    if last_delta is not None and change > 0:
+        dot = float(sum(torch.sum(a * b) for a, b in zip(before, last_delta)))
+        last = norm(last_delta)
+        cos = dot / (change * last) if last > 0 else 0.0
+    return UpdateStats(change / max(size, 1e-12), cos), before
+
+
 def _t_slope(y: np.ndarray) -> float:
     """The least-squares slope of ``y`` over its standard error: how sure the trend is, whatever
     the loss's scale or noise; sign(t) log(1 + |t|)."""

@@ -19,7 +19,7 @@ from gymnasium import spaces
 from envs.actions import ActionMap
 from envs.control import ControlActions, ControlledSchedule, action_map_for  # noqa: F401 (re-exported)
 from envs.features import (OBS_HIGH, OBS_LOW, RunContext, UpdateStats, feature_names, observe,
-                           observe_scale_free)
+                           observe_scale_free, weight_update)
 from trainers.config import InstanceSetConfig, InstanceSpec, SessionConfig, load_config, parse_config
 from trainers.data import TaskData, build_task_data
 from trainers.schedules import recipe_schedule
@@ -304,19 +304,7 @@ class FineTuneEnv(gym.Env):
 
     def _note_update(self, before: list) -> None:
         """The interval's weight change relative to the weights, and its cosine with the last one."""
-        import torch
-
-        norm = lambda ts: float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in ts])))  # noqa: E731
-        size = norm(before)
-        torch._foreach_sub_(before, self.session.trainable_views())  # now minus the change
-        change = norm(before)
-        cos = 0.0
-        if self._last_delta is not None and change > 0:
-            dot = float(sum(torch.sum(a * b) for a, b in zip(before, self._last_delta)))
-            last = norm(self._last_delta)
-            cos = dot / (change * last) if last > 0 else 0.0
-        self._update = UpdateStats(change / max(size, 1e-12), cos)
-        self._last_delta = before
+        self._update, self._last_delta = weight_update(before, self.session.trainable_views(), self._last_delta)
 
     def _reference_curve(self, inst: InstanceSpec, seed: int) -> list[float]:
         """The base recipe's validation losses at each decision on (instance, batch seed), from

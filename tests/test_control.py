@@ -308,7 +308,8 @@ def test_ask_and_tell_drives_a_controlled_agent_as_the_environment_does(tmp_path
     Its actions are scripted (raise the lr, start a cooldown, roll back, lower it) so every part acts."""
     import mlflow
 
-    from agents.integrations import ModelSnapshots, SteppedController, set_engine_hparams
+    from agents.integrations import ModelSnapshots, SteppedController
+    from tests.test_integrations import bare_loop
     from agents.learners.agent_folder import Controller
     from agents.learners.training_run import TrainingOptions, run_training
     from envs.episode import PolicyPlan, run_episode
@@ -342,20 +343,7 @@ def test_ask_and_tell_drives_a_controlled_agent_as_the_environment_does(tmp_path
                             model=engine.module, context={"effective_batch": session.cfg.micro_batch_size,
                                                           "train_examples": len(session.data.train)},
                             snapshots=ModelSnapshots(engine.module, engine.optimizer))
-    train = session.data.train
-    g = torch.Generator().manual_seed(env.session_seed)
-    params = [p for p in engine.module.parameters() if p.requires_grad]
-    engine.train()
-    for step in range(16):
-        set_engine_hparams(engine, ctl.hparams_for(step))
-        batch = train.select(torch.randint(0, len(train), (session.cfg.micro_batch_size,), generator=g))
-        out = engine(**session.engine_inputs(batch))
-        engine.backward(out.loss)
-        norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-        engine.step()
-        ctl.tell_step(float(out.loss.detach()), norm)
-        if ctl.wants_eval(step):
-            ctl.tell_eval(session.evaluate("validation").loss)
+    bare_loop(env, ctl, 16, env.session_seed)  # the user's own deepspeed loop
     for a, b in zip(seen, env_obs):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert len(seen) == len(env_obs) == 4

@@ -47,7 +47,7 @@ import torch
 from agents.learners.agent_folder import Controller
 from envs.actions import ActionMap
 from envs.control import ControlActions, ControlledSchedule
-from envs.features import RunContext, UpdateStats, observe, observe_scale_free
+from envs.features import RunContext, UpdateStats, observe, observe_scale_free, weight_update
 from envs.finetune_env import eval_outcome
 from trainers.schedules import recipe_schedule
 from trainers.session import Hparams, StepMetrics, apply_hparams
@@ -181,18 +181,8 @@ class SteppedController:
     def _note_update(self) -> None:
         """As the environment: the last interval's weight change over the weights, and its cosine
         with the change before."""
-        before = self._weights_before
-        norm = lambda ts: float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in ts])))  # noqa: E731
-        size = norm(before)
-        torch._foreach_sub_(before, [p.detach().float() for p in self.model.parameters() if p.requires_grad])
-        change = norm(before)
-        cos = 0.0
-        if self._last_delta is not None and change > 0:
-            dot = float(sum(torch.sum(a * b) for a, b in zip(before, self._last_delta)))
-            last = norm(self._last_delta)
-            cos = dot / (change * last) if last > 0 else 0.0
-        self._update = UpdateStats(change / max(size, 1e-12), cos)
-        self._last_delta = before
+        now = [p.detach().float() for p in self.model.parameters() if p.requires_grad]
+        self._update, self._last_delta = weight_update(self._weights_before, now, self._last_delta)
 
     def _roll_back(self, step: int) -> None:
         if self.snapshots is None or self._snapshot is None:
