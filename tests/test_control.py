@@ -37,6 +37,8 @@ def _fresh_mlflow(mlflow, tmp_path) -> None:
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    # with its artifact folder: by default it would be ./mlruns, inside the repository
+    mlflow.create_experiment("control", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment("control")
 
 

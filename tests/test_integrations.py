@@ -407,6 +407,7 @@ def test_trainer_callback_drives_a_controlled_agent_on_deepspeed(env, tmp_path, 
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.create_experiment("controlled", artifact_location=(tmp_path / "artifacts").as_uri())  # not ./mlruns
     mlflow.set_experiment("controlled")
     with mlflow.start_run():
         run_training(cfg, TrainingOptions(algo="ppo", decisions=4, checkpoint_every=0), tmp_path / "agent")
