@@ -32,8 +32,9 @@ def build_parser() -> CommandParser:
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per held-out instance (default: 3)")
     add_worker_arguments(p)
     p.add_argument("--baselines-from", default=None, metavar="AGENT_FOLDER",
-                   help="reuse the default-recipe and held-start runs of another agent's evaluation on the same "
-                        "instance set and seeds (they do not depend on the policy); only the policy runs")
+                   help="reuse the runs no policy acts in (default recipe, held start; for a residual controller "
+                        "the guess held and the range test) from another agent's evaluation on the same instance "
+                        "set and seeds; only the policy runs")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite under results/)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     return p

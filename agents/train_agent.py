@@ -39,6 +39,10 @@ def build_parser() -> CommandParser:
     g.add_argument("--imitate", default=None, metavar="LR_GRID_JSON",
                    help="PPO only: before learning, imitate the best constant lr per training instance from this "
                         "lr-grid result (python -m agents.headroom --lr-grid), then learn on from there")
+    g.add_argument("--reference-runs-from", default=None, metavar="AGENT_FOLDER",
+                   help="paired reward: start from another agent's cached recipe runs (its reference_runs/); each "
+                        "is used only where its key (instance, session, episode, bounds, recipe, seed) is this "
+                        "run's, else computed again")
     g.add_argument("--imitation-episodes", type=positive_int, default=24, help="noisy-expert episodes to imitate (default: 24)")
     g = p.add_argument_group("where it runs")
     g.add_argument("--n-envs", type=positive_int, default=1, help="parallel fine-tuning episodes (default: 1)")
@@ -101,6 +105,11 @@ def prepare(args: argparse.Namespace):
         from agents.learners.imitation import expert_targets
 
         expert_targets(Path(args.imitate), cfg)  # a bad file stops here, before anything is written
+    reference_runs_from = None
+    if args.reference_runs_from is not None:
+        from agents.learners.training_run import reference_runs_source
+
+        reference_runs_from = reference_runs_source(Path(args.reference_runs_from), cfg)
     check_writable_folder(Path(args.out), "--out")  # a folder, and one that takes files, before any training
     folder = Path(args.out) / name
     check_agent_folder(folder, args.resume, args.algo, imitate=args.imitate is not None)
@@ -114,6 +123,7 @@ def prepare(args: argparse.Namespace):
         validate_every=args.validate_every if args.validate_every is not None else max(decisions // 4, 1),
         checkpoint_every=args.checkpoint_every, resume=args.resume,
         imitate=Path(args.imitate) if args.imitate else None, imitation_episodes=args.imitation_episodes,
+        reference_runs_from=reference_runs_from,
         command="python -m agents.train_agent " + " ".join(sys.argv[1:]))
     return cfg, folder, opts
 

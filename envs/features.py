@@ -85,8 +85,9 @@ def observe(
 # ---------------------------------------------------------------- the scale-free observation
 # Signals that mean the same on a 1-layer tail at loss 4 and a LoRA adapter at loss 0.3 (what
 # LHOPT found transfers across tasks), the controller's own corrections, and the run's context.
-# The controller is not told the lr itself, nor how far its start is from its recipe's: a user's
-# wrong guess looks like the recipe's own start until the run's signals say otherwise.
+# The controller is not told the lr itself, nor (in this kind) how far its start is from its
+# recipe's: a user's wrong guess looks like the recipe's own start until the run's signals say
+# otherwise. The anchored kind below adds that distance.
 SCALE_FREE_FEATURES = (
     "progress",
     "lr_at_bound",  # +1 / -1: the lr scale is at its upper / lower limit (the hard bounds), else 0
@@ -113,9 +114,27 @@ SCALE_FREE_FEATURES = (
 )
 
 
+# scale_free_anchored: the same, and where the run stands against its recipe. A residual
+# controller carries its recipe and is told the run's start, so in deployment it knows how far a
+# user's guess sits from the recipe; without this, a guess-start episode's return is set by a
+# number the controller cannot see, and its critic learns noise (issue 24's diagnosis).
+ANCHOR_FEATURES = (
+    "lr_vs_recipe_log2",  # log2 of the run's lr scale on the recipe's schedule (0: the recipe's own lr)
+    "weight_decay_vs_recipe_log2",
+    "grad_clip_vs_recipe_log2",
+)
+SCALE_FREE_ANCHORED_FEATURES = SCALE_FREE_FEATURES + ANCHOR_FEATURES
+
+
+def is_scale_free(kind: str) -> bool:
+    """Whether a ``control.features`` kind builds a scale-free observation (watches the weights)."""
+    return kind in ("scale_free", "scale_free_anchored")
+
+
 def feature_names(kind: str) -> tuple[str, ...]:
     """The observation a ``control.features`` kind builds."""
-    return SCALE_FREE_FEATURES if kind == "scale_free" else FEATURE_NAMES
+    return {"scale_free": SCALE_FREE_FEATURES, "scale_free_anchored": SCALE_FREE_ANCHORED_FEATURES}.get(
+        kind, FEATURE_NAMES)
 
 
 @dataclass(frozen=True)
@@ -192,8 +211,10 @@ def observe_scale_free(
     last_eval_change: float,
     best_eval_loss: float,
     context: RunContext,
+    recipe_log2_scales: Optional[Sequence[float]] = None,
 ) -> np.ndarray:
-    """SCALE_FREE_FEATURES, in order, clipped to [OBS_LOW, OBS_HIGH]."""
+    """SCALE_FREE_FEATURES, in order, then ANCHOR_FEATURES when ``recipe_log2_scales`` (the
+    schedule's log2 scales on the recipe) is given; clipped to [OBS_LOW, OBS_HIGH]."""
     ref = max(initial_eval_loss, 1e-8)
     v = [progress, float(lr_at_bound), *log2_scales, base_lr_fraction, float(cooldown_started)]
     if steps:
@@ -208,5 +229,7 @@ def observe_scale_free(
         v += [1.0, 0.0, math.log10(1e-12), 0.0, 0.0, 0.0]  # before any step: nothing has moved
     v += [eval_loss / ref, last_eval_change / ref, (eval_loss - best_eval_loss) / ref]
     v += context.features()
+    if recipe_log2_scales is not None:
+        v += [float(x) for x in recipe_log2_scales]
     out = np.nan_to_num(np.asarray(v, dtype=np.float64), nan=OBS_HIGH, posinf=OBS_HIGH, neginf=OBS_LOW)
     return np.clip(out, OBS_LOW, OBS_HIGH).astype(np.float32)

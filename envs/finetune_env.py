@@ -18,7 +18,7 @@ from gymnasium import spaces
 
 from envs.actions import ActionMap
 from envs.control import ControlActions, ControlledSchedule, action_map_for  # noqa: F401 (re-exported)
-from envs.features import (OBS_HIGH, OBS_LOW, RunContext, UpdateStats, feature_names, observe,
+from envs.features import (OBS_HIGH, OBS_LOW, RunContext, UpdateStats, feature_names, is_scale_free, observe,
                            observe_scale_free, weight_update)
 from trainers.config import InstanceSetConfig, InstanceSpec, SessionConfig, load_config, parse_config
 from trainers.data import TaskData, build_task_data
@@ -246,7 +246,7 @@ class FineTuneEnv(gym.Env):
         return Hparams(user_guess_start(user_guess_lr, log_uniform), drawn.weight_decay, drawn.grad_clip)
 
     def _obs(self, steps: Sequence[StepMetrics]) -> np.ndarray:
-        if self.cfg.control.features == "scale_free":
+        if is_scale_free(self.cfg.control.features):
             sched = self.schedule
             at = min(self.steps_done, self.total_steps - 1)
             peak = max(h.lr for h in sched.base)
@@ -254,11 +254,17 @@ class FineTuneEnv(gym.Env):
                 self.steps_done / self.total_steps, sched.lr_at_bound(at),
                 sched.log2_corrections(), sched.base_lr(at) / peak, sched.cooldown_start is not None,
                 steps, self._update, self._first_grad_norm, self.eval_loss, self.initial_eval.loss,
-                self.last_eval_change, self._best_eval, self.run_context())
+                self.last_eval_change, self._best_eval, self.run_context(), self._recipe_log2_scales())
         return observe(
             self.steps_done / self.total_steps, self.session.hparams(), self.cfg.bounds, steps,
             self.eval_loss, self.initial_eval.loss, self.last_eval_change,
         )
+
+    def _recipe_log2_scales(self) -> Optional[list[float]]:
+        """Where the run stands against its recipe (the anchored observation only)."""
+        if self.cfg.control.features != "scale_free_anchored":
+            return None
+        return [float(x) for x in np.log2(self.schedule.scales)]
 
     def run_context(self) -> RunContext:
         """What a practitioner knows about the current run before it starts."""
@@ -290,7 +296,7 @@ class FineTuneEnv(gym.Env):
         self._keeps_best = self.controlled and control.schedule_actions
         self._best_snapshot = self.session.snapshot() if self._keeps_best else None
         self._snapshot_eval = self.eval_loss  # the validation loss the snapshot was taken at
-        self._watch_weights = control.features == "scale_free"
+        self._watch_weights = is_scale_free(control.features)
         self._update, self._last_delta, self._first_grad_norm = UpdateStats(), None, None
 
     def _roll_back(self) -> None:

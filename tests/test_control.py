@@ -10,7 +10,7 @@ import torch
 
 from envs.control import ControlActions, ControlledSchedule, Decoded, cooldown_power
 from envs.features import SCALE_FREE_FEATURES, RunContext, UpdateStats, observe_scale_free
-from trainers.config import ActionConfig, ControlConfig, HparamBounds, RecipeConfig, parse_config
+from trainers.config import ActionConfig, ControlConfig, HparamBounds, RecipeConfig, load_config, parse_config
 from trainers.schedules import recipe_schedule
 from trainers.session import Hparams, StepMetrics
 
@@ -199,6 +199,39 @@ def test_a_users_guess_looks_like_the_recipes_own_start_until_the_run_says_other
     np.testing.assert_array_equal(own, guess)
 
 
+def test_the_anchored_observation_sees_the_guess_and_only_it(control_cfg, tiny_session):
+    """features: scale_free_anchored adds where the run stands on its recipe: at the first decision
+    a user's guess and the recipe's own lr differ in lr_vs_recipe_log2 alone, by the guess's
+    factor; an action moves it by the lr step, as it moves the correction."""
+    from envs.features import ANCHOR_FEATURES, SCALE_FREE_ANCHORED_FEATURES
+    from envs.finetune_env import FineTuneEnv
+
+    cfg = parse_config({**control_cfg.model_dump(mode="json"), "control": {**FULL, "features": "scale_free_anchored"}})
+    env = FineTuneEnv(cfg, split="all", session=tiny_session)
+    name = cfg.heldout[0].name
+    own, _ = env.reset(seed=4, options={"instance": name})
+    guess, info = env.reset(seed=4, options={"instance": name, "start": "user_guess"})
+    assert env.feature_names == SCALE_FREE_ANCHORED_FEATURES and own.shape == (len(SCALE_FREE_ANCHORED_FEATURES),)
+    at = SCALE_FREE_ANCHORED_FEATURES.index("lr_vs_recipe_log2")
+    assert own[at] == 0.0 and guess[at] == pytest.approx(math.log2(info["start_lr_scale"]), abs=1e-6)
+    assert abs(guess[at]) > 0.1
+    differ = [SCALE_FREE_ANCHORED_FEATURES[i] for i in np.flatnonzero(own != guess)]
+    assert differ == ["lr_vs_recipe_log2"]
+    np.testing.assert_array_equal(own[: -len(ANCHOR_FEATURES)], guess[: -len(ANCHOR_FEATURES)])
+    down = np.array([-0.5, 0, 0, 0, 0], dtype=np.float32)  # lr / 2 (a full entry is 2**2)
+    after, *_ = env.step(down)
+    named = dict(zip(SCALE_FREE_ANCHORED_FEATURES, after))
+    assert named["lr_scale_log2"] == pytest.approx(-1.0)
+    assert named["lr_vs_recipe_log2"] == pytest.approx(guess[at] - 1.0, abs=1e-6)
+
+
+def test_the_anchored_observation_needs_a_recipe(fast_cfg_dict):
+    from trainers.config import ConfigError
+
+    with pytest.raises(ConfigError, match="scale_free_anchored.*residual"):
+        parse_config({**fast_cfg_dict, "control": {**FULL, "residual": False, "features": "scale_free_anchored"}})
+
+
 def test_reference_runs_are_computed_once_and_keyed_by_the_recipe(control_cfg, tiny_session, tmp_path):
     from envs.episode import ReferenceRuns
     from envs.finetune_env import FineTuneEnv, seeded_session_seed
@@ -212,6 +245,41 @@ def test_reference_runs_are_computed_once_and_keyed_by_the_recipe(control_cfg, t
     assert again.get(control_cfg, env.instance.name, env.batch_seed) == env.reference
     other = parse_config({**control_cfg.model_dump(mode="json"), "control": {**FULL, "recipe": {"lr": 3e-3}}})
     assert again.get(other, env.instance.name, env.batch_seed) is None  # another recipe: computed again
+    # --reference-runs-from copies what a new agent folder lacks; each file is still read by its key
+    from agents.learners.training_run import seed_reference_runs
+
+    assert seed_reference_runs(tmp_path, tmp_path / "copy") == 1
+    assert seed_reference_runs(tmp_path, tmp_path / "copy") == 0  # nothing copied over what is there
+    copied = ReferenceRuns(str(tmp_path / "copy"))
+    assert copied.get(control_cfg, env.instance.name, env.batch_seed) == env.reference
+    assert copied.get(other, env.instance.name, env.batch_seed) is None
+
+
+def test_reference_runs_from_a_folder_without_them_is_refused_before_anything_is_written(capsys, tmp_path):
+    from tests.test_commands import _run
+
+    out = tmp_path / "out"
+    line = _run(capsys, "agents.train_agent", ["--config", "tiny_residual", "--reference-runs-from",
+                                               str(tmp_path / "nowhere"), "--out", str(out), "--no-heldout"])
+    assert line.startswith("error: --reference-runs-from") and "nowhere/reference_runs" in line
+    line = _run(capsys, "agents.train_agent", ["--config", "tiny", "--reference-runs-from", str(tmp_path),
+                                               "--out", str(out), "--no-heldout"])
+    assert "no paired reward" in line
+    assert not out.exists()
+
+
+def test_baselines_are_reused_across_observations_but_not_across_instance_sets():
+    """agents.evaluate --baselines-from: runs no policy acts in are the same whatever a controller
+    observes, and differ when anything they run differs."""
+    from agents.experiments.heldout import same_runs_without_a_policy
+
+    residual, anchored = load_config("smollm2_wide_residual"), load_config("smollm2_wide_anchored")
+    assert anchored.control.features != residual.control.features and anchored.name != residual.name
+    assert same_runs_without_a_policy(residual, anchored)
+    other_recipe = parse_config({**residual.model_dump(mode="json"),
+                                 "control": {**residual.control.model_dump(mode="json"), "recipe": {"lr": 1e-3}}})
+    assert not same_runs_without_a_policy(residual, other_recipe)
+    assert not same_runs_without_a_policy(residual, load_config("smollm2_wide"))
 
 
 def test_rollback_returns_to_the_best_snapshot_and_spends_the_budget(fast_cfg_dict, tiny_session, monkeypatch):
@@ -303,7 +371,9 @@ def test_a_controller_trained_under_control_loads_acts_and_asks_for_what_it_obse
         SteppedController(ctl, total_steps=10, initial=H(1e-3, 0.01, 1.0))
 
 
-def test_ask_and_tell_drives_a_controlled_agent_as_the_environment_does(tmp_path, fast_cfg_dict, tiny_session):
+@pytest.mark.parametrize("features", ["scale_free", "scale_free_anchored"])
+def test_ask_and_tell_drives_a_controlled_agent_as_the_environment_does(tmp_path, fast_cfg_dict, tiny_session,
+                                                                        features):
     """A residual controller with schedule actions and the scale-free observation, in a bare
     DeepSpeed loop on the environment's own engine and batches, from a user's guess: the same
     observations, per-step hyperparameters, rollback and losses as the environment's episode.
@@ -318,7 +388,7 @@ def test_ask_and_tell_drives_a_controlled_agent_as_the_environment_does(tmp_path
     from envs.finetune_env import FineTuneEnv
 
     cfg = parse_config({**fast_cfg_dict, "episode": {**fast_cfg_dict["episode"], "total_steps": 16},
-                        "control": {**FULL, "reward": "improvement"}})
+                        "control": {**FULL, "reward": "improvement", "features": features}})
     _fresh_mlflow(mlflow, tmp_path)
     with mlflow.start_run():
         run_training(cfg, TrainingOptions(algo="ppo", decisions=4, checkpoint_every=0), tmp_path / "agent")

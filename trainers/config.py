@@ -280,7 +280,8 @@ class ControlConfig(_Strict):
     # two more action entries: start the cooldown now (its shape from the entry's size), and roll back
     # to the best snapshot so far (the budget spent is not refunded)
     schedule_actions: bool = False
-    features: Literal["basic", "scale_free"] = "basic"  # envs/features.py
+    # envs/features.py; scale_free_anchored adds the run's scales on the recipe (residual only)
+    features: Literal["basic", "scale_free", "scale_free_anchored"] = "basic"
     # paired: each decision's reward is its change in advantage over the base recipe's own run on the
     # same instance and batch seed, so an episode's return is its final advantage over the recipe
     reward: Literal["improvement", "paired"] = "improvement"
@@ -291,6 +292,13 @@ class ControlConfig(_Strict):
     # factor drawn log-uniformly from 0.01 to 100) instead of the recipe's own lr
     user_guess_fraction: float = Field(default=0.0, ge=0, le=1)
     lr_log2_step: float = Field(default=1.0, gt=0)  # a full lr action multiplies by 2**this
+
+    @model_validator(mode="after")
+    def _anchored_needs_a_recipe(self) -> "ControlConfig":
+        if self.features == "scale_free_anchored" and not self.residual:
+            raise ValueError("features: scale_free_anchored observes the run against its recipe, which needs "
+                             "residual: true")
+        return self
 
     @property
     def enabled(self) -> bool:

@@ -72,18 +72,25 @@ def evaluate_and_report(agent: Path, seeds: int, command: str, pool: Optional[di
     return summary
 
 
+def same_runs_without_a_policy(a: InstanceSetConfig, b: InstanceSetConfig) -> bool:
+    """Whether two instance sets make the same runs where no policy acts: equal but for what such
+    runs do not use (the name, the action space, and what a controller observes)."""
+    unused = {"name": True, "action": True, "control": {"features"}}
+    return a.model_dump(exclude=unused) == b.model_dump(exclude=unused)
+
+
 def reusable_baselines(other_folder: Path, cfg: InstanceSetConfig, seeds: int) -> tuple[dict[str, list[dict]], dict]:
-    """The default-recipe and held-start runs of another agent's held-out evaluation, when they are
-    the runs this evaluation would make: the same instance set (the action space aside, which these
-    runs do not use), measured on the same stack, and every (instance, seed) present. Each run's
+    """The runs of another agent's held-out evaluation that no policy acts in (default recipe, held
+    start; for a residual controller the guess held and the range test too), when they are the runs
+    this evaluation would make: the same instance set (its name, action space and observation aside,
+    which these runs do not use), measured on the same stack, and every (instance, seed) present. Each run's
     seed fixes its start, batches and dropout, so rerunning them would give the same logs; a
     mismatch stops with the reason instead."""
     from agents.learners.agent_folder import Controller
     from trainers.config import read_structured_file
     from trainers.provenance import machine_info
 
-    other_cfg = Controller(other_folder).env_config
-    if other_cfg.model_dump(exclude={"action"}) != cfg.model_dump(exclude={"action"}):
+    if not same_runs_without_a_policy(Controller(other_folder).env_config, cfg):
         raise ConfigError(f"--baselines-from {other_folder}: that agent's instance set differs from this one's "
                           "(env_config.yaml), so its baseline runs are not this evaluation's")
     data = read_structured_file(Path(other_folder) / "heldout.json")
@@ -97,7 +104,8 @@ def reusable_baselines(other_folder: Path, cfg: InstanceSetConfig, seeds: int) -
                           "CPU kernels differ, so its runs are not this evaluation's")
     out: dict[str, list[dict]] = {}
     need = [(inst.name, s) for inst in cfg.heldout for s in range(seeds)]
-    for m in ("default_recipe", "held_start"):
+    # a residual controller's rescue rivals never act either: the guess held, and the range test
+    for m in ("default_recipe", "held_start") + (("held_guess", "range_test") if cfg.control.residual else ()):
         have = {(r.get("instance"), r.get("seed")): r for r in (runs or {}).get(m, []) if isinstance(r, dict)}
         missing = [j for j in need if j not in have]
         if missing:

@@ -47,7 +47,7 @@ import torch
 from agents.learners.agent_folder import Controller
 from envs.actions import ActionMap
 from envs.control import ControlActions, ControlledSchedule
-from envs.features import RunContext, UpdateStats, observe, observe_scale_free, weight_update
+from envs.features import RunContext, UpdateStats, is_scale_free, observe, observe_scale_free, weight_update
 from envs.finetune_env import eval_outcome
 from trainers.schedules import recipe_schedule
 from trainers.session import Hparams, StepMetrics, apply_hparams
@@ -74,7 +74,7 @@ class SteppedController:
             raise ValueError("initial: give the starting hyperparameters (only a residual controller starts from "
                              "its recipe's own)")
         self.model, self.snapshots = model, snapshots
-        if control.features == "scale_free":
+        if is_scale_free(control.features):
             if model is None or not context or {"effective_batch", "train_examples"} - set(context):
                 raise ValueError("this controller observes the run's weights and context: pass model=<the module "
                                  "that trains> and context={'effective_batch': ..., 'train_examples': ...}")
@@ -100,7 +100,7 @@ class SteppedController:
         self.initial = self.actions.clip(initial)
         self.current = self.initial
         self._update, self._last_delta, self._first_grad_norm = UpdateStats(), None, None
-        self._weights_before = self._weights() if control.features == "scale_free" else None
+        self._weights_before = self._weights() if is_scale_free(control.features) else None
         self.best_eval = math.inf
         self._snapshot = None
         self.rollbacks: list[dict[str, Any]] = []  # each asked for: done, or not (no snapshots given)
@@ -163,14 +163,16 @@ class SteppedController:
 
     def observation(self) -> np.ndarray:
         """What the controller sees now: the environment's observation function on this run's state."""
-        if self.controller.env_config.control.features == "scale_free":
+        kind = self.controller.env_config.control.features
+        if is_scale_free(kind):
             sched = self.schedule_state
             at = min(self.steps_done, self.total_steps - 1)
             return observe_scale_free(
                 self.steps_done / self.total_steps, sched.lr_at_bound(at), sched.log2_corrections(),
                 sched.base_lr(at) / max(h.lr for h in sched.base), sched.cooldown_start is not None,
                 self._interval_steps, self._update, self._first_grad_norm, self.eval_loss, self.initial_eval_loss,
-                self.last_eval_change, self.best_eval, self.context)
+                self.last_eval_change, self.best_eval, self.context,
+                [float(x) for x in np.log2(sched.scales)] if kind == "scale_free_anchored" else None)
         return observe(self.steps_done / self.total_steps, self.current, self.bounds, self._interval_steps,
                        self.eval_loss, self.initial_eval_loss, self.last_eval_change)
 

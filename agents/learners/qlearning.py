@@ -40,10 +40,12 @@ class QLearningConfig:
     def for_features(cls, kind: str) -> "QLearningConfig":
         """Bins over the observation a ``control.features`` kind builds: for the scale-free one,
         where the run stands, the controller's own lr correction, the adapter, and the two signals
-        of an lr too high or too low (the loss trend's certainty, the updates' agreement)."""
-        if kind != "scale_free":
+        of an lr too high or too low (the loss trend's certainty, the updates' agreement). The
+        anchored one bins the lr's distance from the recipe in place of the correction."""
+        if kind not in ("scale_free", "scale_free_anchored"):
             return cls()
-        return cls(bins={"progress": [0.34, 0.67], "lr_scale_log2": [-2.0, -0.5, 0.5, 2.0], "ctx_lora": [0.5],
+        lr = "lr_vs_recipe_log2" if kind == "scale_free_anchored" else "lr_scale_log2"
+        return cls(bins={"progress": [0.34, 0.67], lr: [-2.0, -0.5, 0.5, 2.0], "ctx_lora": [0.5],
                          "train_loss_slope_t": [-2.0, 0.0], "update_cosine": [0.0, 0.5], "cooldown_started": [0.5]})
 
 

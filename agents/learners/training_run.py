@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from envs.control import action_map_for
 from envs.episode import PolicyPlan, run_episode
 from envs.features import feature_names
 from trainers.atomic_files import write_json_atomic, write_text_atomic
-from trainers.config import InstanceSetConfig
+from trainers.config import ConfigError, InstanceSetConfig
 
 CURVE_FIELDS = ["timesteps", "instance", "return", "improvement", "diverged", "final_lr"]
 REFERENCE_RUNS = "reference_runs"  # the base recipe's runs for the paired reward (envs.episode.ReferenceRuns)
@@ -50,6 +51,7 @@ class TrainingOptions:
     command: str = ""
     imitate: Optional[Path] = None  # an lr-grid result: warm-start PPO by imitating it (agents/learners/imitation.py)
     imitation_episodes: int = 24
+    reference_runs_from: Optional[Path] = None  # another agent's reference_runs/ to start the cache from
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -202,6 +204,32 @@ def learned_decisions(model, learned_by_rollouts: int) -> int:
     return min(int(model.num_timesteps), int(learned_by_rollouts))
 
 
+def reference_runs_source(agent: Path, cfg: InstanceSetConfig) -> Path:
+    """The reference_runs/ folder of ``agent`` for --reference-runs-from, checked before anything is
+    written: a paired-reward config, and a folder that holds recipe runs."""
+    if cfg.control.reward != "paired":
+        raise ConfigError(f"--reference-runs-from: config {cfg.name!r} has no paired reward, so no reference runs")
+    src = Path(agent) / REFERENCE_RUNS
+    if src.is_symlink() or not src.is_dir():
+        raise ConfigError(f"--reference-runs-from: {src}: not a folder of reference runs")
+    return src
+
+
+def seed_reference_runs(src: Path, dest: Path) -> int:
+    """Copy the recipe runs this folder lacks (``<instance>-seed<k>.json``), each atomically. Nothing
+    is trusted: envs.episode.ReferenceRuns reads a file only when its key is the run's own and its
+    curve whole, and computes it again otherwise."""
+    from trainers.atomic_files import write_bytes_atomic
+
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for f in sorted(src.glob("*.json")):
+        if f.is_file() and not f.is_symlink() and not (dest / f.name).exists():
+            write_bytes_atomic(dest / f.name, f.read_bytes())
+            copied += 1
+    return copied
+
+
 def _write_curve(path: Path, curve: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CURVE_FIELDS)
@@ -337,6 +365,10 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
     seed = opts.seed + len(curve)  # a resumed run does not replay the episodes it already learned from
     # the paired reward's recipe runs live in the agent folder: computed once, kept across --resume
     references = str(folder / REFERENCE_RUNS) if cfg.control.reward == "paired" else None
+    if references and opts.reference_runs_from is not None:
+        copied = seed_reference_runs(opts.reference_runs_from, Path(references))
+        print(f"reference runs: {copied} taken from {opts.reference_runs_from} (each checked by its key when used)",
+              file=sys.stderr)
     raw = make_vec_env(cfg, opts.n_envs, opts.backend, opts.ray_address, seed=seed, max_restarts=opts.max_restarts,
                        reference_folder=references)
     sessions = in_process_sessions(raw)
