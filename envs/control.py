@@ -125,6 +125,12 @@ class ControlledSchedule:
         """What the controller has changed since the start, per hyperparameter (log2)."""
         return [float(np.log2(s / s0)) for s, s0 in zip(self.scales, self.start_scales)]
 
+    def recipe_log2_scales(self) -> list[float]:
+        """Where the run stands on its base, per hyperparameter (log2; 0 at the base's own values).
+        A hyperparameter the base holds at 0 (no weight decay) reads 0: its scale changes nothing."""
+        return [float(np.log2(s)) if any(getattr(h, name) > 0 for h in self.base) else 0.0
+                for s, name in zip(self.scales, HPARAM_NAMES)]
+
     def lr_at_bound(self, step: int) -> int:
         """+1 / -1 when the lr scale sits at its upper / lower limit (see ``clamped``), else 0."""
         lo, hi = self.bounds.lr

@@ -132,7 +132,8 @@ class ReferenceRuns:
     """The base recipe's validation curves by (instance, batch seed), for the paired reward:
     kept in memory, and in ``folder`` (one JSON file each) when given, so that each is computed
     once across processes and sessions. A file whose key (instance, session, episode, bounds,
-    recipe) differs is computed again."""
+    recipe) differs, or that was made on another stack (``trainers.provenance.stack_info``; files
+    from before it was recorded say nothing and are read), is computed again."""
 
     def __init__(self, folder: Optional[str] = None) -> None:
         from pathlib import Path
@@ -153,6 +154,8 @@ class ReferenceRuns:
     def get(self, cfg: InstanceSetConfig, instance: str, seed: int) -> Optional[list[float]]:
         import json
 
+        from trainers.provenance import stack_info
+
         key = self.key(cfg, instance, seed)
         held = self._mem.get((instance, seed))
         if held is not None and held[0] == key:
@@ -166,7 +169,9 @@ class ReferenceRuns:
             curve = saved.get("curve") if isinstance(saved, dict) else None
             whole = (isinstance(curve, list) and curve
                      and all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in curve))
-            if saved.get("key") == key and whole:  # anything else (damaged, another key) is computed again
+            # a run made on another stack (when the file says) is not this stack's run: computed again
+            same_stack = not isinstance(saved, dict) or saved.get("stack") in (None, stack_info())
+            if isinstance(saved, dict) and saved.get("key") == key and whole and same_stack:  # anything else (damaged, another key) is computed again
                 self._mem[(instance, seed)] = (key, curve)
                 return curve
         return None
@@ -195,6 +200,7 @@ class ReferenceRuns:
         path = self._path(instance, seed)
         if path is not None:
             from trainers.atomic_files import write_json_atomic
+            from trainers.provenance import stack_info
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, {"key": key, "curve": curve})
+            write_json_atomic(path, {"key": key, "curve": curve, "stack": stack_info()})

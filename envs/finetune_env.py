@@ -264,7 +264,7 @@ class FineTuneEnv(gym.Env):
         """Where the run stands against its recipe (the anchored observation only)."""
         if self.cfg.control.features != "scale_free_anchored":
             return None
-        return [float(x) for x in np.log2(self.schedule.scales)]
+        return self.schedule.recipe_log2_scales()
 
     def run_context(self) -> RunContext:
         """What a practitioner knows about the current run before it starts."""

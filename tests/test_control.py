@@ -223,6 +223,20 @@ def test_the_anchored_observation_sees_the_guess_and_only_it(control_cfg, tiny_s
     named = dict(zip(SCALE_FREE_ANCHORED_FEATURES, after))
     assert named["lr_scale_log2"] == pytest.approx(-1.0)
     assert named["lr_vs_recipe_log2"] == pytest.approx(guess[at] - 1.0, abs=1e-6)
+    wd_up = np.array([0, 1.0, 0, 0, 0], dtype=np.float32)  # weight decay x 2**max_log2_step
+    after, *_ = env.step(wd_up)
+    named = dict(zip(SCALE_FREE_ANCHORED_FEATURES, after))
+    assert named["weight_decay_vs_recipe_log2"] == pytest.approx(cfg.action.max_log2_step)
+    assert named["grad_clip_vs_recipe_log2"] == 0.0
+
+
+def test_a_hyperparameter_the_recipe_holds_at_zero_reads_as_the_recipes():
+    """No weight decay in the base: scaling it changes nothing, so the anchor does not move."""
+    sched = ControlledSchedule(recipe_schedule(RecipeConfig(lr=3e-4, weight_decay=0.0), 20, min_lr=1e-5), BOUNDS)
+    sched.start_at(np.array([0.25, 1.0, 1.0]))
+    sched.act(Decoded(np.array([1.0, 3.0, -1.0])), 4)
+    assert sched.recipe_log2_scales() == pytest.approx([-1.0, 0.0, -1.0])
+    assert sched.hparams_at(5).weight_decay == 0.0
 
 
 def test_the_anchored_observation_needs_a_recipe(fast_cfg_dict):
@@ -253,6 +267,16 @@ def test_reference_runs_are_computed_once_and_keyed_by_the_recipe(control_cfg, t
     copied = ReferenceRuns(str(tmp_path / "copy"))
     assert copied.get(control_cfg, env.instance.name, env.batch_seed) == env.reference
     assert copied.get(other, env.instance.name, env.batch_seed) is None
+    # a run made on another stack (Python, torch, threads, accelerator) is not this one's
+    import json
+
+    path = tmp_path / "copy" / f"{env.instance.name}-seed{env.batch_seed}.json"
+    saved = json.loads(path.read_text())
+    assert saved["stack"]["torch"] == torch.__version__
+    path.write_text(json.dumps({**saved, "stack": {**saved["stack"], "cpu_count": 999}}))
+    assert ReferenceRuns(str(tmp_path / "copy")).get(control_cfg, env.instance.name, env.batch_seed) is None
+    path.write_text(json.dumps([saved]))  # not a mapping at all: computed again, not a crash
+    assert ReferenceRuns(str(tmp_path / "copy")).get(control_cfg, env.instance.name, env.batch_seed) is None
 
 
 def test_reference_runs_from_a_folder_without_them_is_refused_before_anything_is_written(capsys, tmp_path):
@@ -265,6 +289,10 @@ def test_reference_runs_from_a_folder_without_them_is_refused_before_anything_is
     line = _run(capsys, "agents.train_agent", ["--config", "tiny", "--reference-runs-from", str(tmp_path),
                                                "--out", str(out), "--no-heldout"])
     assert "no paired reward" in line
+    (tmp_path / "empty" / "reference_runs").mkdir(parents=True)
+    line = _run(capsys, "agents.train_agent", ["--config", "tiny_residual", "--reference-runs-from",
+                                               str(tmp_path / "empty"), "--out", str(out), "--no-heldout"])
+    assert "holds no reference runs" in line
     assert not out.exists()
 
 
@@ -280,6 +308,35 @@ def test_baselines_are_reused_across_observations_but_not_across_instance_sets()
                                  "control": {**residual.control.model_dump(mode="json"), "recipe": {"lr": 1e-3}}})
     assert not same_runs_without_a_policy(residual, other_recipe)
     assert not same_runs_without_a_policy(residual, load_config("smollm2_wide"))
+
+
+def test_a_residual_agents_rescue_rivals_are_reused_and_a_missing_one_is_named(tmp_path, monkeypatch):
+    """--baselines-from for a residual controller: the guess held and the range test come from the
+    other evaluation too, in this evaluation's (instance, seed) order; a run it lacks stops it."""
+    import json
+    from types import SimpleNamespace
+
+    from agents.experiments import heldout
+    from agents.learners import agent_folder
+    from trainers.config import ConfigError
+    from trainers.provenance import machine_info
+
+    residual, anchored = load_config("smollm2_wide_residual"), load_config("smollm2_wide_anchored")
+    monkeypatch.setattr(agent_folder, "Controller", lambda folder: SimpleNamespace(env_config=residual))
+    names = [i.name for i in anchored.heldout]
+    methods = ("default_recipe", "held_start", "held_guess", "range_test", "policy", "policy_guess")
+    runs = {m: [{"instance": n, "seed": s, "test_loss": float(k), "method": m}
+                for k, (s, n) in enumerate((s, n) for s in (1, 0) for n in names)] for m in methods}
+    (tmp_path / "heldout.json").write_text(json.dumps({"runs": runs, "summary": {"machine": machine_info()}}))
+    reused, source = heldout.reusable_baselines(tmp_path, anchored, seeds=2)
+    assert sorted(reused) == sorted(source["methods"]) == ["default_recipe", "held_guess", "held_start", "range_test"]
+    for m, got in reused.items():
+        assert [(r["instance"], r["seed"]) for r in got] == [(n, s) for n in names for s in range(2)]
+        assert {r["method"] for r in got} == {m}
+    runs["range_test"] = runs["range_test"][1:]
+    (tmp_path / "heldout.json").write_text(json.dumps({"runs": runs, "summary": {"machine": machine_info()}}))
+    with pytest.raises(ConfigError, match="no range_test run for instance"):
+        heldout.reusable_baselines(tmp_path, anchored, seeds=2)
 
 
 def test_rollback_returns_to_the_best_snapshot_and_spends_the_budget(fast_cfg_dict, tiny_session, monkeypatch):
@@ -528,3 +585,15 @@ def test_the_rescue_summary_reads_gaps_against_the_recipes_own_run():
     assert s2["methods"]["held_guess"]["median_gap_ci95"] == s["methods"]["held_guess"]["median_gap_ci95"]
     runs["policy_guess"] = [dict(r, test_loss=r["test_loss"] * 1.2) for r in runs["policy_guess"]]
     assert not rescue_summary(runs)["goal_met"]
+
+
+@pytest.mark.parametrize("features", ["scale_free", "scale_free_anchored"])
+def test_imitation_refuses_a_scale_free_observation_before_anything_runs(fast_cfg_dict, tmp_path, features):
+    """The lr-grid expert reads the lr from the basic observation; the scale-free kinds do not hold
+    it, so --imitate stops with the reason instead of failing mid-run."""
+    from agents.learners.imitation import expert_targets
+    from trainers.config import ConfigError
+
+    cfg = parse_config({**fast_cfg_dict, "control": {**FULL, "features": features}})
+    with pytest.raises(ConfigError, match="scale-free observation does not hold"):
+        expert_targets(tmp_path / "grid.json", cfg)

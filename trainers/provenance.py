@@ -1,6 +1,7 @@
 """Where a measurement came from: the machine, its load and the commit, stored beside every number."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -37,6 +38,16 @@ def machine_info() -> dict:
         # the machine is shared: its load when the figures were taken says how far to trust them
         "loadavg_1_5_15min": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+@functools.lru_cache(maxsize=1)
+def stack_info() -> dict:
+    """What must match for a run measured elsewhere to stand in for one made here: the same floats
+    need the same Python, torch, thread count and accelerator."""
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def utc_now() -> str:

@@ -172,7 +172,7 @@ class SteppedController:
                 sched.base_lr(at) / max(h.lr for h in sched.base), sched.cooldown_start is not None,
                 self._interval_steps, self._update, self._first_grad_norm, self.eval_loss, self.initial_eval_loss,
                 self.last_eval_change, self.best_eval, self.context,
-                [float(x) for x in np.log2(sched.scales)] if kind == "scale_free_anchored" else None)
+                sched.recipe_log2_scales() if kind == "scale_free_anchored" else None)
         return observe(self.steps_done / self.total_steps, self.current, self.bounds, self._interval_steps,
                        self.eval_loss, self.initial_eval_loss, self.last_eval_change)
 
@@ -277,8 +277,9 @@ def controlled_schedule(cfg, total_steps: int, initial: Optional[Hparams]) -> Co
         return sched
     recipe = cfg.base_recipe
     sched = ControlledSchedule(recipe_schedule(recipe, total_steps, min_lr=bounds.lr[0]), bounds)
-    if initial is not None:  # the guess is an lr: the recipe's weight decay and clipping stand, as in training
-        sched.start_at(np.array([initial.lr / recipe.lr, 1.0, 1.0]))
+    # the guess is an lr: the recipe's weight decay and clipping stand, as in training; clamped as the
+    # environment clamps every start, the recipe's own too
+    sched.start_at(np.array([initial.lr / recipe.lr if initial is not None else 1.0, 1.0, 1.0]))
     return sched
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.features import FEATURE_NAMES, feature_names
+from envs.features import FEATURE_NAMES, feature_names, is_scale_free
 from trainers.config import ConfigError, InstanceSetConfig, read_structured_file
 
 LR_FEATURE = FEATURE_NAMES.index("lr_pos")
@@ -29,7 +29,7 @@ LR_FEATURE = FEATURE_NAMES.index("lr_pos")
 
 def expert_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
     """instance -> best constant lr, for every training instance of cfg, from an lr-grid result."""
-    if cfg.control.features == "scale_free":
+    if is_scale_free(cfg.control.features):
         raise ConfigError(f"--imitate: the expert reads the lr in force from the observation, which {cfg.name}'s "
                           "scale-free observation does not hold; imitation is not built for it")
     data = read_structured_file(Path(path))

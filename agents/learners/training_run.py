@@ -212,6 +212,14 @@ def reference_runs_source(agent: Path, cfg: InstanceSetConfig) -> Path:
     src = Path(agent) / REFERENCE_RUNS
     if src.is_symlink() or not src.is_dir():
         raise ConfigError(f"--reference-runs-from: {src}: not a folder of reference runs")
+    try:  # every file readable now, so that the copy after the run starts does not fail half way
+        files = [f for f in sorted(src.iterdir()) if f.suffix == ".json" and f.is_file() and not f.is_symlink()]
+        for f in files:
+            f.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"--reference-runs-from: {src}: cannot be read ({err.strerror or err})") from None
+    if not files:
+        raise ConfigError(f"--reference-runs-from: {src}: holds no reference runs (<instance>-seed<k>.json)")
     return src
 
 
@@ -223,10 +231,13 @@ def seed_reference_runs(src: Path, dest: Path) -> int:
 
     dest.mkdir(parents=True, exist_ok=True)
     copied = 0
-    for f in sorted(src.glob("*.json")):
-        if f.is_file() and not f.is_symlink() and not (dest / f.name).exists():
-            write_bytes_atomic(dest / f.name, f.read_bytes())
-            copied += 1
+    try:
+        for f in sorted(src.iterdir()):
+            if f.suffix == ".json" and f.is_file() and not f.is_symlink() and not (dest / f.name).exists():
+                write_bytes_atomic(dest / f.name, f.read_bytes())
+                copied += 1
+    except OSError as err:
+        raise ConfigError(f"--reference-runs-from: {src}: cannot be read ({err.strerror or err})") from None
     return copied
 
 
