@@ -40,9 +40,8 @@ def build_parser() -> CommandParser:
                    help="PPO only: before learning, imitate the best constant lr per training instance from this "
                         "lr-grid result (python -m agents.headroom --lr-grid), then learn on from there")
     g.add_argument("--reference-runs-from", default=None, metavar="AGENT_FOLDER",
-                   help="paired reward: start from another agent's cached recipe runs (its reference_runs/); each "
-                        "is used only where its key (instance, session, episode, bounds, recipe, seed) is this "
-                        "run's, else computed again")
+                   help="paired reward: start from another agent's cached recipe runs (reference_runs/); each is "
+                        "used only where its key and stack are this run's")
     g.add_argument("--imitation-episodes", type=positive_int, default=24, help="noisy-expert episodes to imitate (default: 24)")
     g = p.add_argument_group("where it runs")
     g.add_argument("--n-envs", type=positive_int, default=1, help="parallel fine-tuning episodes (default: 1)")
@@ -77,7 +76,8 @@ def prepare(args: argparse.Namespace):
     """Every check, before anything is written or deleted; returns the config, folder and options."""
     from agents.learners.agent_folder import check_agent_folder
     from agents.learners.sb3_setup import DEFAULT_DECISIONS, action_mode_for, resumed_rollouts, whole_rollouts
-    from agents.learners.training_run import TrainingOptions, read_state
+    from agents.learners.imitation import check_warm_start
+    from agents.learners.training_run import TrainingOptions, read_state, reference_runs_source
     from agents.reporting.mlflow_tracking import check_tracking_uri
     from trainers.atomic_files import check_writable_folder
     from trainers.models import check_model_limits
@@ -97,19 +97,9 @@ def prepare(args: argparse.Namespace):
     check_model_limits(cfg.session)  # a window the model cannot read stops here, before any folder or run
     if args.decisions == 0 and args.imitate is None:
         raise ConfigError("--decisions 0 learns nothing: it is only for --imitate (the imitation-only policy)")
-    if args.imitate is not None:
-        if args.algo != "ppo":
-            raise ConfigError(f"--imitate warm-starts PPO's policy; --algo {args.algo} has none to warm-start")
-        if args.ray or args.ray_address:
-            raise ConfigError("--imitate runs on the in-process or --subproc backend, not --ray")
-        from agents.learners.imitation import expert_targets
-
-        expert_targets(Path(args.imitate), cfg)  # a bad file stops here, before anything is written
-    reference_runs_from = None
-    if args.reference_runs_from is not None:
-        from agents.learners.training_run import reference_runs_source
-
-        reference_runs_from = reference_runs_source(Path(args.reference_runs_from), cfg)
+    if args.imitate is not None:  # a bad file stops here, before anything is written
+        check_warm_start(Path(args.imitate), cfg, args.algo, bool(args.ray or args.ray_address))
+    reference_runs_from = reference_runs_source(Path(args.reference_runs_from), cfg) if args.reference_runs_from else None
     check_writable_folder(Path(args.out), "--out")  # a folder, and one that takes files, before any training
     folder = Path(args.out) / name
     check_agent_folder(folder, args.resume, args.algo, imitate=args.imitate is not None)

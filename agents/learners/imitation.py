@@ -54,6 +54,16 @@ def expert_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
     return targets
 
 
+def check_warm_start(path: Path, cfg: InstanceSetConfig, algo: str, on_ray: bool) -> None:
+    """What --imitate needs, checked before anything is written: PPO, a backend whose resets name
+    the instance, and a readable lr-grid result for every training instance."""
+    if algo != "ppo":
+        raise ConfigError(f"--imitate warm-starts PPO's policy; --algo {algo} has none to warm-start")
+    if on_ray:
+        raise ConfigError("--imitate runs on the in-process or --subproc backend, not --ray")
+    expert_targets(path, cfg)
+
+
 def lr_from_obs(raw_obs: np.ndarray, cfg: InstanceSetConfig) -> np.ndarray:
     """The current lr of each observation, decoded from its lr_pos feature (a log position in the
     hard bounds)."""
