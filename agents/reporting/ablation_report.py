@@ -93,10 +93,18 @@ def ablation_markdown(summary: dict, command: str) -> str:
              "|---|---|" + "---|" * len(STARTS)]
     for part, row in summary["parts"].items():
         lines.append(f"| {part} | `{row['agent']}` | " + " | ".join(_cell(row.get(m)) for m in STARTS) + " |")
-    lines += ["", "Each agent's own policy − its base recipe (in range, mean) and its rescue median gap:", ""]
+    lines += ["", "Each agent is one training run: the intervals cover held-out instances and evaluation seeds, "
+              "not the spread between training runs of the same setup.", "",
+              "Each agent's own policy − its base recipe (in range, mean), and its median rescue gap "
+              "(test loss from a user's guess over the recipe's own, − 1):", ""]
+
+    def gap(g: Optional[float]) -> str:
+        return f"{100 * g:+.1f}%" if isinstance(g, (int, float)) else "–"
+
     full = summary.get("full_minus_base_recipe") or {}
-    lines.append(f"- full: {full.get('mean', float('nan')):+.3f}; gap {summary.get('full_rescue_median_gap')}")
+    lines.append(f"- full: {full.get('mean', float('nan')):+.3f}; rescue gap {gap(summary.get('full_rescue_median_gap'))}")
     for part, row in summary["parts"].items():
         own = row.get("own_minus_base_recipe") or {}
-        lines.append(f"- without {part}: {own.get('mean', float('nan')):+.3f}; gap {row.get('own_rescue_median_gap')}")
+        lines.append(f"- without {part}: {own.get('mean', float('nan')):+.3f}; "
+                     f"rescue gap {gap(row.get('own_rescue_median_gap'))}")
     return "\n".join(lines) + "\n"
