@@ -37,7 +37,7 @@ echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
 echo "[bootstrap] installing transformers, peft, trl, gymnasium, sb3, optuna, ray[tune], mlflow and friends" >&2
 $PIP install -q -c "$CONSTRAINTS" hjson msgpack ninja numpy packaging psutil py-cpuinfo pydantic tqdm einops \
   "transformers==5.24.0" "gymnasium==1.4.0" "stable-baselines3==2.9.2" "optuna==5.0.0" \
-  "ray[tune]==2.60.0" "mlflow==3.17.2" tokenizers gguf accelerate pyyaml matplotlib pytest \
+  "ray[tune]==2.60.0" "mlflow==3.17.2" tokenizers gguf accelerate pyyaml matplotlib pytest "pytest-xdist==3.8.0" \
   "schedulefree==1.4.1" "prodigyopt==1.1.2" "optuna-dashboard==0.21.0" "peft==0.21.2" "trl==1.16.0"
 
 # --no-build-isolation: built against the torch above, so it records torch's real version. No ops

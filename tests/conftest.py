@@ -9,6 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # bash test.sh: one process per core, one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # (PLATFORM.md: 2 threads beside other load ran 4-40x slower)
 
 import pytest
 

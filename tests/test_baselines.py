@@ -288,6 +288,7 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
     assert on_mine["methods"]["policy"]["1"]["compute_steps"] == 8
 
 
+@pytest.mark.xdist_group("ray")  # starts a Ray node: one at a time (bash test.sh runs pytest-xdist)
 def test_pbt_runs_on_ray_tune_and_measures_its_compute(fast_cfg_dict, tmp_path):
     import ray
 
@@ -438,6 +439,7 @@ def test_pbt_seeds_the_rngs_its_initial_population_is_drawn_from(fast_cfg_dict, 
     assert drawn[0] == drawn[1] != drawn[2]
 
 
+@pytest.mark.xdist_group("ray")  # starts a Ray node: one at a time (bash test.sh runs pytest-xdist)
 def test_pbt_compute_counts_what_members_ran_not_population_times_steps(fast_cfg_dict, tmp_path):
     """Members that diverge at their first interval stop there: the compute is what they ran."""
     from agents.baselines.pbt import run_pbt
@@ -450,6 +452,7 @@ def test_pbt_compute_counts_what_members_ran_not_population_times_steps(fast_cfg
     assert math.isnan(res["test_loss"])  # no member finished: nothing to select
 
 
+@pytest.mark.xdist_group("ray")  # starts a Ray node: one at a time (bash test.sh runs pytest-xdist)
 def test_optuna_search_runs_as_ray_tune_trials_with_asha(fast_cfg_dict, tmp_path):
     import ray
 
@@ -599,6 +602,7 @@ def test_the_transferred_recipes_objective_weighs_instances_alike():
     assert improvement({"eval_curve": [(0, 1.0), (8, float("nan"))], "initial_eval_loss": 1.0, "diverged": True}) == -1.0
 
 
+@pytest.mark.xdist_group("ray")  # starts a Ray node: one at a time (bash test.sh runs pytest-xdist)
 def test_pbt_stopped_by_ctrl_c_is_not_a_result_and_keeps_its_checkpoints(fast_cfg_dict, tmp_path, monkeypatch):
     """Ray Tune catches Ctrl-C, marks the stopped members TERMINATED and returns normally: run_pbt
     must not take that for a finished population, delete its checkpoints, or report a result."""

@@ -9,6 +9,9 @@ import yaml
 
 from agents import train_agent
 
+# pytest-xdist (bash test.sh): this file's module fixtures are built once, in one worker
+pytestmark = pytest.mark.xdist_group("test_commands")
+
 
 def _run(capsys, module: str, argv: list[str]) -> str:
     with pytest.raises(SystemExit) as info:

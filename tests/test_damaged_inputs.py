@@ -382,6 +382,7 @@ def test_ctrl_c_before_the_first_decision_leaves_nothing_to_refuse_the_next_run(
     check_agent_folder(folder, resume=False, algo="qlearning")  # not refused
 
 
+@pytest.mark.xdist_group("timed_processes")  # second processes raced on time: not beside each other
 def test_ctrl_c_says_where_the_run_was_checkpointed(tmp_path, files):
     import os
     import signal
@@ -506,6 +507,7 @@ def test_tune_refuses_a_folder_another_run_writes(capsys, tmp_path):
     assert not (tmp_path / "tuned").exists()
 
 
+@pytest.mark.xdist_group("timed_processes")  # second processes raced on time: not beside each other
 def test_two_tune_processes_on_one_output_cannot_both_write(tmp_path):
     """A real second process is refused while the first tunes into the same --out; the first's
     results are whole when it ends."""

@@ -9,6 +9,9 @@ from trainers.config import DatasetSpec, SessionConfig
 from trainers.data import IGNORE, build_task_data
 from trainers.session import FineTuneSession, Hparams
 
+# pytest-xdist (bash test.sh): this file's module fixtures are built once, in one worker
+pytestmark = pytest.mark.xdist_group("test_frozen_prefix")
+
 CHAT = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
 

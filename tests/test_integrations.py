@@ -14,6 +14,9 @@ from envs.episode import PolicyPlan, run_episode
 from envs.finetune_env import FineTuneEnv
 from trainers.config import REPO_ROOT, ConfigError
 
+# pytest-xdist (bash test.sh): this file's module fixtures are built once, in one worker
+pytestmark = pytest.mark.xdist_group("test_integrations")
+
 AGENT = REPO_ROOT / "results" / "agents" / "ppo-tiny-seed0"
 INSTANCE = "bbc-tech-lm"  # held out from the agent's training
 

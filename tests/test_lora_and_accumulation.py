@@ -9,6 +9,9 @@ from trainers.config import DatasetSpec, LoraSpec, SessionConfig, parse_config
 from trainers.data import build_task_data
 from trainers.session import FineTuneSession, Hparams
 
+# pytest-xdist (bash test.sh): this file's module fixtures are built once, in one worker
+pytestmark = pytest.mark.xdist_group("test_lora_and_accumulation")
+
 CHAT = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 K = 2  # trainable (adapted) last layers of SmolLM2's 30
 

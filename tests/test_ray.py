@@ -16,6 +16,9 @@ from agents.parallel.ray_cluster import init_ray
 from agents.parallel.ray_vec_env import EnvWorker, RayVecEnv, WorkerFailure
 from trainers.config import parse_config
 
+# pytest-xdist (bash test.sh): tests that start a Ray node run one at a time, in one worker
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 @pytest.fixture(scope="module")
 def ray_local():
@@ -97,7 +100,7 @@ def test_hung_worker_is_treated_as_dead_and_restarted(ray_local, cfg_dict, tmp_p
                 time.sleep(3600)
             return super().step(action)
 
-    venv = RayVecEnv(cfg_dict, 1, seed=0, call_timeout_s=20, worker_cls=HangsOnce)
+    venv = RayVecEnv(cfg_dict, 1, seed=0, call_timeout_s=60, worker_cls=HangsOnce)
     venv.reset()
     t0 = time.monotonic()
     _, rewards, dones, infos = venv.step(np.zeros((1, 3), dtype=np.float32))

@@ -16,6 +16,9 @@ import yaml
 from agents.parallel.ray_cluster import loopback_environment
 from trainers.config import REPO_ROOT
 
+# pytest-xdist (bash test.sh): tests that start a Ray node run one at a time, in one worker
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 def _stepping_env_worker_pids(raylet_pid: int) -> list[int]:
     """Ray actor processes of class EnvWorker started by one node's raylet that are in a step now

@@ -81,6 +81,7 @@ def test_worker_processes_build_their_context_once_and_give_the_same_results():
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
 
 
+@pytest.mark.xdist_group("ray")  # starts a Ray node: one at a time (bash test.sh runs pytest-xdist)
 def test_ray_actors_give_the_same_results_and_ray_is_stopped_after():
     import operator
 

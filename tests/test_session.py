@@ -9,6 +9,9 @@ from trainers.config import DatasetSpec, SessionConfig
 from trainers.data import build_task_data
 from trainers.session import FineTuneSession, Hparams
 
+# pytest-xdist (bash test.sh): this file's module fixtures are built once, in one worker
+pytestmark = pytest.mark.xdist_group("test_session")
+
 
 @pytest.fixture()
 def session(tiny_session, tiny_cfg):

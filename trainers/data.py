@@ -82,10 +82,10 @@ def chitchat_conversations() -> tuple[tuple[str, ...], ...]:
                 last_sender = m.get("sender")
         if len(msgs) >= 2:  # 3,150 conversations are a single message: nothing to reply to
             convs.append(tuple(msgs))
+    from trainers.atomic_files import write_text_atomic
+
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".partial")
-    tmp.write_text(json.dumps(convs), encoding="utf-8")
-    tmp.rename(cached)
+    write_text_atomic(cached, json.dumps(convs))  # two processes building it at once each write whole
     return tuple(convs)
 
 

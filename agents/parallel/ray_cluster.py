@@ -88,7 +88,9 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> b
         worker_env = {k: env[k] for k in ("HOME", "RAY_AUTH_TOKEN_PATH")} | _worker_env_vars()
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                # address="local": a node of its own, never one that RAY_ADDRESS or another process's
+                # test cluster (/tmp/ray/ray_current_cluster) points at
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                          log_to_driver=False, runtime_env={"env_vars": worker_env})
                 break
             except Exception as err:  # Ray gives its raylet a fixed 30 s to register; a loaded machine misses it
