@@ -587,13 +587,50 @@ def test_the_rescue_summary_reads_gaps_against_the_recipes_own_run():
     assert not rescue_summary(runs)["goal_met"]
 
 
-@pytest.mark.parametrize("features", ["scale_free", "scale_free_anchored"])
-def test_imitation_refuses_a_scale_free_observation_before_anything_runs(fast_cfg_dict, tmp_path, features):
-    """The lr-grid expert reads the lr from the basic observation; the scale-free kinds do not hold
-    it, so --imitate stops with the reason instead of failing mid-run."""
+def test_imitation_refuses_an_observation_without_the_lr_before_anything_runs(fast_cfg_dict, tmp_path):
+    """The expert reads the lr in force from the observation: the plain scale-free kind does not
+    hold it, and only the anchored kind says where the run stands on its recipe, so --imitate stops
+    with the reason instead of failing mid-run."""
     from agents.learners.imitation import expert_targets
     from trainers.config import ConfigError
 
-    cfg = parse_config({**fast_cfg_dict, "control": {**FULL, "features": features}})
+    cfg = parse_config({**fast_cfg_dict, "control": FULL})
     with pytest.raises(ConfigError, match="scale-free observation does not hold"):
         expert_targets(tmp_path / "grid.json", cfg)
+    with pytest.raises(ConfigError, match="--imitate recipe: .*scale_free_anchored"):
+        expert_targets("recipe", cfg)
+    with pytest.raises(ConfigError, match="--imitate recipe"):
+        expert_targets("recipe", parse_config(fast_cfg_dict))
+
+
+def test_the_recipe_expert_returns_any_start_to_the_recipe_and_then_holds(fast_cfg_dict, tiny_session):
+    """--imitate recipe on an anchored residual config: from a user's guess the expert's lr entry
+    walks the run back to the recipe's lr as fast as a full action allows (2**lr_log2_step a
+    decision), and from there (and from the recipe's own start) it changes nothing, so its episode
+    from the recipe's start is the recipe's run."""
+    from agents.learners.imitation import expert_action, expert_targets
+    from envs.features import SCALE_FREE_ANCHORED_FEATURES
+    from envs.finetune_env import FineTuneEnv
+
+    cfg = parse_config({**fast_cfg_dict, "episode": {**fast_cfg_dict["episode"], "total_steps": 16},
+                        "control": {**FULL, "features": "scale_free_anchored", "reward": "improvement"}})
+    targets = expert_targets("recipe", cfg)
+    assert set(targets) == {i.name for i in cfg.train} and set(targets.values()) == {cfg.base_recipe.lr}
+    env = FineTuneEnv(cfg, split="all", session=tiny_session)
+    at = SCALE_FREE_ANCHORED_FEATURES.index("lr_vs_recipe_log2")
+    name = cfg.train[0].name
+    for seed in range(20):  # a guess more than one full action away, above or below
+        obs, info = env.reset(seed=seed, options={"instance": name, "start": "user_guess"})
+        if abs(math.log2(info["start_lr_scale"])) > cfg.control.lr_log2_step:
+            break
+    seen, done = [float(obs[at])], False
+    while not done:
+        a = expert_action(obs[None], np.array([targets[name]]), cfg)[0]
+        assert not a[1:].any()  # weight decay, clipping, cooldown and rollback: held
+        obs, _, done, _, info = env.step(a)
+        seen.append(float(obs[at]))
+    assert abs(seen[0]) > cfg.control.lr_log2_step
+    assert abs(seen[1]) == pytest.approx(abs(seen[0]) - cfg.control.lr_log2_step, abs=1e-6)  # a full step back
+    assert seen[-1] == pytest.approx(0.0, abs=1e-6)  # at the recipe's lr
+    own, _ = env.reset(seed=0, options={"instance": name})
+    assert not expert_action(own[None], np.array([targets[name]]), cfg).any()

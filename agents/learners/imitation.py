@@ -1,4 +1,6 @@
-"""Warm-starting PPO by imitating search results on the training instances.
+"""Warm-starting PPO by imitating search results on the training instances (or, for a residual
+controller that observes where it stands on its recipe, ``--imitate recipe``: the expert returns the
+lr to the recipe's, and holds everything else).
 
 A learning-rate search (``python -m agents.headroom --lr-grid``) finds, for every training
 instance, the constant learning rate with the best validation loss. The "expert" here moves the
@@ -27,9 +29,21 @@ from trainers.config import ConfigError, InstanceSetConfig, read_structured_file
 LR_FEATURE = FEATURE_NAMES.index("lr_pos")
 
 
+RECIPE = "recipe"  # --imitate recipe: the expert returns the lr to the base recipe's
+
+
 def expert_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
-    """instance -> best constant lr, for every training instance of cfg, from an lr-grid result."""
-    if is_scale_free(cfg.control.features):
+    """instance -> the lr the expert moves toward, for every training instance of cfg: the best
+    constant lr of an lr-grid result, or (``--imitate recipe``) the base recipe's own lr, for a
+    residual controller that observes where it stands on its recipe."""
+    anchored = cfg.control.features == "scale_free_anchored"
+    if str(path) == RECIPE:
+        if not anchored:
+            raise ConfigError(f"--imitate recipe: the expert returns to the recipe from where the run stands on it, "
+                              f"which only control.features: scale_free_anchored observes ({cfg.name} has "
+                              f"{cfg.control.features!r})")
+        return {inst.name: cfg.base_recipe.lr for inst in cfg.train}
+    if is_scale_free(cfg.control.features) and not anchored:
         raise ConfigError(f"--imitate: the expert reads the lr in force from the observation, which {cfg.name}'s "
                           "scale-free observation does not hold; imitation is not built for it")
     data = read_structured_file(Path(path))
@@ -81,7 +95,12 @@ def expert_action(raw_obs: np.ndarray, target_lr: np.ndarray, cfg: InstanceSetCo
     width = getattr(action_map_for(cfg), "width", 3)
     a = np.zeros((len(raw), width), dtype=np.float32)
     step = cfg.control.lr_log2_step if cfg.control.enabled else cfg.action.max_log2_step
-    a[:, 0] = np.clip(np.log2(target_lr / lr_from_obs(raw, cfg)) / step, -1.0, 1.0)
+    if cfg.control.features == "scale_free_anchored":  # the peak lr now: the recipe's, times the run's scale
+        at = feature_names(cfg.control.features).index("lr_vs_recipe_log2")
+        now = np.log2(cfg.base_recipe.lr) + raw[..., at]
+        a[:, 0] = np.clip((np.log2(target_lr) - now) / step, -1.0, 1.0)
+    else:
+        a[:, 0] = np.clip(np.log2(target_lr / lr_from_obs(raw, cfg)) / step, -1.0, 1.0)
     return a
 
 
