@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.test_commands import _run
 from trainers.config import REPO_ROOT, load_config
@@ -12,11 +13,17 @@ from trainers.config import REPO_ROOT, load_config
 ENV_CONFIG = REPO_ROOT / "results" / "agents" / "ppo-smollm2_wide_residual" / "env_config.yaml"
 
 
-def _agent(folder, losses: dict[tuple[str, int], float], guess_shift: float = 0.0):
+def _agent(folder, losses: dict[tuple[str, int], float], guess_shift: float = 0.0, config=None, guess_scale=0.1):
     folder.mkdir(parents=True)
-    shutil.copy(ENV_CONFIG, folder / "env_config.yaml")
-    runs = {"policy": [{"instance": i, "seed": s, "test_loss": v} for (i, s), v in losses.items()],
-            "policy_guess": [{"instance": i, "seed": s, "test_loss": v + guess_shift} for (i, s), v in losses.items()]}
+    if config is None:
+        shutil.copy(ENV_CONFIG, folder / "env_config.yaml")
+    else:
+        (folder / "env_config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    runs = {"policy": [{"instance": i, "seed": s, "test_loss": v, "start_scales": [1.0, 1.0, 1.0]}
+                       for (i, s), v in losses.items()],
+            "policy_guess": [{"instance": i, "seed": s, "test_loss": v + guess_shift,
+                              "start_scales": [guess_scale, 1.0, 1.0]} for (i, s), v in losses.items()],
+            "held_start": [{"instance": i, "seed": s, "test_loss": 2.0} for (i, s) in losses]}
     (folder / "heldout.json").write_text(json.dumps({"runs": runs, "summary": {}}))
     return folder
 
@@ -45,6 +52,10 @@ def test_a_part_that_lowered_the_loss_everywhere_is_bought_and_extrapolation_is_
     assert row["policy"]["n_instances"] == len(in_range) and row["policy"]["n_seeds"] == 3
     assert row["policy_guess"]["mean"] == pytest.approx(-0.1, abs=0.02) and row["policy_guess"]["verdict"] == "cost"
     assert sorted(out["extrapolation_instances"]) == sorted(extrapolation)
+    # the rescue gap (over the recipe's own run, 2.0 here) counts the in-range instances alone
+    assert out["full_rescue_gap"]["n_instances"] == len(in_range)
+    assert out["full_rescue_gap"]["median_gap"] == pytest.approx(0.3 / 2.0, abs=0.02)
+    assert row["own_rescue_gap"]["median_gap"] == pytest.approx(0.2 / 2.0, abs=0.02)
     saved = json.loads((tmp_path / "abl" / "full.json").read_text())
     assert saved["parts"]["anchor"]["policy"]["mean"] == row["policy"]["mean"]
     assert "| anchor |" in (tmp_path / "abl" / "full.md").read_text()
@@ -61,3 +72,21 @@ def test_agents_evaluated_on_other_seeds_are_refused_by_name(capsys, tmp_path, i
     line = _run(capsys, "agents.ablation", ["--full", str(tmp_path / "none"), "--without", f"x={b}"])
     assert "no held-out evaluation" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_agents_that_met_other_runs_are_refused(capsys, tmp_path, instances):
+    """Another recipe, other extrapolation tags, or other starts: not an ablation of the same runs."""
+    in_range, _ = instances
+    cfg = load_config(ENV_CONFIG)
+    losses = {(i, s): 1.0 for i in in_range for s in range(2)}
+    a = _agent(tmp_path / "full", losses)
+    other_recipe = cfg.model_copy(update={"control": cfg.control.model_copy(
+        update={"recipe": cfg.control.recipe.model_copy(update={"lr": 1e-3})})})
+    b = _agent(tmp_path / "recipe", losses, config=other_recipe)
+    assert "another base recipe" in _run(capsys, "agents.ablation", ["--full", str(a), "--without", f"x={b}"])
+    retagged = cfg.model_copy(update={"heldout": tuple(i.model_copy(update={"tags": ()}) for i in cfg.heldout)})
+    c = _agent(tmp_path / "tags", losses, config=retagged)
+    assert "another instance set" in _run(capsys, "agents.ablation", ["--full", str(a), "--without", f"x={c}"])
+    d = _agent(tmp_path / "starts", losses, guess_scale=10.0)
+    line = _run(capsys, "agents.ablation", ["--full", str(a), "--without", f"x={d}"])
+    assert "runs.policy_guess" in line and "started elsewhere" in line

@@ -601,6 +601,9 @@ def test_imitation_refuses_an_observation_without_the_lr_before_anything_runs(fa
         expert_targets("recipe", cfg)
     with pytest.raises(ConfigError, match="--imitate recipe"):
         expert_targets("recipe", parse_config(fast_cfg_dict))
+    anchored = parse_config({**fast_cfg_dict, "control": {**FULL, "features": "scale_free_anchored"}})
+    with pytest.raises(ConfigError, match="use --imitate recipe"):  # a grid's constant lr is not a peak
+        expert_targets(tmp_path / "grid.json", anchored)
 
 
 def test_the_recipe_expert_returns_any_start_to_the_recipe_and_then_holds(fast_cfg_dict, tiny_session):

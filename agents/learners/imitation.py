@@ -43,7 +43,10 @@ def expert_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
                               f"which only control.features: scale_free_anchored observes ({cfg.name} has "
                               f"{cfg.control.features!r})")
         return {inst.name: cfg.base_recipe.lr for inst in cfg.train}
-    if is_scale_free(cfg.control.features) and not anchored:
+    if anchored:  # a grid's best constant lr is not a peak on the recipe's warmup and decay
+        raise ConfigError(f"--imitate {path}: {cfg.name} corrects a recipe's schedule, which an lr grid's best "
+                          "constant lr does not say how to; use --imitate recipe")
+    if is_scale_free(cfg.control.features):
         raise ConfigError(f"--imitate: the expert reads the lr in force from the observation, which {cfg.name}'s "
                           "scale-free observation does not hold; imitation is not built for it")
     data = read_structured_file(Path(path))
@@ -115,7 +118,10 @@ class Demonstrations:
 
 def collect(venv, targets: dict[str, float], cfg: InstanceSetConfig, episodes: int, noise: float,
             gamma: float, seed: int, on_step=None) -> Demonstrations:
-    """Run ``episodes`` episodes in the (VecNormalize-wrapped) VecEnv under the noisy expert.
+    """Run ``episodes`` episodes in the (VecNormalize-wrapped) VecEnv under the noisy expert. The
+    noise goes on every action entry, schedule actions too (a cooldown or rollback then fires in
+    some episodes): the states cover runs the expert would not make, and the labels stay the clean
+    expert's; the value head learns the noisy expert's returns, which PPO refits.
     ``on_step(n_envs, infos)`` sees every step (a progress bar, dropped episodes)."""
     rng = np.random.default_rng(seed)
     obs = venv.reset()

@@ -14,14 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from agents.reporting.rescue_report import paired_intervals
-from trainers.config import ConfigError, load_config, read_structured_file
+from agents.reporting.rescue_report import _median_with_interval, paired_intervals
+from trainers.config import ConfigError, InstanceSetConfig, load_config, read_structured_file
 
 STARTS = {"policy": "from the recipe's own start", "policy_guess": "from a user's guess (0.01x-100x)"}
 
 
-def read_evaluation(folder: Path) -> tuple[dict[str, list[dict]], dict, set[str]]:
-    """An agent folder's held-out runs, summary, and extrapolation instances."""
+def read_evaluation(folder: Path) -> tuple[dict[str, list[dict]], dict, InstanceSetConfig]:
+    """An agent folder's held-out runs, summary, and instance set."""
     path = Path(folder) / "heldout.json"
     if not path.is_file():
         raise ConfigError(f"{path}: no held-out evaluation (run python -m agents.evaluate --agent {folder})")
@@ -34,8 +34,43 @@ def read_evaluation(folder: Path) -> tuple[dict[str, list[dict]], dict, set[str]
             if not (isinstance(r, dict) and isinstance(r.get("instance"), str) and isinstance(r.get("seed"), int)
                     and isinstance(r.get("test_loss"), (int, float))):
                 raise ConfigError(f"{path}: runs.{method}: every run needs instance, seed and test_loss")
-    cfg = load_config(Path(folder) / "env_config.yaml")
-    return runs, data.get("summary") or {}, {i.name for i in cfg.heldout if "extrapolation" in i.tags}
+    return runs, data.get("summary") or {}, load_config(Path(folder) / "env_config.yaml")
+
+
+def check_comparable(full: Path, full_cfg: InstanceSetConfig, folder: Path, cfg: InstanceSetConfig) -> None:
+    """The two agents met the same runs: the same instance set but for its name, its action space
+    and its control (what an ablation switches), the same base recipe, and the same held-out
+    instances with the same tags."""
+    skip = {"name", "action", "control"}
+    if cfg.model_dump(exclude=skip) != full_cfg.model_dump(exclude=skip):
+        raise ConfigError(f"{Path(folder) / 'env_config.yaml'}: another instance set than {Path(full) / 'env_config.yaml'} "
+                          "(beyond name, action and control): its runs are not comparable")
+    if cfg.base_recipe != full_cfg.base_recipe:
+        raise ConfigError(f"{Path(folder) / 'env_config.yaml'}: another base recipe than {full}'s")
+
+
+def _check_same_starts(folder: Path, full: Path, method: str, runs: list[dict], full_runs: list[dict]) -> None:
+    theirs = {(r["instance"], r["seed"]): r.get("start_scales") for r in full_runs}
+    for r in runs:
+        if r.get("start_scales") != theirs[(r["instance"], r["seed"])]:
+            raise ConfigError(f"{Path(folder) / 'heldout.json'}: runs.{method} of {r['instance']!r} seed {r['seed']} "
+                              f"started elsewhere than {full}'s; its runs are not paired with them")
+
+
+def rescue_gap(runs: dict[str, list[dict]], keep: set[str]) -> Optional[dict]:
+    """The policy's median gap from a user's guess (test loss over the recipe's own on the same
+    instance and seed, − 1) over the instances in ``keep``, with rescue_report's interval."""
+    if "policy_guess" not in runs or "held_start" not in runs:
+        return None
+    base = {(r["instance"], r["seed"]): r["test_loss"] for r in runs["held_start"]}
+    per_inst: dict[str, list[float]] = {}
+    for r in runs["policy_guess"]:
+        if r["instance"] in keep and (r["instance"], r["seed"]) in base:
+            per_inst.setdefault(r["instance"], []).append(r["test_loss"] / base[(r["instance"], r["seed"])] - 1.0)
+    if not per_inst:
+        return None
+    med, lo, hi = _median_with_interval(per_inst)
+    return {"median_gap": med, "median_gap_ci95": [lo, hi], "n_instances": len(per_inst)}
 
 
 def _pairs(runs: list[dict]) -> set[tuple[str, int]]:
@@ -44,13 +79,15 @@ def _pairs(runs: list[dict]) -> set[tuple[str, int]]:
 
 def ablation_summary(full: Path, variants: dict[str, Path]) -> dict:
     """Per part switched off: its paired difference to the full controller, per start."""
-    full_runs, full_summary, extrapolation = read_evaluation(full)
+    full_runs, full_summary, full_cfg = read_evaluation(full)
+    extrapolation = {i.name for i in full_cfg.heldout if "extrapolation" in i.tags}
     in_range = {r["instance"] for r in full_runs["policy"]} - extrapolation
     out: dict = {"full": str(full), "definition": "test loss of the controller without the part minus the full "
                  "controller's, paired on (instance, seed); > 0: the part lowered the loss",
                  "extrapolation_instances": sorted(extrapolation), "parts": {}}
     for part, folder in variants.items():
-        runs, summary, _ = read_evaluation(folder)
+        runs, summary, cfg = read_evaluation(folder)
+        check_comparable(full, full_cfg, folder, cfg)
         row: dict = {"agent": str(folder)}
         for method, label in STARTS.items():
             if method not in full_runs or method not in runs:
@@ -58,18 +95,17 @@ def ablation_summary(full: Path, variants: dict[str, Path]) -> dict:
             if _pairs(runs[method]) != _pairs(full_runs[method]):
                 raise ConfigError(f"{Path(folder) / 'heldout.json'}: runs.{method} covers other (instance, seed) "
                                   f"pairs than {Path(full) / 'heldout.json'}; evaluate both with the same --seeds")
+            _check_same_starts(folder, full, method, runs[method], full_runs[method])
             d = paired_intervals({"without": runs[method], "full": full_runs[method]}, "without", "full", in_range)
             if d is not None:
                 d["verdict"] = "bought" if d.get("worse") else ("cost" if d.get("better") else "nothing shown")
                 d["start"] = label
             row[method] = d
         row["own_minus_base_recipe"] = ((summary.get("rescue") or {}).get("policy_minus_base_recipe") or {}).get("in_range")
-        row["own_rescue_median_gap"] = (((summary.get("rescue") or {}).get("methods") or {}).get("policy_guess")
-                                        or {}).get("median_gap")
+        row["own_rescue_gap"] = rescue_gap(runs, in_range)
         out["parts"][part] = row
     out["full_minus_base_recipe"] = ((full_summary.get("rescue") or {}).get("policy_minus_base_recipe") or {}).get("in_range")
-    out["full_rescue_median_gap"] = (((full_summary.get("rescue") or {}).get("methods") or {}).get("policy_guess")
-                                     or {}).get("median_gap")
+    out["full_rescue_gap"] = rescue_gap(full_runs, in_range)
     return out
 
 
@@ -95,16 +131,19 @@ def ablation_markdown(summary: dict, command: str) -> str:
         lines.append(f"| {part} | `{row['agent']}` | " + " | ".join(_cell(row.get(m)) for m in STARTS) + " |")
     lines += ["", "Each agent is one training run: the intervals cover held-out instances and evaluation seeds, "
               "not the spread between training runs of the same setup.", "",
-              "Each agent's own policy − its base recipe (in range, mean), and its median rescue gap "
-              "(test loss from a user's guess over the recipe's own, − 1):", ""]
+              "Each agent on its own, in range: its policy − its base recipe from the recipe's start (mean), and "
+              "its median rescue gap from a user's guess (test loss over the recipe's own on the same instance and "
+              "seed, − 1; 95% interval from resampling instances):", ""]
 
-    def gap(g: Optional[float]) -> str:
-        return f"{100 * g:+.1f}%" if isinstance(g, (int, float)) else "–"
+    def gap(g: Optional[dict]) -> str:
+        if not g:
+            return "–"
+        lo, hi = g["median_gap_ci95"]
+        return f"{100 * g['median_gap']:+.1f}% [{100 * lo:+.1f}%, {100 * hi:+.1f}%]"
 
     full = summary.get("full_minus_base_recipe") or {}
-    lines.append(f"- full: {full.get('mean', float('nan')):+.3f}; rescue gap {gap(summary.get('full_rescue_median_gap'))}")
+    lines.append(f"- full: {full.get('mean', float('nan')):+.3f}; rescue gap {gap(summary.get('full_rescue_gap'))}")
     for part, row in summary["parts"].items():
         own = row.get("own_minus_base_recipe") or {}
-        lines.append(f"- without {part}: {own.get('mean', float('nan')):+.3f}; "
-                     f"rescue gap {gap(row.get('own_rescue_median_gap'))}")
+        lines.append(f"- without {part}: {own.get('mean', float('nan')):+.3f}; rescue gap {gap(row.get('own_rescue_gap'))}")
     return "\n".join(lines) + "\n"
