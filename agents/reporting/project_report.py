@@ -268,6 +268,32 @@ def _paired_text(d: Optional[dict], unit: str = "+.4f") -> str:
             f"means {_iv(t[0], t[1], unit)}; {d['n_instances']} instances x {d['n_seeds']} seeds{count})")
 
 
+def _which_controller(agent: dict | None) -> str:
+    """'The residual PPO controller (`configs/X.yaml`)', read from the agent's own record."""
+    if not agent:
+        return "The controller"
+    control = (agent.get("action_map") or {}).get("control") or {}
+    kind = "residual " if control.get("residual") else ""
+    config = f" (`configs/{agent['instance_set']}.yaml`)" if agent.get("instance_set") else ""
+    return f"The {kind}{str(agent.get('algo', '')).upper()} controller{config}".replace("  ", " ")
+
+
+def _how_learned(agent: dict) -> str:
+    """How many decisions taught it, and whether PPO or only imitation did: a warm start that
+    PPO never moved is an imitated rule, and the headline must say so."""
+    took = (f"`{agent.get('command', '?')}`, {_minutes(agent.get('training_seconds'))} of training in its last "
+            "invocation")
+    imitation = agent.get("imitation") or {}
+    steps = agent.get("total_timesteps", 0)
+    if imitation and not steps:
+        return (f"**imitation only**: it copies the rule '{imitation.get('source')}' from "
+                f"{imitation.get('decisions')} demonstrated decisions, with no reinforcement learning after ({took})")
+    if imitation:
+        return (f"warm-started by imitating '{imitation.get('source')}' ({imitation.get('decisions')} decisions), "
+                f"then learned from {steps} decisions ({took})")
+    return f"learned from {steps} decisions ({took})"
+
+
 def controller_headline(results: Path) -> str:
     """The README's first paragraph: the residual controller on the wide family's held-out
     instances, against the recipe it corrects and from a user's wrong start, as heldout.json says."""
@@ -287,14 +313,13 @@ def controller_headline(results: Path) -> str:
                    0: "**not shown better than the recipe tuned once** by the project's rule (both intervals below "
                       "0), so the recipe alone is still the simpler choice"}[
             sign_by_both_intervals(ir["ci95_low"], ir["ci95_high"], *ir["t_ci95_over_instances"])]
-    trained = (f"learned from {agent['total_timesteps']} decisions (`{agent.get('command', '?')}`, "
-               f"{_minutes(agent.get('training_seconds'))} of training in its last invocation)") if agent else "its training is not recorded"
+    trained = _how_learned(agent) if agent else "its training is not recorded"
     m = r["methods"]
     gaps = "; ".join(f"{name} {m[name]['median_gap']:+.1%} [{m[name]['median_gap_ci95'][0]:+.1%}, "
                      f"{m[name]['median_gap_ci95'][1]:+.1%}] at {m[name]['mean_compute_steps']:.0f} steps"
                      for name in ("policy_guess", "held_guess", "range_test") if name in m)
-    lines = [f"**Headline (issue 24).** The residual PPO controller on the wide SmolLM2 family "
-             f"(`configs/smollm2_wide_residual.yaml`), {trained}, on held-out instances it never saw, test loss "
+    lines = [f"**Headline (issue 24).** {_which_controller(agent)} on the wide SmolLM2 family, {trained}, "
+             "on held-out instances it never saw, test loss "
              "(negative = controller better):",
              f"from the recipe's own start, controller − transferred recipe = {_paired_text(ir)}: {verdict}; "
              f"on the extrapolation instances apart ({', '.join(pm['extrapolation_instances']) or 'none'}): "
