@@ -90,3 +90,27 @@ def test_agents_that_met_other_runs_are_refused(capsys, tmp_path, instances):
     d = _agent(tmp_path / "starts", losses, guess_scale=10.0)
     line = _run(capsys, "agents.ablation", ["--full", str(a), "--without", f"x={d}"])
     assert "runs.policy_guess" in line and "started elsewhere" in line
+
+
+def test_a_row_that_switches_off_more_than_its_part_lists_everything_it_changed(tmp_path, instances):
+    """An agent without imitation that also learned for longer, or without the anchor that also
+    imitated nothing, is not a one-part ablation: the row names every difference."""
+    from agents.ablation import main
+
+    in_range, extrapolation = instances
+    losses = {(i, s): 2.0 for i in in_range + extrapolation for s in range(3)}
+    a = _agent(tmp_path / "full", losses)
+    b = _agent(tmp_path / "same", losses)
+    c = _agent(tmp_path / "other", losses)
+    (a / "agent.json").write_text(json.dumps({"algo": "ppo", "total_timesteps": 624,
+                                              "imitation": {"source": "recipe", "decisions": 148}}))
+    (b / "agent.json").write_text(json.dumps({"algo": "ppo", "total_timesteps": 624,
+                                              "imitation": {"source": "recipe", "decisions": 148}}))
+    (c / "agent.json").write_text(json.dumps({"algo": "ppo", "total_timesteps": 1248}))
+    out = main(["--full", str(a), "--without", f"same={b}", "--without", f"imitation={c}",
+                "--out", str(tmp_path / "abl")])
+    assert out["parts"]["same"]["differs_in"] == []
+    assert out["parts"]["imitation"]["differs_in"] == ["imitation None (full: recipe)",
+                                                      "learned decisions 1248 (full: 624)"]
+    table = (tmp_path / "abl" / "full.md").read_text()
+    assert "| same | " in table and "| nothing |" in table and "learned decisions 1248 (full: 624)" in table

@@ -637,3 +637,14 @@ def test_the_recipe_expert_returns_any_start_to_the_recipe_and_then_holds(fast_c
     assert seen[-1] == pytest.approx(0.0, abs=1e-6)  # at the recipe's lr
     own, _ = env.reset(seed=0, options={"instance": name})
     assert not expert_action(own[None], np.array([targets[name]]), cfg).any()
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn", "qlearning"])
+def test_every_learner_is_undiscounted_under_a_paired_reward(control_cfg, algo):
+    """The paired return is the final advantage over the recipe only when gamma is 1, so PPO, DQN
+    and the tabular learner must all learn that same return; an unpaired reward keeps its discount."""
+    from agents.learners.sb3_setup import learner_hparams
+
+    assert learner_hparams(algo, 2, 480, control=control_cfg.control)["gamma"] == 1.0
+    unpaired = control_cfg.control.model_copy(update={"reward": "improvement"})
+    assert learner_hparams(algo, 2, 480, control=unpaired)["gamma"] < 1.0

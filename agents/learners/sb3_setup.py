@@ -92,7 +92,9 @@ def learner_hparams(algo: str, n_envs: int, total: int, imitation: bool = False,
     if algo == "dqn":
         return {"learning_starts": min(64, total // 4), "buffer_size": 20_000, "batch_size": 32, "train_freq": 1,
                 "gradient_steps": 2, "target_update_interval": 50, "exploration_fraction": 0.5,
-                "exploration_final_eps": 0.05, "learning_rate": 1e-3, "gamma": 0.95,
+                "exploration_final_eps": 0.05, "learning_rate": 1e-3,
+                # a paired reward is undiscounted for every learner, so all three learn the same return
+                "gamma": 1.0 if control is not None and control.reward == "paired" else 0.95,
                 "policy_kwargs": {"net_arch": [64, 64]}}
     from agents.learners.qlearning import QLearningConfig
 

@@ -49,6 +49,29 @@ def check_comparable(full: Path, full_cfg: InstanceSetConfig, folder: Path, cfg:
         raise ConfigError(f"{Path(folder) / 'env_config.yaml'}: another base recipe than {full}'s")
 
 
+def training_record(folder: Path) -> dict:
+    """How an agent learned, from its agent.json: learner, decisions, and what it imitated."""
+    path = Path(folder) / "agent.json"
+    agent = read_structured_file(path) if path.is_file() else {}
+    agent = agent if isinstance(agent, dict) else {}
+    imitation = agent.get("imitation") if isinstance(agent.get("imitation"), dict) else {}
+    return {"algo": agent.get("algo"), "decisions": agent.get("total_timesteps"),
+            "imitation": imitation.get("source"), "imitated_decisions": imitation.get("decisions")}
+
+
+def differences(full_cfg: InstanceSetConfig, full_training: dict, cfg: InstanceSetConfig, training: dict) -> list[str]:
+    """Everything a variant changed against the full controller, so that a row that switches off
+    more than its named part says so rather than passing for a one-part ablation."""
+    out = [f"control.{k}" for k, v in cfg.control.model_dump(exclude={"recipe"}).items()
+           if v != full_cfg.control.model_dump(exclude={"recipe"})[k]]
+    if cfg.action != full_cfg.action:
+        out.append("action")
+    for key, label in (("algo", "learner"), ("imitation", "imitation"), ("decisions", "learned decisions")):
+        if training.get(key) != full_training.get(key):
+            out.append(f"{label} {training.get(key)} (full: {full_training.get(key)})")
+    return out
+
+
 def _check_same_starts(folder: Path, full: Path, method: str, runs: list[dict], full_runs: list[dict]) -> None:
     theirs = {(r["instance"], r["seed"]): r.get("start_scales") for r in full_runs}
     for r in runs:
@@ -85,10 +108,14 @@ def ablation_summary(full: Path, variants: dict[str, Path]) -> dict:
     out: dict = {"full": str(full), "definition": "test loss of the controller without the part minus the full "
                  "controller's, paired on (instance, seed); > 0: the part lowered the loss",
                  "extrapolation_instances": sorted(extrapolation), "parts": {}}
+    full_training = training_record(full)
+    out["full_training"] = full_training
     for part, folder in variants.items():
         runs, summary, cfg = read_evaluation(folder)
         check_comparable(full, full_cfg, folder, cfg)
-        row: dict = {"agent": str(folder)}
+        training = training_record(folder)
+        row: dict = {"agent": str(folder), "training": training,
+                     "differs_in": differences(full_cfg, full_training, cfg, training)}
         for method, label in STARTS.items():
             if method not in full_runs or method not in runs:
                 continue
@@ -125,12 +152,14 @@ def ablation_markdown(summary: dict, command: str) -> str:
              "in the training range, paired on (instance, seed); mean over instances, 95% two-level bootstrap "
              "(instances, then seeds within them) and t interval over instance means. > 0: the part lowered the "
              "loss; 'bought' / 'cost' need both intervals on one side of 0.", "",
-             "| part switched off | agent | " + " | ".join(STARTS.values()) + " |",
-             "|---|---|" + "---|" * len(STARTS)]
+             "| part switched off | agent | differs from the full controller in | " + " | ".join(STARTS.values()) + " |",
+             "|---|---|---|" + "---|" * len(STARTS)]
     for part, row in summary["parts"].items():
-        lines.append(f"| {part} | `{row['agent']}` | " + " | ".join(_cell(row.get(m)) for m in STARTS) + " |")
+        lines.append(f"| {part} | `{row['agent']}` | {'; '.join(row.get('differs_in') or []) or 'nothing'} | "
+                     + " | ".join(_cell(row.get(m)) for m in STARTS) + " |")
     lines += ["", "Each agent is one training run: the intervals cover held-out instances and evaluation seeds, "
-              "not the spread between training runs of the same setup.", "",
+              "not the spread between training runs of the same setup. A row whose agent differs in more than its "
+              "named part is not a one-part ablation: read it as the difference of everything listed.", "",
               "Each agent on its own, in range: its policy − its base recipe from the recipe's start (mean), and "
               "its median rescue gap from a user's guess (test loss over the recipe's own on the same instance and "
               "seed, − 1; 95% interval from resampling instances):", ""]
