@@ -102,15 +102,25 @@ def test_a_row_that_switches_off_more_than_its_part_lists_everything_it_changed(
     a = _agent(tmp_path / "full", losses)
     b = _agent(tmp_path / "same", losses)
     c = _agent(tmp_path / "other", losses)
-    (a / "agent.json").write_text(json.dumps({"algo": "ppo", "total_timesteps": 624,
-                                              "imitation": {"source": "recipe", "decisions": 148}}))
-    (b / "agent.json").write_text(json.dumps({"algo": "ppo", "total_timesteps": 624,
-                                              "imitation": {"source": "recipe", "decisions": 148}}))
-    (c / "agent.json").write_text(json.dumps({"algo": "ppo", "total_timesteps": 1248}))
+    cfg = load_config(ENV_CONFIG)
+    d = _agent(tmp_path / "anchored", losses,  # the shared config has no anchor: this one has
+               config=cfg.model_copy(update={"control": cfg.control.model_copy(update={"features": "scale_free_anchored"})}))
+    e = _agent(tmp_path / "unrecorded", losses)
+    hp = {"learning_rate": 1e-4, "n_epochs": 10}
+    full = {"algo": "ppo", "total_timesteps": 624, "seed": 0, "n_envs": 2, "command": "train", "learner_hparams": hp,
+            "imitation": {"source": "recipe", "decisions": 148}}
+    for folder in (a, b, d):
+        (folder / "agent.json").write_text(json.dumps(full))
+    (c / "agent.json").write_text(json.dumps({**full, "total_timesteps": 1248, "imitation": None,
+                                              "learner_hparams": {**hp, "learning_rate": 3e-4}}))
     out = main(["--full", str(a), "--without", f"same={b}", "--without", f"imitation={c}",
-                "--out", str(tmp_path / "abl")])
+                "--without", f"anchor={d}", "--without", f"unknown={e}", "--out", str(tmp_path / "abl")])
     assert out["parts"]["same"]["differs_in"] == []
     assert out["parts"]["imitation"]["differs_in"] == ["imitation None (full: recipe)",
-                                                      "learned decisions 1248 (full: 624)"]
+                                                      "imitated decisions None (full: 148)",
+                                                      "learned decisions 1248 (full: 624)",
+                                                      "learning_rate 0.0003 (full: 0.0001)"]
+    assert out["parts"]["anchor"]["differs_in"] == ["control.features"]
+    assert out["parts"]["unknown"]["differs_in"] == ["training not recorded (no agent.json)"]
     table = (tmp_path / "abl" / "full.md").read_text()
     assert "| same | " in table and "| nothing |" in table and "learned decisions 1248 (full: 624)" in table

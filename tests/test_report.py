@@ -180,15 +180,18 @@ def test_the_controller_headline_says_which_way_it_came_out(tmp_path, interval, 
     (folder / "agent.json").write_text(json.dumps({"total_timesteps": 1248, "command": "train", "training_seconds": 90}))
     assert "learned from 1248 decisions (`train`, 1.5 min" in controller_headline(tmp_path)
     imitated = {"total_timesteps": 0, "command": "train", "training_seconds": 60, "algo": "ppo",
-                "instance_set": "wide_x", "action_map": {"control": {"residual": True}},
+                "instance_set": "wide_x",
+                "action_map": {"control": {"residual": True, "features": "scale_free_anchored"}},
                 "imitation": {"source": "recipe", "decisions": 148}}
     (folder / "agent.json").write_text(json.dumps(imitated))
     text = controller_headline(tmp_path)
-    assert "The residual PPO controller (`configs/wide_x.yaml`)" in text
+    assert "The residual anchored PPO controller (`configs/wide_x.yaml`)" in text
     assert "**imitation only**" in text and "148 demonstrated decisions" in text and "learned from" not in text
     (folder / "agent.json").write_text(json.dumps({**imitated, "total_timesteps": 624}))
     text = controller_headline(tmp_path)
     assert "warm-started by imitating 'recipe' (148 decisions), then learned from 624 decisions" in text
+    (folder / "agent.json").write_text(json.dumps({k: v for k, v in imitated.items() if k != "total_timesteps"}))
+    assert "from an unrecorded number of decisions" in controller_headline(tmp_path)
 
 
 def test_the_controller_headline_gives_no_verdict_without_an_interval(tmp_path):

@@ -55,8 +55,13 @@ def training_record(folder: Path) -> dict:
     agent = read_structured_file(path) if path.is_file() else {}
     agent = agent if isinstance(agent, dict) else {}
     imitation = agent.get("imitation") if isinstance(agent.get("imitation"), dict) else {}
-    return {"algo": agent.get("algo"), "decisions": agent.get("total_timesteps"),
-            "imitation": imitation.get("source"), "imitated_decisions": imitation.get("decisions")}
+    if not agent:
+        return {"recorded": False}
+    command = str(agent.get("command") or "")
+    return {"recorded": True, "algo": agent.get("algo"), "decisions": agent.get("total_timesteps"),
+            "imitation": imitation.get("source"), "imitated_decisions": imitation.get("decisions"),
+            "seed": agent.get("seed"), "n_envs": agent.get("n_envs"), "resumed": "--resume" in command.split(),
+            "learner_hparams": agent.get("learner_hparams") if isinstance(agent.get("learner_hparams"), dict) else {}}
 
 
 def differences(full_cfg: InstanceSetConfig, full_training: dict, cfg: InstanceSetConfig, training: dict) -> list[str]:
@@ -66,9 +71,19 @@ def differences(full_cfg: InstanceSetConfig, full_training: dict, cfg: InstanceS
            if v != full_cfg.control.model_dump(exclude={"recipe"})[k]]
     if cfg.action != full_cfg.action:
         out.append("action")
-    for key, label in (("algo", "learner"), ("imitation", "imitation"), ("decisions", "learned decisions")):
+    if not (training.get("recorded") and full_training.get("recorded")):
+        return out + ["training not recorded (no agent.json)"]
+    for key, label in (("algo", "learner"), ("imitation", "imitation"), ("imitated_decisions", "imitated decisions"),
+                       ("decisions", "learned decisions"), ("seed", "seed"), ("n_envs", "environments"),
+                       ("resumed", "resumed")):
         if training.get(key) != full_training.get(key):
             out.append(f"{label} {training.get(key)} (full: {full_training.get(key)})")
+    mine, theirs = training["learner_hparams"], full_training["learner_hparams"]
+    if not training.get("decisions") or not full_training.get("decisions"):
+        return out  # a learner that never took a step: its settings changed nothing
+    for key in sorted(set(mine) | set(theirs)):
+        if mine.get(key) != theirs.get(key):
+            out.append(f"{key} {mine.get(key)} (full: {theirs.get(key)})")
     return out
 
 

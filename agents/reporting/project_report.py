@@ -273,7 +273,8 @@ def _which_controller(agent: dict | None) -> str:
     if not agent:
         return "The controller"
     control = (agent.get("action_map") or {}).get("control") or {}
-    kind = "residual " if control.get("residual") else ""
+    kind = ("residual " if control.get("residual") else "") + (
+        "anchored " if control.get("features") == "scale_free_anchored" else "")
     config = f" (`configs/{agent['instance_set']}.yaml`)" if agent.get("instance_set") else ""
     return f"The {kind}{str(agent.get('algo', '')).upper()} controller{config}".replace("  ", " ")
 
@@ -284,7 +285,9 @@ def _how_learned(agent: dict) -> str:
     took = (f"`{agent.get('command', '?')}`, {_minutes(agent.get('training_seconds'))} of training in its last "
             "invocation")
     imitation = agent.get("imitation") or {}
-    steps = agent.get("total_timesteps", 0)
+    steps = agent.get("total_timesteps")
+    if steps is None:
+        return f"from an unrecorded number of decisions ({took})"
     if imitation and not steps:
         return (f"**imitation only**: it copies the rule '{imitation.get('source')}' from "
                 f"{imitation.get('decisions')} demonstrated decisions, with no reinforcement learning after ({took})")
