@@ -46,7 +46,7 @@ def build_parser() -> CommandParser:
     g = p.add_argument_group("where it runs")
     g.add_argument("--n-envs", type=positive_int, default=1, help="parallel fine-tuning episodes (default: 1)")
     g.add_argument("--ray", action="store_true", help="run the environments as Ray actors (one CPU or GPU each)")
-    g.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a private one")
+    g.add_argument("--ray-address", default=None, help="join this Ray cluster, not a private one (RAY_ADDRESS is not read)")
     g.add_argument("--max-restarts", type=nonnegative_int, default=3,
                    help="restarts allowed per Ray worker before the run stops (default: 3)")
     g.add_argument("--subproc", action="store_true", help="without Ray: one subprocess per environment")

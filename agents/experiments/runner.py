@@ -284,7 +284,8 @@ def add_worker_arguments(parser, default_workers: int = 1) -> None:
                              "are the same, in less time")
     parser.add_argument("--ray", action="store_true", help="the workers are Ray actors (one CPU or GPU each) on a "
                                                            "private loopback Ray, or on --ray-address")
-    parser.add_argument("--ray-address", default=None, help="join this Ray cluster (implies --ray)")
+    parser.add_argument("--ray-address", default=None, help="join this Ray cluster (implies --ray; the RAY_ADDRESS "
+                                                            "environment variable is not read: name it here)")
 
 
 def pool_options(args) -> dict[str, Any]:
