@@ -52,11 +52,10 @@ def check_comparable(full: Path, full_cfg: InstanceSetConfig, folder: Path, cfg:
 def training_record(folder: Path) -> dict:
     """How an agent learned, from its agent.json: learner, decisions, and what it imitated."""
     path = Path(folder) / "agent.json"
-    agent = read_structured_file(path) if path.is_file() else {}
-    agent = agent if isinstance(agent, dict) else {}
-    imitation = agent.get("imitation") if isinstance(agent.get("imitation"), dict) else {}
-    if not agent:
+    agent = read_structured_file(path) if path.is_file() else None
+    if not isinstance(agent, dict) or not agent:
         return {"recorded": False}
+    imitation = agent.get("imitation") if isinstance(agent.get("imitation"), dict) else {}
     command = str(agent.get("command") or "")
     return {"recorded": True, "algo": agent.get("algo"), "decisions": agent.get("total_timesteps"),
             "imitation": imitation.get("source"), "imitated_decisions": imitation.get("decisions"),
@@ -67,8 +66,8 @@ def training_record(folder: Path) -> dict:
 def differences(full_cfg: InstanceSetConfig, full_training: dict, cfg: InstanceSetConfig, training: dict) -> list[str]:
     """Everything a variant changed against the full controller, so that a row that switches off
     more than its named part says so rather than passing for a one-part ablation."""
-    out = [f"control.{k}" for k, v in cfg.control.model_dump(exclude={"recipe"}).items()
-           if v != full_cfg.control.model_dump(exclude={"recipe"})[k]]
+    mine, theirs = cfg.control.model_dump(exclude={"recipe"}), full_cfg.control.model_dump(exclude={"recipe"})
+    out = [f"control.{k}" for k in mine if mine[k] != theirs[k]]
     if cfg.action != full_cfg.action:
         out.append("action")
     if not (training.get("recorded") and full_training.get("recorded")):

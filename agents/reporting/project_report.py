@@ -273,10 +273,12 @@ def _which_controller(agent: dict | None) -> str:
     if not agent:
         return "The controller"
     control = (agent.get("action_map") or {}).get("control") or {}
-    kind = ("residual " if control.get("residual") else "") + (
-        "anchored " if control.get("features") == "scale_free_anchored" else "")
-    config = f" (`configs/{agent['instance_set']}.yaml`)" if agent.get("instance_set") else ""
-    return f"The {kind}{str(agent.get('algo', '')).upper()} controller{config}".replace("  ", " ")
+    words = ["The"] + (["residual"] if control.get("residual") else []) + (
+        ["anchored"] if control.get("features") == "scale_free_anchored" else []) + (
+        [str(agent["algo"]).upper()] if agent.get("algo") else []) + ["controller"]
+    if agent.get("instance_set"):
+        words.append(f"(`configs/{agent['instance_set']}.yaml`)")
+    return " ".join(words)
 
 
 def _how_learned(agent: dict) -> str:
