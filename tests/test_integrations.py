@@ -368,6 +368,7 @@ def test_trainer_and_environment_decide_alike(env, controller, tmp_path):
 def test_trainer_callback_logs_the_applied_values_to_mlflow(env, tmp_path, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
+    from transformers.integrations import MLflowCallback
 
     from agents.integrations import ControllerCallback
 
@@ -385,6 +386,10 @@ def test_trainer_callback_logs_the_applied_values_to_mlflow(env, tmp_path, monke
     cb.eval_dataset = _records(data.validation)
     trainer.train()
     mlflow.end_run()
+    # transformers' MLflowCallback ends whatever run is active when it is garbage-collected
+    # (its __del__): collected during a later test, it ended that test's run part way (a failed CI)
+    (mlflow_callback,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, MLflowCallback)]
+    mlflow_callback._auto_end_run = False
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("controller-callback")
     (run,) = client.search_runs([exp.experiment_id])
