@@ -24,6 +24,15 @@ With --lr-grid: each lr of an absolute grid (1e-5 .. 1e-2, half-decade steps) he
 instance; each instance's best constant lr (agents/experiments/lr_grid.py), written to
 <config>_lr_grid.*: what agents.train_agent --imitate warm-starts from.
 
+With --residual-probe (a residual set with the paired reward, e.g. smollm2_wide_anchored): on
+training instances only (default: every 6th), from the recipe's start, fixed lr corrections of
+the recipe (x1/4 .. x4, set at the first decision) and their paired returns, the reward PPO learns
+from: how much a static correction could earn, and how much of it the batch seed's noise hides
+(agents/experiments/residual_probe.py). Written to <config>_residual_probe.*.
+
+    python -m agents.headroom --config smollm2_wide_anchored --residual-probe --seeds 2 --workers 1 \
+        --reference-runs-from results/agents/ppo-smollm2_wide_anchored_imitation/reference_runs
+
 Each instance x seed is saved when it finishes; rerunning the command resumes.
 """
 from __future__ import annotations
@@ -48,6 +57,10 @@ def build_parser() -> CommandParser:
     p.add_argument("--lr-grid", action="store_true", help="instead: the best constant lr of every instance on a grid")
     p.add_argument("--transfer", action="store_true",
                    help="instead: headroom over the recipe tuned once on the training instances (see above)")
+    p.add_argument("--residual-probe", action="store_true",
+                   help="instead: paired returns of fixed lr corrections of the recipe on training instances (see above)")
+    p.add_argument("--reference-runs-from", default=None,
+                   help="with --residual-probe: a folder of the recipe's runs to reuse (an agent's reference_runs)")
     p.add_argument("--transfer-trials", type=positive_int, default=16,
                    help="with --transfer: Optuna trials tuning that recipe on the training instances (default 16)")
     p.add_argument("--search-budget", type=positive_int, default=16,
@@ -66,8 +79,12 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
     from trainers.provenance import machine_info, utc_now
 
     cfg = load_config(args.config)
-    if args.transfer and args.lr_grid:
-        raise ConfigError("--transfer and --lr-grid: choose one")
+    if sum([args.transfer, args.lr_grid, args.residual_probe]) > 1:
+        raise ConfigError("--transfer, --lr-grid and --residual-probe: choose one")
+    if args.reference_runs_from and not args.residual_probe:
+        raise ConfigError("--reference-runs-from: only with --residual-probe")
+    if args.residual_probe:
+        return _residual_probe(args, cfg, argv)
     if args.transfer and not cfg.train:
         raise ConfigError(f"--transfer: instance set {cfg.name!r} has no training instances to tune a recipe on")
     if args.transfer and args.instances:
@@ -98,6 +115,37 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
     write_json_atomic(out / f"{name}.json", result)
     writer = write_transfer_outputs if args.transfer else write_lr_grid_outputs if args.lr_grid else write_headroom_outputs
     writer(out, cfg.name, result)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}))
+    else:
+        print((out / f"{name}.md").read_text())
+    return result
+
+
+def _residual_probe(args: argparse.Namespace, cfg, argv: Optional[list[str]]) -> dict[str, Any]:
+    from agents.experiments.residual_probe import check_probe_config, default_instances, residual_probe
+    from agents.reporting.headroom_report import write_probe_outputs
+    from trainers.atomic_files import write_json_atomic
+    from trainers.provenance import machine_info, utc_now
+
+    check_probe_config(cfg)
+    refs = Path(args.reference_runs_from) if args.reference_runs_from else None
+    if refs is not None and not refs.is_dir():
+        raise ConfigError(f"--reference-runs-from {refs}: not a folder")
+    names = args.instances or default_instances(cfg)
+    for n in names:
+        cfg.instance(n)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    t0 = time.time()
+    name = f"{cfg.name}_residual_probe"
+    found = residual_probe(cfg, names, args.seeds, out / name, pool_options(args), refs)
+    command = "python -m agents.headroom " + " ".join(argv if argv is not None else sys.argv[1:])
+    result = {"config": cfg.name, "command": command, "machine": machine_info(), "measured_at": utc_now(),
+              "seconds_this_invocation": round(time.time() - t0, 1), "seeds": list(range(args.seeds)), **found}
+    write_json_atomic(out / f"{name}.json", result)
+    write_probe_outputs(out, name, result)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}))
     else:

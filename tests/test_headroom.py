@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import yaml
 
@@ -215,3 +216,74 @@ def test_transfer_refuses_a_training_instance_and_keeps_the_other_modes_file(cap
         main(["--config", "tiny", "--transfer", "--out", str(tmp_path)])
     assert e.value.code == 2 and "start-relative" in capsys.readouterr().err
     assert json.loads((tmp_path / "tiny.json").read_text()) == {"instances": {}, "aggregate": {}}
+
+
+def _probe_record(inst: str, seed: int, returns: dict[float, float]) -> dict:
+    return {"instance": inst, "seed": seed, "initial_eval_loss": 3.0,
+            "runs": {f"{k:+g}": {"log2": k, "paired_return": r} for k, r in returns.items()}}
+
+
+def test_residual_probe_scores_the_correction_chosen_on_one_seed_on_the_other():
+    from agents.experiments.residual_probe import PROBE_LOG2, summarise
+
+    ks = [k for k in PROBE_LOG2 if k != 0.0]
+    flat = {k: 0.0 for k in PROBE_LOG2}
+    # "a": +2 is best on both seeds; "b": the best k flips with the seed (noise), each the other's worst
+    a0, a1 = {**flat, 2.0: 0.10, 1.0: 0.05}, {**flat, 2.0: 0.08, 1.0: 0.06}
+    b0, b1 = {**flat, 2.0: 0.04, -2.0: -0.04}, {**flat, 2.0: -0.04, -2.0: 0.04}
+    runs = [_probe_record("a", 0, a0), _probe_record("a", 1, a1), _probe_record("b", 0, b0), _probe_record("b", 1, b1)]
+    s = summarise(runs)
+    a, b = s["per_instance"]["a"], s["per_instance"]["b"]
+    assert a["best_log2"] == 2.0 and a["oracle_gain"] == pytest.approx(0.09) and a["cross_seed_gain"] == pytest.approx(0.09)
+    assert b["best_log2_per_seed"] == [2.0, -2.0]
+    assert b["oracle_gain"] == pytest.approx(0.0)  # no correction beats the recipe on average: floored at its 0
+    assert b["cross_seed_gain"] == pytest.approx(-0.04)  # chosen on one seed, it loses on the other
+    assert s["best_direction_agrees_across_seeds"] == pytest.approx(0.5)
+    cells = np.array([[a0[k], a1[k]] for k in ks] + [[b0[k], b1[k]] for k in ks])
+    within = np.mean(np.var(cells, axis=1))
+    assert s["seed_noise_sd"] == pytest.approx(math.sqrt(within))
+    assert s["explainable_share"] == pytest.approx(1 - within / np.var(cells))
+
+
+def test_residual_probe_runs_corrections_of_the_recipe_and_their_returns_are_the_final_advantage(
+        fast_cfg_dict, tmp_path, monkeypatch, capsys):
+    """k = 0 is the recipe run bit for bit (return exactly 0); a correction sets 2**k x the recipe's
+    lr; the summed paired rewards equal the final validation advantage over the k = 0 run."""
+    from agents.experiments import residual_probe
+    from agents.headroom import main
+    from trainers.config import parse_config
+
+    monkeypatch.setattr(residual_probe, "PROBE_LOG2", (0.0, 1.0, -1.0))
+    d = dict(fast_cfg_dict, train=fast_cfg_dict["train"][:1], heldout=fast_cfg_dict["heldout"][:1],
+             control={"residual": True, "schedule_actions": True, "features": "scale_free", "reward": "paired",
+                      "reference_seeds": 2, "lr_log2_step": 2.0})
+    cfg_path = tmp_path / "fast.yaml"
+    cfg_path.write_text(yaml.safe_dump(d))
+    out = tmp_path / "headroom"
+    main(["--config", str(cfg_path), "--residual-probe", "--seeds", "1", "--workers", "1", "--out", str(out), "--json"])
+    result = json.loads((out / f"{d['name']}_residual_probe.json").read_text())
+    assert (out / f"{d['name']}_residual_probe.md").is_file() and (out / f"{d['name']}_residual_probe.png").is_file()
+    (rec,) = result["runs"]
+    assert rec["instance"] == d["train"][0]["name"]  # a training instance: the probe never looks at held-out ones
+    runs = {v["log2"]: v for v in rec["runs"].values()}
+    assert runs[0.0]["paired_return"] == 0.0
+    recipe_lr = runs[0.0]["lr_first"]
+    lo, hi = parse_config(d).bounds.lr
+    assert runs[1.0]["lr_first"] == pytest.approx(min(2 * recipe_lr, hi))
+    assert runs[-1.0]["lr_first"] == pytest.approx(max(recipe_lr / 2, lo))
+    for k in (1.0, -1.0):
+        assert not runs[k]["diverged"]
+        assert runs[k]["paired_return"] == pytest.approx(
+            (runs[0.0]["val_loss"] - runs[k]["val_loss"]) / rec["initial_eval_loss"], abs=1e-9)
+    assert len({round(v["val_loss"], 9) for v in runs.values()}) == 3  # real, different runs
+    # a set without a residual controller and paired reward is refused in one line
+    plain = dict(fast_cfg_dict, name="plain")
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(plain))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(tmp_path / "plain.yaml"), "--residual-probe", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error:") and "control.residual" in err
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(cfg_path), "--residual-probe", "--instances", d["heldout"][0]["name"], "--out", str(out)])
+    assert e.value.code == 2 and "not a training instance" in capsys.readouterr().err

@@ -158,3 +158,52 @@ def write_transfer_outputs(out: Path, name: str, result: dict) -> None:
     fig.supylabel("test loss")
     fig.suptitle(f"{name}: test loss against lr per held-out instance (transferred lr dashed)")
     save_figure(fig, out / f"{name}.png")
+
+
+def write_probe_outputs(out: Path, name: str, result: dict) -> None:
+    """<name>.md: per training instance, the paired return of each fixed lr correction; <name>.png:
+    those returns against the correction, one line per instance and seed (agents/experiments/residual_probe.py)."""
+    import matplotlib.pyplot as plt
+
+    s = result["summary"]
+    ks = [k for k in result["probe_log2"] if k != 0.0]
+    lines = [f"# Paired returns of fixed lr corrections on {result['config']} (training instances)", "",
+             f"Command: `{result['command']}`", "",
+             f"From the recipe's start, the recipe's lr x 2^k set at the first decision and then held, on "
+             f"{len(result['instances'])} training instances x {len(result['seeds'])} batch seed(s). A return is the "
+             "final validation advantage over the recipe's own run on the same batches, per unit of the initial "
+             "validation loss (what PPO learns from); higher is better. k = 0 is the recipe, whose return was "
+             f"at most {s['recipe_return_max_abs']:.1e} in size.", "",
+             "| instance | " + " | ".join(f"k={k:+g}" for k in ks) + " | best k (per seed) | oracle gain | cross-seed gain |",
+             "|---|" + "---|" * len(ks) + "---|---|---|"]
+    for inst, p in s["per_instance"].items():
+        cells = " | ".join(f"{p['mean_return'][f'{k:+g}']:+.4f}" for k in ks)
+        cross = f"{p['cross_seed_gain']:+.4f}" if "cross_seed_gain" in p else "-"
+        lines.append(f"| {inst} | {cells} | {', '.join(f'{k:+g}' for k in p['best_log2_per_seed'])} | "
+                     f"{p['oracle_gain']:+.4f} | {cross} |")
+    lo, hi = s["oracle_gain_ci95"]
+    lines += ["",
+              f"- oracle static gain (best k per instance, chosen and scored on the same runs): IQM {s['oracle_gain_iqm']:+.4f} "
+              f"[{lo:+.4f}, {hi:+.4f}], median {s['oracle_gain_median']:+.4f}",
+              f"- cross-seed gain (k chosen on one seed, scored on the other): median {s['cross_seed_gain_median']:+.4f}, "
+              f"mean {s['cross_seed_gain_mean']:+.4f}",
+              f"- spread of the returns (k != 0): sd {s['return_sd']:.4f}; between batch seeds for the same instance and k: "
+              f"sd {s['seed_noise_sd']:.4f}; share of the variance that instance and k explain: {s['explainable_share']:.2f}",
+              f"- the best k's direction (up or down) agrees between the seeds on {s['best_direction_agrees_across_seeds']:.0%} "
+              "of the instances",
+              f"- intervals: {s['interval']}",
+              f"- machine: {result['machine']['cpu_count']} CPUs, {result['machine']['cuda'] or 'no GPU'}, torch {result['machine']['torch']}, load {result['machine']['loadavg_1_5_15min']}; wall time of this invocation {result['seconds_this_invocation']:.0f} s"]
+    write_text_atomic(out / f"{name}.md", "\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for i, inst in enumerate(result["instances"]):
+        for r in (r for r in result["runs"] if r["instance"] == inst):
+            pts = sorted((v["log2"], v["paired_return"]) for v in r["runs"].values())
+            ax.plot([k for k, _ in pts], [y for _, y in pts], "o-" if r["seed"] == 0 else "s--", ms=3,
+                    color=f"C{i % 10}", label=inst if r["seed"] == 0 else None)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("lr correction k (the recipe's lr x 2^k, from the first decision)")
+    ax.set_ylabel("paired return (advantage over the recipe)")
+    ax.set_title(f"{result['config']}: what a fixed correction earns (solid: seed 0, dashed: seed 1)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, out / f"{name}.png")
