@@ -59,6 +59,8 @@ def build_parser() -> CommandParser:
                    help="instead: headroom over the recipe tuned once on the training instances (see above)")
     p.add_argument("--residual-probe", action="store_true",
                    help="instead: paired returns of fixed lr corrections of the recipe on training instances (see above)")
+    p.add_argument("--every", type=positive_int, default=6,
+                   help="with --residual-probe and no --instances: every N-th training instance (default 6; 1: all)")
     p.add_argument("--reference-runs-from", default=None,
                    help="with --residual-probe: a folder of the recipe's runs to reuse (an agent's reference_runs)")
     p.add_argument("--transfer-trials", type=positive_int, default=16,
@@ -132,7 +134,7 @@ def _residual_probe(args: argparse.Namespace, cfg, argv: Optional[list[str]]) ->
     refs = Path(args.reference_runs_from) if args.reference_runs_from else None
     if refs is not None and not refs.is_dir():
         raise ConfigError(f"--reference-runs-from {refs}: not a folder")
-    names = args.instances or default_instances(cfg)
+    names = args.instances or default_instances(cfg, args.every)
     for n in names:
         cfg.instance(n)
     out = Path(args.out)
@@ -142,7 +144,8 @@ def _residual_probe(args: argparse.Namespace, cfg, argv: Optional[list[str]]) ->
     name = f"{cfg.name}_residual_probe"
     found = residual_probe(cfg, names, args.seeds, out / name, pool_options(args), refs)
     command = "python -m agents.headroom " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = {"config": cfg.name, "command": command, "machine": machine_info(), "measured_at": utc_now(),
+    result = {"config": cfg.name, "base_recipe": cfg.base_recipe.model_dump(mode="json"), "command": command,
+              "machine": machine_info(), "measured_at": utc_now(),
               "seconds_this_invocation": round(time.time() - t0, 1), "seeds": list(range(args.seeds)), **found}
     write_json_atomic(out / f"{name}.json", result)
     write_probe_outputs(out, name, result)

@@ -2,6 +2,7 @@
 the scale-free observation and the paired reward, on the real tiny engine at test size."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -602,8 +603,41 @@ def test_imitation_refuses_an_observation_without_the_lr_before_anything_runs(fa
     with pytest.raises(ConfigError, match="--imitate recipe"):
         expert_targets("recipe", parse_config(fast_cfg_dict))
     anchored = parse_config({**fast_cfg_dict, "control": {**FULL, "features": "scale_free_anchored"}})
-    with pytest.raises(ConfigError, match="use --imitate recipe"):  # a grid's constant lr is not a peak
-        expert_targets(tmp_path / "grid.json", anchored)
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"instances": {i.name: {"split": "train", "best_lr_refined": 1e-3} for i in anchored.train}}))
+    with pytest.raises(ConfigError, match="imitate 'recipe' or a residual probe.*not an lr grid"):
+        expert_targets(grid, anchored)  # a grid's constant lr is not a peak on the recipe's schedule
+
+
+def test_a_probe_expert_moves_each_training_instance_to_its_best_correction(fast_cfg_dict, tmp_path, tiny_session):
+    """--imitate <residual probe>: per training instance, the recipe's lr x 2**k for the correction
+    with the best mean paired return, or the recipe's own (k = 0) when none beat it; from the
+    recipe's start the expert asks for exactly that correction. A probe of another recipe, or one
+    missing a training instance, is refused."""
+    from agents.learners.imitation import expert_action, expert_targets
+    from envs.finetune_env import FineTuneEnv
+    from trainers.config import ConfigError
+
+    cfg = parse_config({**fast_cfg_dict, "control": {**FULL, "features": "scale_free_anchored"}})
+    a, b = (i.name for i in cfg.train[:2])
+    per = {a: {"mean_return": {"-1": -0.02, "+0.5": 0.01, "+2": 0.03}},
+           b: {"mean_return": {"-1": -0.01, "+1": -0.002, "+2": -0.05}}}
+    per.update({i.name: {"mean_return": {"+1": -0.1}} for i in cfg.train[2:]})
+    probe = {"config": cfg.name, "base_recipe": cfg.base_recipe.model_dump(mode="json"), "probe_log2": [-1, 0, 1],
+             "summary": {"per_instance": per}}
+    path = tmp_path / "probe.json"
+    path.write_text(json.dumps(probe))
+    targets = expert_targets(path, cfg)
+    assert targets[a] == pytest.approx(cfg.base_recipe.lr * 4) and targets[b] == pytest.approx(cfg.base_recipe.lr)
+    env = FineTuneEnv(cfg, split="all", session=tiny_session)
+    obs, _ = env.reset(seed=0, options={"instance": a, "start": "recipe"})
+    assert expert_action(obs[None], np.array([targets[a]]), cfg)[0, 0] == pytest.approx(2 / cfg.control.lr_log2_step)
+    path.write_text(json.dumps(dict(probe, base_recipe=dict(probe["base_recipe"], lr=1.0))))
+    with pytest.raises(ConfigError, match="another recipe"):
+        expert_targets(path, cfg)
+    path.write_text(json.dumps(dict(probe, summary={"per_instance": {a: per[a]}})))
+    with pytest.raises(ConfigError, match=f"no result for training instance '{b}'"):
+        expert_targets(path, cfg)
 
 
 def test_the_recipe_expert_returns_any_start_to_the_recipe_and_then_holds(fast_cfg_dict, tiny_session):

@@ -1,6 +1,7 @@
 """Warm-starting PPO by imitating search results on the training instances (or, for a residual
 controller that observes where it stands on its recipe, ``--imitate recipe``: the expert returns the
-lr to the recipe's, and holds everything else).
+lr to the recipe's, and holds everything else; or ``--imitate <residual probe>``: the expert moves
+the lr to the recipe's times each training instance's best fixed correction in that probe).
 
 A learning-rate search (``python -m agents.headroom --lr-grid``) finds, for every training
 instance, the constant learning rate with the best validation loss. The "expert" here moves the
@@ -43,9 +44,8 @@ def expert_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
                               f"which only control.features: scale_free_anchored observes ({cfg.name} has "
                               f"{cfg.control.features!r})")
         return {inst.name: cfg.base_recipe.lr for inst in cfg.train}
-    if anchored:  # a grid's best constant lr is not a peak on the recipe's warmup and decay
-        raise ConfigError(f"--imitate {path}: {cfg.name} corrects a recipe's schedule, which an lr grid's best "
-                          "constant lr does not say how to; use --imitate recipe")
+    if anchored:  # a grid's best constant lr is not a peak on the recipe's warmup and decay; a probe's correction is
+        return probe_targets(Path(path), cfg)
     if is_scale_free(cfg.control.features):
         raise ConfigError(f"--imitate: the expert reads the lr in force from the observation, which {cfg.name}'s "
                           "scale-free observation does not hold; imitation is not built for it")
@@ -68,6 +68,35 @@ def expert_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
         if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"{path}: instances.{inst.name}.best_lr_refined: not a positive number ({lr!r})")
         targets[inst.name] = float(lr)
+    return targets
+
+
+def probe_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
+    """instance -> the recipe's lr x 2**k, k the lr correction with the best mean paired return on
+    that training instance in a residual probe (``python -m agents.headroom --residual-probe``);
+    k = 0, the recipe itself, when no correction beat it."""
+    data = read_structured_file(path)
+    per = data.get("summary", {}).get("per_instance") if isinstance(data, dict) else None
+    if not isinstance(per, dict) or "probe_log2" not in data:
+        raise ConfigError(f"--imitate {path}: {cfg.name} corrects a recipe's schedule: imitate 'recipe' or a residual "
+                          "probe (python -m agents.headroom --config <name> --residual-probe), not an lr grid")
+    if data.get("config") != cfg.name or data.get("base_recipe") != cfg.base_recipe.model_dump(mode="json"):
+        raise ConfigError(f"--imitate {path}: a probe of {data.get('config')!r} around another recipe than {cfg.name}'s "
+                          "(config, base_recipe)")
+    targets: dict[str, float] = {}
+    for inst in cfg.train:
+        rec = per.get(inst.name)
+        means = rec.get("mean_return") if isinstance(rec, dict) else None
+        if not isinstance(means, dict) or not means:
+            raise ConfigError(f"{path}: summary.per_instance: no result for training instance {inst.name!r} "
+                              "(probe every one: --instances with all of them)")
+        best, gain = 0.0, 0.0
+        for k, r in means.items():
+            if not isinstance(r, (int, float)) or not math.isfinite(r):
+                raise ConfigError(f"{path}: summary.per_instance.{inst.name}.mean_return.{k}: not a number ({r!r})")
+            if r > gain:
+                best, gain = float(k), float(r)
+        targets[inst.name] = cfg.base_recipe.lr * 2.0 ** best
     return targets
 
 
