@@ -610,19 +610,18 @@ def test_imitation_refuses_an_observation_without_the_lr_before_anything_runs(fa
 
 
 def test_a_probe_expert_moves_each_training_instance_to_its_best_correction(fast_cfg_dict, tmp_path, tiny_session):
-    """--imitate <residual probe>: per training instance, the recipe's lr x 2**k for the correction
-    with the best mean paired return, or the recipe's own (k = 0) when none beat it; from the
-    recipe's start the expert asks for exactly that correction. A probe of another recipe, or one
-    missing a training instance, is refused."""
+    """--imitate <residual probe>: per training instance, the recipe's lr x 2**target, the probe's
+    smoothed best correction (0: the recipe's own); from the recipe's start the expert asks for
+    exactly that correction. A probe of another recipe, one missing a training instance, or a
+    target that is not a number is refused."""
     from agents.learners.imitation import expert_action, expert_targets
     from envs.finetune_env import FineTuneEnv
     from trainers.config import ConfigError
 
     cfg = parse_config({**fast_cfg_dict, "control": {**FULL, "features": "scale_free_anchored"}})
     a, b = (i.name for i in cfg.train[:2])
-    per = {a: {"mean_return": {"-1": -0.02, "+0.5": 0.01, "+2": 0.03}},
-           b: {"mean_return": {"-1": -0.01, "+1": -0.002, "+2": -0.05}}}
-    per.update({i.name: {"mean_return": {"+1": -0.1}} for i in cfg.train[2:]})
+    per = {i.name: {"target_log2": 0.0} for i in cfg.train}
+    per[a] = {"target_log2": 2.0}
     probe = {"config": cfg.name, "base_recipe": cfg.base_recipe.model_dump(mode="json"), "probe_log2": [-1, 0, 1],
              "summary": {"per_instance": per}}
     path = tmp_path / "probe.json"
@@ -637,6 +636,12 @@ def test_a_probe_expert_moves_each_training_instance_to_its_best_correction(fast
         expert_targets(path, cfg)
     path.write_text(json.dumps(dict(probe, summary={"per_instance": {a: per[a]}})))
     with pytest.raises(ConfigError, match=f"no result for training instance '{b}'"):
+        expert_targets(path, cfg)
+    path.write_text(json.dumps(dict(probe, summary={"per_instance": {**per, b: {"target_log2": "up"}}})))
+    with pytest.raises(ConfigError, match=f"per_instance.{b}.target_log2: not a correction"):
+        expert_targets(path, cfg)
+    path.write_text(json.dumps(dict(probe, summary=[1])))
+    with pytest.raises(ConfigError, match="not an lr grid"):
         expert_targets(path, cfg)
 
 

@@ -383,13 +383,15 @@ def test_trainer_callback_logs_the_applied_values_to_mlflow(env, tmp_path, monke
     MlflowClient(uri).create_experiment("controller-callback", artifact_location=(tmp_path / "artifacts").as_uri())
     cb = ControllerCallback(AGENT, decision_interval=3)
     trainer, _, data = _trainer(env, tmp_path, cb, None, 6, Hparams(1e-3, 0.01, 1.0), report_to=["mlflow"])
-    cb.eval_dataset = _records(data.validation)
-    trainer.train()
-    mlflow.end_run()
-    # transformers' MLflowCallback ends whatever run is active when it is garbage-collected
-    # (its __del__): collected during a later test, it ended that test's run part way (a failed CI)
     (mlflow_callback,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, MLflowCallback)]
-    mlflow_callback._auto_end_run = False
+    cb.eval_dataset = _records(data.validation)
+    try:
+        trainer.train()
+    finally:
+        mlflow.end_run()
+        # transformers' MLflowCallback ends whatever run is active when it is garbage-collected (its
+        # __del__): collected during a later test, it ended that test's run part way (a failed CI)
+        mlflow_callback._auto_end_run = False
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("controller-callback")
     (run,) = client.search_runs([exp.experiment_id])

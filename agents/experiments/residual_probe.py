@@ -9,13 +9,17 @@ run on the same instance and batches (envs/finetune_env.py), in units of the ins
 validation loss. k = 0 is the recipe itself, so its return must be exactly 0.
 
 What it tells (agents/reporting/headroom_report.py writes the table):
-  oracle static gain   per instance, the best fixed correction's return (mean over seeds): what a
-                       policy that knew the instance, and only corrected the lr once, could earn
-                       (chosen on the same runs it is scored on, so flattered by their noise)
-  cross-seed gain      the correction that was best on one seed, scored on the other: unflattered
-  seed noise           how far two batch seeds disagree on the same correction's return
-  explainable share    1 - within-(instance, k) variance / total variance of the returns: the most a
-                       critic that knew instance and correction could explain
+  cross-seed gain      per instance, the correction that was best on one seed (the recipe's k = 0
+                       among the candidates), scored on the other seeds: what knowing the instance
+                       is worth, unflattered by the noise it was chosen on
+  oracle static gain   the best correction's mean return, chosen on the runs it is scored on (>= 0)
+  seed noise           the sd of one correction's return across batch seeds (ddof 1)
+  explainable share    1 - seed-noise variance / total variance of the returns: the most a critic
+                       that knew instance and correction could explain (about 0 on pure noise)
+  correction share     the same within instances (each instance's mean removed): how much of what
+                       varies inside an instance the correction decides
+  target               per instance, the peak of a parabola through its mean returns against k: the
+                       correction --imitate <this probe> teaches (agents/learners/imitation.py)
 """
 from __future__ import annotations
 
@@ -36,10 +40,18 @@ _ENVS: dict[tuple[int, str], Any] = {}  # one environment per worker context (it
 
 
 def check_probe_config(cfg: InstanceSetConfig) -> None:
+    """What the probe needs, checked before any work: a residual controller rewarded against its
+    recipe, box actions, and a full lr action at least as large as the probe's largest correction."""
     c = cfg.control
     if not (c.residual and c.reward == "paired"):
         raise ConfigError(f"--residual-probe: instance set {cfg.name!r} needs control.residual: true and "
                           "control.reward: paired (e.g. smollm2_wide_anchored)")
+    if cfg.action.mode != "box":
+        raise ConfigError(f"--residual-probe: instance set {cfg.name!r} has action.mode {cfg.action.mode!r}; "
+                          "the probe sets the lr entry of a box action")
+    if max(abs(k) for k in PROBE_LOG2) > c.lr_log2_step + 1e-12:
+        raise ConfigError(f"--residual-probe: control.lr_log2_step {c.lr_log2_step} of {cfg.name!r} is under the "
+                          f"probe's largest correction ({max(abs(k) for k in PROBE_LOG2):g})")
 
 
 def default_instances(cfg: InstanceSetConfig, every: int = 6) -> list[str]:
@@ -73,8 +85,6 @@ def probe_pair(ctx: MethodContext, instance: str, seed: int, references: str) ->
     """Every correction of PROBE_LOG2 on one instance and batch seed, from the recipe's start."""
     env = _env(ctx, references)
     step = env.cfg.control.lr_log2_step
-    if max(abs(k) for k in PROBE_LOG2) > step + 1e-12:
-        raise ConfigError(f"--residual-probe: control.lr_log2_step {step} is under the probe's largest correction")
     width = env.action_map.width
     runs = {}
     for k in PROBE_LOG2:
@@ -109,54 +119,88 @@ def residual_probe(cfg: InstanceSetConfig, names: list[str], seeds: int, folder:
     if references_from is not None:
         seed_reference_runs(references_from, references)
     extra = {"format": FORMAT, "probe_log2": list(PROBE_LOG2), "control": cfg.control.model_dump(mode="json")}
+    if cfg.control.recipe is None:  # else the recipe is in control already
+        extra["base_recipe"] = cfg.base_recipe.model_dump(mode="json")
     work = functools.partial(probe_pair, references=str(references))
     records = run_per_pair(cfg, names, seeds, folder, "residual_probe", extra, work, pool)
     runs = [records[(n, s)] for n in names for s in range(seeds)]
     return {"instances": names, "probe_log2": list(PROBE_LOG2), "summary": summarise(runs), "runs": runs}
 
 
+def smoothed_target(means: dict[float, float], diverged: set[float]) -> float:
+    """The lr correction (log2) imitation aims for on one instance: the peak of a parabola fitted
+    through the mean returns against k (the recipe's k = 0 at 0 included), over the ks around 0
+    that did not diverge; 0 when no correction beat the recipe on average. Less of a lottery than
+    the best of a few noisy means (a parabola fits every point)."""
+    ks = sorted(set(means) | {0.0})
+    lo = max([k for k in ks if k < 0 and k in diverged], default=min(ks) - 1)
+    hi = min([k for k in ks if k > 0 and k in diverged], default=max(ks) + 1)
+    kept = [k for k in ks if lo < k < hi]
+    if max(means.get(k, 0.0) for k in kept) <= 0.0 or len(kept) < 3:
+        return 0.0
+    y = [0.0 if k == 0.0 else means[k] for k in kept]
+    a, b, c = np.polyfit(kept, y, 2)
+    grid = np.linspace(min(kept), max(kept), 401)
+    fitted = a * grid**2 + b * grid + c
+    best = float(grid[int(np.argmax(fitted))])
+    return best if fitted.max() > c else 0.0
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Oracle static gain per instance, seed noise, and the share of the returns' variance that
-    instance and correction explain (see the module docstring)."""
+    """Per instance: the mean return of each correction, the best (the recipe's k = 0 a candidate
+    too), the same chosen on one seed and scored on another, and imitation's smoothed target.
+    Across instances: the seeds' noise and the share of the returns' variance that instance and
+    correction explain, from cells with no diverged run (a divergence's reward is a fixed penalty,
+    not an advantage), with unbiased (ddof 1) variances so that pure noise explains about 0."""
     from agents.reporting.statistics import instance_bootstrap_iqm
 
     names = list(dict.fromkeys(r["instance"] for r in runs))
     ks = [k for k in PROBE_LOG2 if k != 0.0]
+    cand = [0.0] + ks
     ret = {(r["instance"], r["seed"], v["log2"]): v["paired_return"] for r in runs for v in r["runs"].values()}
+    div = {(r["instance"], r["seed"], v["log2"]) for r in runs for v in r["runs"].values() if v["diverged"]}
     seeds = sorted({r["seed"] for r in runs})
     per_instance = {}
     for n in names:
-        means = {k: float(np.mean([ret[n, s, k] for s in seeds])) for k in ks}
-        best = max(means, key=means.get)
-        per_seed_best = [max(ks, key=lambda k: ret[n, s, k]) for s in seeds]
-        per_instance[n] = {"mean_return": {f"{k:+g}": means[k] for k in ks}, "best_log2": best,
-                           "oracle_gain": max(means[best], 0.0), "best_log2_per_seed": per_seed_best,
-                           "recipe_return": [ret[n, s, 0.0] for s in seeds]}
-    cells = np.array([[ret[n, s, k] for s in seeds] for n in names for k in ks])  # (instance x k) x seeds
-    finite = np.isfinite(cells).all(axis=1)
-    cells = cells[finite]
-    total = float(np.var(cells)) if cells.size else math.nan
-    within = float(np.mean(np.var(cells, axis=1))) if cells.size else math.nan
-    if len(seeds) > 1:  # the correction chosen on one seed, scored on another: no selection bias
-        for n, p in per_instance.items():
-            picked = [max(ks, key=lambda k: ret[n, s, k]) for s in seeds]
-            p["cross_seed_gain"] = float(np.mean([ret[n, t, picked[i]] for i, s in enumerate(seeds)
-                                                  for t in seeds if t != s]))
+        means = {k: float(np.mean([ret[n, s, k] for s in seeds])) for k in cand}
+        best = max(cand, key=means.get)
+        diverged = {k for k in ks if any((n, s, k) in div for s in seeds)}
+        p = {"mean_return": {f"{k:+g}": means[k] for k in ks}, "best_log2": best, "oracle_gain": means[best],
+             "best_log2_per_seed": [max(cand, key=lambda k: ret[n, s, k]) for s in seeds],
+             "target_log2": smoothed_target({k: means[k] for k in ks}, diverged),
+             "diverged_log2": sorted(diverged), "recipe_return": [ret[n, s, 0.0] for s in seeds]}
+        if len(seeds) > 1:  # the correction chosen on one seed, scored on the others: no selection bias
+            p["cross_seed_gain"] = float(np.mean([ret[n, t, p["best_log2_per_seed"][i]]
+                                                  for i, s in enumerate(seeds) for t in seeds if t != s]))
+        per_instance[n] = p
+    clean = [(n, k) for n in names for k in ks if all((n, s, k) not in div for s in seeds)]
+    cells = np.array([[ret[n, s, k] for s in seeds] for n, k in clean]).reshape(len(clean), len(seeds))
+    noise_var = total_var = within_instance_var = math.nan
+    if len(seeds) > 1 and len(clean) > 1:
+        noise_var = float(np.mean(np.var(cells, axis=1, ddof=1)))
+        total_var = float(np.var(cells, ddof=1))
+        inst = np.array([n for n, _ in clean])
+        centred = np.concatenate([cells[inst == n] - cells[inst == n].mean() for n in names if (inst == n).any()])
+        within_instance_var = float((centred**2).sum() / (centred.size - len(set(inst))))
     gains = {n: p["oracle_gain"] for n, p in per_instance.items()}
     cross = {n: p["cross_seed_gain"] for n, p in per_instance.items() if "cross_seed_gain" in p}
     point, lo, hi = instance_bootstrap_iqm(gains) if len(gains) > 1 else (math.nan, math.nan, math.nan)
-    same_side = [np.sign(p["best_log2_per_seed"][0]) == np.sign(p["best_log2_per_seed"][-1]) for p in per_instance.values()]
+    agree = [len({np.sign(k) for k in p["best_log2_per_seed"]}) == 1 for p in per_instance.values()]
+    share = lambda v: 1.0 - noise_var / v if v and v > 0 else math.nan  # noqa: E731
     return {
         "per_instance": per_instance,
-        "oracle_gain_iqm": point, "oracle_gain_ci95": [lo, hi],
-        "oracle_gain_median": float(np.median(list(gains.values()))) if gains else math.nan,
         "cross_seed_gain_median": float(np.median(list(cross.values()))) if cross else math.nan,
         "cross_seed_gain_mean": float(np.mean(list(cross.values()))) if cross else math.nan,
-        "seed_noise_sd": math.sqrt(within) if cells.size else math.nan,
-        "return_sd": math.sqrt(total) if cells.size else math.nan,
-        "explainable_share": 1.0 - within / total if cells.size and total > 0 else math.nan,
-        "best_direction_agrees_across_seeds": float(np.mean(same_side)) if same_side else math.nan,
+        "oracle_gain_iqm": point, "oracle_gain_ci95": [lo, hi],
+        "oracle_gain_median": float(np.median(list(gains.values()))) if gains else math.nan,
+        "seed_noise_sd": math.sqrt(noise_var) if noise_var == noise_var else math.nan,
+        "return_sd": math.sqrt(total_var) if total_var == total_var else math.nan,
+        "explainable_share": share(total_var),
+        "correction_share_within_instance": share(within_instance_var),
+        "best_direction_agrees_across_seeds": float(np.mean(agree)) if len(seeds) > 1 else math.nan,
+        "cells_with_a_divergence": len(names) * len(ks) - len(clean),
         "recipe_return_max_abs": max(abs(x) for p in per_instance.values() for x in p["recipe_return"]),
-        "interval": ("oracle gain: IQM over instances of each one's best mean return (floored at 0, the recipe's); "
-                     "95% percentile interval from 5,000 bootstrap resamples of the instances"),
+        "interval": ("oracle gain: IQM over instances of each one's best mean return (the recipe's 0 a candidate, "
+                     "so it is >= 0 and flattered by noise); 95% percentile interval from 5,000 bootstrap resamples "
+                     "of the instances"),
     }

@@ -1,7 +1,7 @@
 """Warm-starting PPO by imitating search results on the training instances (or, for a residual
 controller that observes where it stands on its recipe, ``--imitate recipe``: the expert returns the
 lr to the recipe's, and holds everything else; or ``--imitate <residual probe>``: the expert moves
-the lr to the recipe's times each training instance's best fixed correction in that probe).
+the lr to the recipe's times each training instance's smoothed best fixed correction in that probe).
 
 A learning-rate search (``python -m agents.headroom --lr-grid``) finds, for every training
 instance, the constant learning rate with the best validation loss. The "expert" here moves the
@@ -72,31 +72,28 @@ def expert_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
 
 
 def probe_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
-    """instance -> the recipe's lr x 2**k, k the lr correction with the best mean paired return on
-    that training instance in a residual probe (``python -m agents.headroom --residual-probe``);
-    k = 0, the recipe itself, when no correction beat it."""
+    """instance -> the recipe's lr x 2**target, the target being each training instance's smoothed
+    best correction in a residual probe (``python -m agents.headroom --residual-probe --every 1``;
+    agents/experiments/residual_probe.py smoothed_target): 0, the recipe itself, where none beat it."""
     data = read_structured_file(path)
-    per = data.get("summary", {}).get("per_instance") if isinstance(data, dict) else None
+    summary = data.get("summary") if isinstance(data, dict) else None
+    per = summary.get("per_instance") if isinstance(summary, dict) else None
     if not isinstance(per, dict) or "probe_log2" not in data:
         raise ConfigError(f"--imitate {path}: {cfg.name} corrects a recipe's schedule: imitate 'recipe' or a residual "
-                          "probe (python -m agents.headroom --config <name> --residual-probe), not an lr grid")
+                          "probe (python -m agents.headroom --config <name> --residual-probe --every 1), not an lr grid")
     if data.get("config") != cfg.name or data.get("base_recipe") != cfg.base_recipe.model_dump(mode="json"):
         raise ConfigError(f"--imitate {path}: a probe of {data.get('config')!r} around another recipe than {cfg.name}'s "
                           "(config, base_recipe)")
     targets: dict[str, float] = {}
     for inst in cfg.train:
         rec = per.get(inst.name)
-        means = rec.get("mean_return") if isinstance(rec, dict) else None
-        if not isinstance(means, dict) or not means:
+        if not isinstance(rec, dict):
             raise ConfigError(f"{path}: summary.per_instance: no result for training instance {inst.name!r} "
-                              "(probe every one: --instances with all of them)")
-        best, gain = 0.0, 0.0
-        for k, r in means.items():
-            if not isinstance(r, (int, float)) or not math.isfinite(r):
-                raise ConfigError(f"{path}: summary.per_instance.{inst.name}.mean_return.{k}: not a number ({r!r})")
-            if r > gain:
-                best, gain = float(k), float(r)
-        targets[inst.name] = cfg.base_recipe.lr * 2.0 ** best
+                              "(probe every one: --every 1)")
+        k = rec.get("target_log2")
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or abs(k) > 8:
+            raise ConfigError(f"{path}: summary.per_instance.{inst.name}.target_log2: not a correction ({k!r})")
+        targets[inst.name] = cfg.base_recipe.lr * 2.0 ** float(k)
     return targets
 
 

@@ -167,43 +167,56 @@ def write_probe_outputs(out: Path, name: str, result: dict) -> None:
 
     s = result["summary"]
     ks = [k for k in result["probe_log2"] if k != 0.0]
+    several = len(result["seeds"]) > 1
+    num = lambda x, f="+.4f": "n/a" if x is None or x != x else format(x, f)  # noqa: E731
     lines = [f"# Paired returns of fixed lr corrections on {result['config']} (training instances)", "",
              f"Command: `{result['command']}`", "",
              f"From the recipe's start, the recipe's lr x 2^k set at the first decision and then held, on "
              f"{len(result['instances'])} training instances x {len(result['seeds'])} batch seed(s). A return is the "
              "final validation advantage over the recipe's own run on the same batches, per unit of the initial "
-             "validation loss (what PPO learns from); higher is better. k = 0 is the recipe, whose return was "
-             f"at most {s['recipe_return_max_abs']:.1e} in size.", "",
-             "| instance | " + " | ".join(f"k={k:+g}" for k in ks) + " | best k (per seed) | oracle gain | cross-seed gain |",
-             "|---|" + "---|" * len(ks) + "---|---|---|"]
+             "validation loss (what PPO learns from); higher is better; a diverged run's is the divergence penalty. "
+             f"k = 0 is the recipe, whose return was at most {s['recipe_return_max_abs']:.1e} in size. Cells: mean "
+             "return over the seeds.", "",
+             "| instance | " + " | ".join(f"k={k:+g}" for k in ks) +
+             " | best k per seed (0 = recipe) | cross-seed gain | oracle gain | imitation target k |",
+             "|---|" + "---|" * len(ks) + "---|---|---|---|"]
     for inst, p in s["per_instance"].items():
-        cells = " | ".join(f"{p['mean_return'][f'{k:+g}']:+.4f}" for k in ks)
-        cross = f"{p['cross_seed_gain']:+.4f}" if "cross_seed_gain" in p else "-"
+        cells = " | ".join(f"{p['mean_return'][f'{k:+g}']:+.4f}" + (" (diverged)" if k in p.get("diverged_log2", []) else "")
+                           for k in ks)
         lines.append(f"| {inst} | {cells} | {', '.join(f'{k:+g}' for k in p['best_log2_per_seed'])} | "
-                     f"{p['oracle_gain']:+.4f} | {cross} |")
+                     f"{num(p.get('cross_seed_gain'))} | {p['oracle_gain']:+.4f} | {p['target_log2']:+.2f} |")
     lo, hi = s["oracle_gain_ci95"]
     lines += ["",
-              f"- oracle static gain (best k per instance, chosen and scored on the same runs): IQM {s['oracle_gain_iqm']:+.4f} "
-              f"[{lo:+.4f}, {hi:+.4f}], median {s['oracle_gain_median']:+.4f}",
-              f"- cross-seed gain (k chosen on one seed, scored on the other): median {s['cross_seed_gain_median']:+.4f}, "
-              f"mean {s['cross_seed_gain_mean']:+.4f}",
-              f"- spread of the returns (k != 0): sd {s['return_sd']:.4f}; between batch seeds for the same instance and k: "
-              f"sd {s['seed_noise_sd']:.4f}; share of the variance that instance and k explain: {s['explainable_share']:.2f}",
-              f"- the best k's direction (up or down) agrees between the seeds on {s['best_direction_agrees_across_seeds']:.0%} "
-              "of the instances",
+              f"- cross-seed gain (k chosen on one seed, the recipe among the candidates, scored on the others): median "
+              f"{num(s['cross_seed_gain_median'])}, mean {num(s['cross_seed_gain_mean'])}" +
+              ("" if several else " (one seed: not measured)"),
+              f"- oracle gain (best mean over the seeds, chosen and scored on the same runs, so >= 0 even on pure noise): "
+              f"IQM {num(s['oracle_gain_iqm'])} [{num(lo)}, {num(hi)}], median {num(s['oracle_gain_median'])}",
+              f"- spread of the returns (k != 0, cells with no divergence; ddof 1): sd {num(s['return_sd'], '.4f')}; "
+              f"between batch seeds for the same instance and k: sd {num(s['seed_noise_sd'], '.4f')}; share of the variance "
+              f"that instance and k explain: {num(s['explainable_share'], '.2f')}; within instances, the share k explains: "
+              f"{num(s['correction_share_within_instance'], '.2f')}; cells with a diverged run: {s['cells_with_a_divergence']}",
+              "- the best k's direction (up, down or the recipe) is the same on every seed on " +
+              (f"{s['best_direction_agrees_across_seeds']:.0%} of the instances" if several else "n/a (one seed)"),
+              "- imitation target k: the peak of a parabola through the instance's mean returns against k (the recipe's 0 "
+              "included), 0 where no correction beat the recipe: what `--imitate` this file teaches",
               f"- intervals: {s['interval']}",
-              f"- machine: {result['machine']['cpu_count']} CPUs, {result['machine']['cuda'] or 'no GPU'}, torch {result['machine']['torch']}, load {result['machine']['loadavg_1_5_15min']}; wall time of this invocation {result['seconds_this_invocation']:.0f} s"]
+              f"- machine: {result['machine']['cpu_count']} CPUs, {result['machine']['cuda'] or 'no GPU'}, torch "
+              f"{result['machine']['torch']}, load {result['machine']['loadavg_1_5_15min']}; wall time of this invocation "
+              f"{result['seconds_this_invocation']:.0f} s (records made earlier are read back, not rerun)"]
     write_text_atomic(out / f"{name}.md", "\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for i, inst in enumerate(result["instances"]):
         for r in (r for r in result["runs"] if r["instance"] == inst):
-            pts = sorted((v["log2"], v["paired_return"]) for v in r["runs"].values())
+            pts = sorted((v["log2"], v["paired_return"]) for v in r["runs"].values() if not v["diverged"])
             ax.plot([k for k, _ in pts], [y for _, y in pts], "o-" if r["seed"] == 0 else "s--", ms=3,
-                    color=f"C{i % 10}", label=inst if r["seed"] == 0 else None)
+                    color=f"C{i % 10}", label=inst if r["seed"] == 0 and len(result["instances"]) <= 12 else None)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("lr correction k (the recipe's lr x 2^k, from the first decision)")
     ax.set_ylabel("paired return (advantage over the recipe)")
-    ax.set_title(f"{result['config']}: what a fixed correction earns (solid: seed 0, dashed: seed 1)")
+    ax.set_title(f"{result['config']}: what a fixed correction earns (solid: seed 0, dashed: other seeds; "
+                 "diverged runs left out)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if len(result["instances"]) <= 12:
+        ax.legend(fontsize=7)
     save_figure(fig, out / f"{name}.png")
