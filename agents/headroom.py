@@ -67,7 +67,9 @@ def build_parser() -> CommandParser:
                    help="with --transfer: Optuna trials tuning that recipe on the training instances (default 16)")
     p.add_argument("--search-budget", type=positive_int, default=16,
                    help="with --transfer: the per-instance Optuna search's runs, the gain scale's 1.0 (default 16)")
-    p.add_argument("--seeds", type=positive_int, default=3, help="seeds (= drawn starts) per instance (default: 3)")
+    p.add_argument("--seeds", type=positive_int, default=None,
+                   help="seeds (= drawn starts) per instance (default: 3; with --residual-probe, the batch seeds "
+                        "training draws, control.reference_seeds)")
     add_worker_arguments(p, default_workers=2)
     p.add_argument("--out", default=str(REPO_ROOT / "results" / "headroom"), help="folder (default: results/headroom)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -87,6 +89,7 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
         raise ConfigError("--reference-runs-from: only with --residual-probe")
     if args.residual_probe:
         return _residual_probe(args, cfg, argv)
+    args.seeds = args.seeds or 3
     if args.transfer and not cfg.train:
         raise ConfigError(f"--transfer: instance set {cfg.name!r} has no training instances to tune a recipe on")
     if args.transfer and args.instances:
@@ -134,6 +137,7 @@ def _residual_probe(args: argparse.Namespace, cfg, argv: Optional[list[str]]) ->
     refs = Path(args.reference_runs_from) if args.reference_runs_from else None
     if refs is not None and not refs.is_dir():
         raise ConfigError(f"--reference-runs-from {refs}: not a folder")
+    args.seeds = args.seeds or cfg.control.reference_seeds
     names = args.instances or default_instances(cfg, args.every)
     for n in names:
         cfg.instance(n)
