@@ -214,7 +214,7 @@ def write_probe_outputs(out: Path, name: str, result: dict) -> None:
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("lr correction k (the recipe's lr x 2^k, from the first decision)")
     ax.set_ylabel("paired return (advantage over the recipe)")
-    ax.set_title(f"{result['config']}: what a fixed correction earns (solid: seed 0, dashed: other seeds; "
+    ax.set_title(f"{result['config']}: what a fixed lr correction earns\n(solid: seed 0; dashed: other seeds; "
                  "diverged runs left out)", fontsize=9)
     ax.grid(alpha=0.3)
     if len(result["instances"]) <= 12:
