@@ -24,14 +24,9 @@ With --lr-grid: each lr of an absolute grid (1e-5 .. 1e-2, half-decade steps) he
 instance; each instance's best constant lr (agents/experiments/lr_grid.py), written to
 <config>_lr_grid.*: what agents.train_agent --imitate warm-starts from.
 
-With --residual-probe (a residual set with the paired reward, e.g. smollm2_wide_anchored): on
-training instances only (default: every 6th), from the recipe's start, fixed lr corrections of
-the recipe (x1/4 .. x4, set at the first decision) and their paired returns, the reward PPO learns
-from: how much a static correction could earn, and how much of it the batch seed's noise hides
-(agents/experiments/residual_probe.py). Written to <config>_residual_probe.*.
-
-    python -m agents.headroom --config smollm2_wide_anchored --residual-probe --seeds 2 --workers 1 \
-        --reference-runs-from results/agents/ppo-smollm2_wide_anchored_imitation/reference_runs
+With --residual-probe (a residual set with the paired reward): on training instances only, fixed lr
+corrections of the recipe and their paired returns (agents/experiments/residual_probe.py), written
+to <config>_residual_probe.*; e.g. --config smollm2_wide_anchored --residual-probe --seeds 2.
 
 Each instance x seed is saved when it finishes; rerunning the command resumes.
 """
@@ -88,7 +83,11 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
     if args.reference_runs_from and not args.residual_probe:
         raise ConfigError("--reference-runs-from: only with --residual-probe")
     if args.residual_probe:
-        return _residual_probe(args, cfg, argv)
+        from agents.experiments.residual_probe import probe_and_write
+
+        command = "python -m agents.headroom " + " ".join(argv if argv is not None else sys.argv[1:])
+        return probe_and_write(cfg, args.instances, args.every, args.seeds, Path(args.out), pool_options(args),
+                               args.reference_runs_from, command, args.json)
     args.seeds = args.seeds or 3
     if args.transfer and not cfg.train:
         raise ConfigError(f"--transfer: instance set {cfg.name!r} has no training instances to tune a recipe on")
@@ -120,39 +119,6 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
     write_json_atomic(out / f"{name}.json", result)
     writer = write_transfer_outputs if args.transfer else write_lr_grid_outputs if args.lr_grid else write_headroom_outputs
     writer(out, cfg.name, result)
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}))
-    else:
-        print((out / f"{name}.md").read_text())
-    return result
-
-
-def _residual_probe(args: argparse.Namespace, cfg, argv: Optional[list[str]]) -> dict[str, Any]:
-    from agents.experiments.residual_probe import check_probe_config, default_instances, residual_probe
-    from agents.reporting.headroom_report import write_probe_outputs
-    from trainers.atomic_files import write_json_atomic
-    from trainers.provenance import machine_info, utc_now
-
-    check_probe_config(cfg)
-    refs = Path(args.reference_runs_from) if args.reference_runs_from else None
-    if refs is not None and not refs.is_dir():
-        raise ConfigError(f"--reference-runs-from {refs}: not a folder")
-    args.seeds = args.seeds or cfg.control.reference_seeds
-    names = args.instances or default_instances(cfg, args.every)
-    for n in names:
-        cfg.instance(n)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
-    t0 = time.time()
-    name = f"{cfg.name}_residual_probe"
-    found = residual_probe(cfg, names, args.seeds, out / name, pool_options(args), refs)
-    command = "python -m agents.headroom " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = {"config": cfg.name, "base_recipe": cfg.base_recipe.model_dump(mode="json"), "command": command,
-              "machine": machine_info(), "measured_at": utc_now(),
-              "seconds_this_invocation": round(time.time() - t0, 1), "seeds": list(range(args.seeds)), **found}
-    write_json_atomic(out / f"{name}.json", result)
-    write_probe_outputs(out, name, result)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}))
     else:

@@ -37,10 +37,8 @@ def build_parser() -> CommandParser:
     g.add_argument("--total-steps", dest="decisions", type=nonnegative_int, help=argparse.SUPPRESS)  # the old name
     g.add_argument("--seed", type=int, default=0, help="seed of the learner and the environments (default: 0)")
     g.add_argument("--imitate", default=None, metavar="LR_GRID_JSON|PROBE_JSON|recipe",
-                   help="PPO only: first imitate each training instance's best constant lr from this lr grid (agents."
-                        "headroom --lr-grid); for anchored residual configs, a return to the recipe's lr ('recipe') or "
-                        "each training instance's best correction of it in a residual probe (agents.headroom "
-                        "--residual-probe)")
+                   help="PPO only: first imitate each training instance's best lr: from an lr grid (agents.headroom "
+                        "--lr-grid), or for anchored residual configs the recipe's ('recipe') or a --residual-probe's")
     g.add_argument("--reference-runs-from", default=None, metavar="AGENT_FOLDER",
                    help="paired reward: start from another agent's cached recipe runs (reference_runs/); each is "
                         "used only where its key and stack are this run's")

@@ -204,3 +204,39 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                      "so it is >= 0 and flattered by noise); 95% percentile interval from 5,000 bootstrap resamples "
                      "of the instances"),
     }
+
+
+def probe_and_write(cfg: InstanceSetConfig, instances: Optional[list[str]], every: int, seeds: Optional[int],
+                    out: Path, pool: dict, references_from: Optional[str], command: str, as_json: bool) -> dict[str, Any]:
+    """agents.headroom --residual-probe: check, run (resumably), write <config>_residual_probe.json,
+    .md and .png under ``out``, and print the table (or the summary as JSON)."""
+    import json
+    import time
+
+    from agents.reporting.headroom_report import write_probe_outputs
+    from trainers.atomic_files import write_json_atomic
+    from trainers.provenance import machine_info, utc_now
+
+    check_probe_config(cfg)
+    refs = Path(references_from) if references_from else None
+    if refs is not None and not refs.is_dir():
+        raise ConfigError(f"--reference-runs-from {refs}: not a folder")
+    seeds = seeds or cfg.control.reference_seeds
+    names = instances or default_instances(cfg, every)
+    for n in names:
+        cfg.instance(n)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    t0 = time.time()
+    name = f"{cfg.name}_residual_probe"
+    found = residual_probe(cfg, names, seeds, out / name, pool, refs)
+    result = {"config": cfg.name, "base_recipe": cfg.base_recipe.model_dump(mode="json"), "command": command,
+              "machine": machine_info(), "measured_at": utc_now(),
+              "seconds_this_invocation": round(time.time() - t0, 1), "seeds": list(range(seeds)), **found}
+    write_json_atomic(out / f"{name}.json", result)
+    write_probe_outputs(out, name, result)
+    if as_json:
+        print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}))
+    else:
+        print((out / f"{name}.md").read_text())
+    return result
