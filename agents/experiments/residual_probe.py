@@ -217,14 +217,11 @@ def probe_and_write(cfg: InstanceSetConfig, instances: Optional[list[str]], ever
     from trainers.atomic_files import write_json_atomic
     from trainers.provenance import machine_info, utc_now
 
-    check_probe_config(cfg)
     refs = Path(references_from) if references_from else None
     if refs is not None and not refs.is_dir():
         raise ConfigError(f"--reference-runs-from {refs}: not a folder")
     seeds = seeds or cfg.control.reference_seeds
     names = instances or default_instances(cfg, every)
-    for n in names:
-        cfg.instance(n)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
     t0 = time.time()
