@@ -94,11 +94,13 @@ def _checkpoint(folder):
     return state, {k: folder / "checkpoint" / v for k, v in state["files"].items()}
 
 
-@pytest.mark.parametrize("algo", ["qlearning", "ppo"])
+@pytest.mark.parametrize("algo", ["qlearning", "ppo", "dqn"])
 def test_resume_continues_from_checkpoint(algo, fast_yaml, tmp_path, tracking_uri, capsys):
     folder = _train(algo, fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])
     state, files = _checkpoint(folder)
     assert state["num_timesteps"] == 8 and all(f.is_file() for f in files.values())
+    assert ("replay_buffer" in files) == (algo == "dqn")
+    first_buffer = dict(np.load(files["replay_buffer"])) if algo == "dqn" else None
     assert sorted(p.name for p in (folder / "checkpoint").iterdir()) == sorted(["state.json", *state["files"].values()])
     args = train_agent.parse_args(["--algo", algo, "--config", str(fast_yaml), "--decisions", "12",
                                    "--out", str(tmp_path), "--tracking-uri", tracking_uri, "--resume",
@@ -106,12 +108,17 @@ def test_resume_continues_from_checkpoint(algo, fast_yaml, tmp_path, tracking_ur
     folder = train_agent.train(args)
     meta = json.loads((folder / "agent.json").read_text())
     # PPO learns whole rollouts: the first run's 8-step rollouts take it from 8 to 16, and it says so first
-    expected = 12 if algo == "qlearning" else 16
+    expected = 16 if algo == "ppo" else 12
     note = "resuming at decision 8; PPO learns in whole rollouts of 8 decisions here"
     assert (note in capsys.readouterr().err) == (algo == "ppo")
     assert meta["total_timesteps"] == expected and meta["mlflow_run_id"] == state["mlflow_run_id"]
     assert meta["learner_hparams"] == state["learner_hparams"]
     assert len((folder / "training_curve.csv").read_text().splitlines()) - 1 == expected // 2
+    if algo == "dqn":  # the resumed DQN kept sampling from what it had collected: 8 transitions, then 4 more
+        with np.load(_checkpoint(folder)[1]["replay_buffer"]) as buffer:
+            assert int(buffer["pos"]) == 12 and not bool(buffer["full"]) and bool(buffer["valid"].all())
+            for name in ("observations", "actions", "rewards", "next_observations", "dones"):
+                assert np.array_equal(buffer[name][:8], first_buffer[name]), name
 
 
 def test_ppo_resume_starts_from_the_checkpointed_weights_and_statistics(fast_yaml, tmp_path, tracking_uri):

@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_commands import _run, files  # noqa: F401 (files: the fixture, with its fast config)
@@ -554,3 +555,35 @@ def test_a_save_that_fails_leaves_nothing_half_written(capsys, tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tuned"]  # no partial folder, no lock left
     assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == ["metrics.json"]
     assert json.loads((tmp_path / "tuned" / "metrics.json").read_text()) == {"earlier": True}
+
+
+def _replay_buffer(obs_size: int, rows: int):
+    from gymnasium import spaces
+
+    from agents.learners.dropped_episodes import DropAwareReplayBuffer
+
+    buffer = DropAwareReplayBuffer(16, spaces.Box(-1, 1, (obs_size,), dtype="float32"), spaces.Discrete(3), n_envs=1)
+    for i in range(rows):
+        buffer.add(np.full((1, obs_size), i, "float32"), np.full((1, obs_size), i + 1, "float32"), np.array([[i % 3]]),
+                   np.array([0.1 * i]), np.array([False]), [{}])
+    return buffer
+
+
+def test_a_replay_buffer_round_trips_and_a_wrong_one_is_refused(tmp_path):
+    """A DQN checkpoint's buffer comes back row for row, with the rows a drop left out still left
+    out; one saved for another observation size, or not an .npz at all, is refused by name."""
+    from agents.learners.sb3_setup import load_replay_buffer, save_replay_buffer
+    from trainers.config import ConfigError
+
+    saved = _replay_buffer(4, 5)
+    saved.drop_episode(0)  # the episode in flight: its 5 rows are never sampled
+    save_replay_buffer(tmp_path / "b.npz", saved)
+    back = _replay_buffer(4, 0)
+    load_replay_buffer(tmp_path / "b.npz", back)
+    assert back.pos == 5 and not back.full and not back.valid[:5].any()
+    assert np.array_equal(back.observations[:5], saved.observations[:5]) and back.rewards[4, 0] == pytest.approx(0.4)
+    with pytest.raises(ConfigError, match=r"b\.npz: observations has shape \(5, 1, 4\)"):
+        load_replay_buffer(tmp_path / "b.npz", _replay_buffer(6, 0))
+    (tmp_path / "c.npz").write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match=r"c\.npz: not a replay buffer saved by this project"):
+        load_replay_buffer(tmp_path / "c.npz", _replay_buffer(4, 0))

@@ -40,6 +40,8 @@ def is_agent_folder(folder: Path) -> bool:
 RUN_MARKER = ".training-run"  # written when a run starts in a folder; with no checkpoint yet, nothing was learned
 CHECKPOINT_FILES = {"ppo": ("model", "obs_normalization"), "dqn": ("model", "obs_normalization"),
                     "qlearning": ("qtable",)}
+# kept when there is one (DQN's replay buffer, since checkpoints kept it), checked like the others
+OPTIONAL_CHECKPOINT_FILES = {"dqn": ("replay_buffer",)}
 
 
 def stopped_before_checkpoint(folder: Path) -> bool:
@@ -93,7 +95,8 @@ def check_checkpoint_files(ckpt: Path, saved: dict[str, Any], algo: str) -> None
     if not isinstance(saved.get("num_timesteps"), int) or saved["num_timesteps"] < 0:
         raise ConfigError(f"--resume: {where}: field 'num_timesteps' must be a count of decisions, "
                           f"got {json.dumps(saved.get('num_timesteps'))}")
-    for key in CHECKPOINT_FILES[algo]:
+    optional = [k for k in OPTIONAL_CHECKPOINT_FILES.get(algo, ()) if k in saved["files"]]
+    for key in [*CHECKPOINT_FILES[algo], *optional]:
         if key not in saved["files"]:
             raise ConfigError(f"--resume: {where}: files.{key} is missing; the checkpoint is incomplete")
         path = inside_folder(ckpt, saved["files"][key], f"--resume: {where}: files.{key}")

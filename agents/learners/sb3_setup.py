@@ -6,7 +6,9 @@ What an agent folder holds for an SB3 learner (read back by ``agent_folder.Contr
   obs_normalization.json  VecNormalize's running mean / variance of the observation, as JSON
 The checkpoint for ``--resume`` adds SB3's model zip (weights and optimizer state); it is read
 back with ``set_parameters``, which loads only its tensors (``torch.load(weights_only=True)``),
-never its pickled ``data`` entry.
+never its pickled ``data`` entry. For DQN it also keeps the replay buffer, as plain arrays (SB3's
+``save_replay_buffer`` pickles), so a resumed DQN samples from what it had collected, not from the
+few transitions after the resume.
 """
 from __future__ import annotations
 
@@ -193,14 +195,66 @@ def save_checkpoint(folder: Path, model, vec_normalize, tag: str) -> dict[str, s
     files = {"model": f"model-{tag}.zip", "obs_normalization": f"obs_normalization-{tag}.json"}
     write_bytes_atomic(folder / files["model"], buf.getvalue())
     ObsNormalization.of(vec_normalize).save(folder / files["obs_normalization"])
+    if isinstance(getattr(model, "replay_buffer", None), DropAwareReplayBuffer):
+        files["replay_buffer"] = f"replay_buffer-{tag}.npz"
+        save_replay_buffer(folder / files["replay_buffer"], model.replay_buffer)
     return files
 
 
-def resume_model(algo: str, venv, seed: int, hp: dict[str, Any], zip_path: Path, num_timesteps: int):
-    """A model built as build_model does, then given the checkpoint's tensors (no unpickling)."""
+# what a replay buffer is: its transitions, which rows may be sampled, and where it writes next
+_REPLAY_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts", "valid")
+
+
+def save_replay_buffer(path: Path, buffer: DropAwareReplayBuffer) -> None:
+    """The filled rows of a DQN replay buffer as an .npz of plain arrays, written atomically."""
+    upper = buffer.buffer_size if buffer.full else buffer.pos
+    out = io.BytesIO()
+    np.savez_compressed(out, **{k: getattr(buffer, k)[:upper] for k in _REPLAY_ARRAYS},
+                        pos=np.int64(buffer.pos), full=np.bool_(buffer.full))
+    write_bytes_atomic(path, out.getvalue())
+
+
+def load_replay_buffer(path: Path, buffer: DropAwareReplayBuffer) -> None:
+    """Fill ``buffer`` from save_replay_buffer's file, checked against the buffer it goes into
+    (no pickles are read). Episodes in flight at the checkpoint are not continued: the resumed run
+    starts new ones, so no row is tracked as part of a current episode."""
+    import zipfile
+
+    from trainers.config import ConfigError
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in _REPLAY_ARRAYS}
+            pos, full = int(data["pos"]), bool(data["full"])
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ConfigError(f"{path}: not a replay buffer saved by this project ({err})") from None
+    rows = len(arrays["valid"])
+    expected_rows = buffer.buffer_size if full else pos
+    if rows != expected_rows or not 0 <= pos < buffer.buffer_size:
+        raise ConfigError(f"{path}: {rows} rows with write position {pos} (full={full}) do not fit a buffer "
+                          f"of {buffer.buffer_size}")
+    for name, value in arrays.items():
+        target = getattr(buffer, name)
+        if value.shape[1:] != target.shape[1:] or len(value) != rows:
+            raise ConfigError(f"{path}: {name} has shape {value.shape}; this learner's buffer holds rows of "
+                              f"{target.shape[1:]}")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ConfigError(f"{path}: {name} holds values that are not finite (NaN or infinity)")
+        target[:rows] = value
+    buffer.pos, buffer.full = pos, full
+    buffer._episode_rows = [[] for _ in range(buffer.n_envs)]
+    buffer._drop_next = set()
+
+
+def resume_model(algo: str, venv, seed: int, hp: dict[str, Any], zip_path: Path, num_timesteps: int,
+                 replay_path: Optional[Path] = None):
+    """A model built as build_model does, then given the checkpoint's tensors (no unpickling) and,
+    for DQN, its replay buffer."""
     model = build_model(algo, venv, seed, hp)
     model.set_parameters(str(zip_path), exact_match=True, device="cpu")
     model.num_timesteps = num_timesteps
+    if replay_path is not None:
+        load_replay_buffer(replay_path, model.replay_buffer)
     return model
 
 

@@ -323,7 +323,9 @@ def build_learner(opts: TrainingOptions, venv, hp: dict, state: dict, ckpt: Path
     venv = VecNormalize(venv, norm_obs=True, norm_reward=False, clip_obs=10.0, gamma=hp["gamma"])
     if opts.resume:
         ObsNormalization.load(ckpt / state["files"]["obs_normalization"]).apply_to(venv)
-        model = resume_model(opts.algo, venv, opts.seed, hp, ckpt / state["files"]["model"], int(state["num_timesteps"]))
+        replay = state["files"].get("replay_buffer")  # DQN; a checkpoint from before buffers were kept has none
+        model = resume_model(opts.algo, venv, opts.seed, hp, ckpt / state["files"]["model"], int(state["num_timesteps"]),
+                             ckpt / replay if replay else None)
     else:
         model = build_model(opts.algo, venv, opts.seed, hp)
     model.set_logger(mlflow_sb3_logger(folder, int(state["num_timesteps"]) if opts.resume else None))
