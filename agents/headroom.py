@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from agents.experiments.runner import add_worker_arguments, pool_options
+from agents.experiments.runner import add_worker_arguments, pool_options, provenance
 from trainers.cli import CommandParser, positive_int, run_command
 from trainers.config import REPO_ROOT, ConfigError, load_config
 
@@ -75,7 +75,6 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
     from agents.experiments import lr_grid, open_loop, transfer_headroom
     from agents.reporting.headroom_report import write_headroom_outputs, write_lr_grid_outputs, write_transfer_outputs
     from trainers.atomic_files import write_json_atomic
-    from trainers.provenance import machine_info, utc_now
 
     cfg = load_config(args.config)
     if sum([args.transfer, args.lr_grid, args.residual_probe]) > 1:
@@ -114,8 +113,8 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
         run = lr_grid.lr_grid if args.lr_grid else open_loop.headroom
         found = run(cfg, names, args.seeds, out / name, pool_options(args))
     command = "python -m agents.headroom " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = {"config": cfg.name, "command": command, "machine": machine_info(), "measured_at": utc_now(),
-              "seconds_this_invocation": round(time.time() - t0, 1), "seeds": list(range(args.seeds)), **found}
+    result = {"config": cfg.name, **provenance(command, t0, out / name / "per_run"), "seeds": list(range(args.seeds)),
+              **found}
     write_json_atomic(out / f"{name}.json", result)
     writer = write_transfer_outputs if args.transfer else write_lr_grid_outputs if args.lr_grid else write_headroom_outputs
     writer(out, cfg.name, result)

@@ -170,6 +170,10 @@ def test_compare_end_to_end_writes_every_file(fast_cfg_dict, tmp_path, monkeypat
     # where and from which code the numbers came, in both files
     assert {"platform", "cpu_count", "torch", "git_commit"} <= set(s["machine"]) and "wall_seconds_this_invocation" in s
     assert f"commit {s['machine']['git_commit']};" in (out / "summary.md").read_text()
+    spent = s["worker_seconds"]  # every task this comparison ran, timed in its worker, PBT's included
+    assert spent["entries_timed"] == spent["entries"] == sum(len(json.loads(f.read_text())["entries"])
+                                                            for f in (out / "per_run").glob("*.json"))
+    assert 0 < spent["seconds"] and f"{spent['seconds'] / 60:.1f} worker-minutes" in (out / "summary.md").read_text()
     steps = d["episode"]["total_steps"]
     assert s["methods"]["policy"]["1"]["compute_steps"] == steps
     assert s["methods"]["random_search"]["2"]["compute_steps"] == 2 * steps  # no pruner: two full runs

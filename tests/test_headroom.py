@@ -102,7 +102,11 @@ def test_headroom_command_writes_its_files_and_resumes(fast_cfg_dict, tmp_path):
     mtime = per_run.stat().st_mtime_ns
     main(argv)  # resumes: the saved record is reused, not recomputed
     assert per_run.stat().st_mtime_ns == mtime
-    assert json.loads((out / f"{name}.json").read_text())["runs"] == result["runs"]
+    again = json.loads((out / f"{name}.json").read_text())
+    assert again["runs"] == result["runs"]
+    # what the records cost is kept with them, so a resume that only reads them back still reports it
+    assert again["worker_seconds"] == result["worker_seconds"] and result["worker_seconds"]["entries_timed"] == 1
+    assert result["worker_seconds"]["seconds"] > 0
 
 
 def test_transfer_headroom_measures_every_static_choice_and_its_summary_follows_from_them(fast_cfg_dict, tmp_path):

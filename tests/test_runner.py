@@ -56,6 +56,26 @@ def test_run_tasks_saves_each_result_and_runs_only_what_is_missing_or_stale(tmp_
         assert calls == [1, 2]  # the changed key and the stale record, nothing else
 
 
+def test_each_entry_keeps_the_seconds_its_task_took_and_they_add_up_over_invocations(tmp_path):
+    import time
+
+    store = RecordStore(tmp_path)
+    store.put("old-seed0", "m", {}, {"x": 0})  # saved before tasks were timed: counted apart
+
+    def work(ctx, x):
+        time.sleep(0.2 * x)
+        return x
+
+    with WorkerPool(lambda: None) as pool:
+        run_tasks([Task(pair_file("i", 1), "m", {}, work, (1,))], store, pool)
+        run_tasks([Task(pair_file("i", s), "m", {}, work, (s,)) for s in (1, 2)], store, pool)  # a resume
+    entries = {f: store.entries(f)["m"] for f in ("i-seed1", "i-seed2")}
+    assert 0.2 <= entries["i-seed1"]["seconds"] < 0.4 and 0.4 <= entries["i-seed2"]["seconds"] < 0.6
+    spent = store.worker_seconds()
+    assert (spent["entries_timed"], spent["entries"]) == (2, 3)
+    assert spent["seconds"] == pytest.approx(round(entries["i-seed1"]["seconds"] + entries["i-seed2"]["seconds"], 1))
+
+
 def test_a_task_that_fails_keeps_what_finished_before_it(tmp_path):
     store = RecordStore(tmp_path)
 

@@ -126,6 +126,7 @@ def compare(opts: ComparisonOptions) -> dict[str, Any]:
                     "machine": machine_info(),
                     # this invocation only: a resumed comparison's earlier invocations are not counted
                     "wall_seconds_this_invocation": round(time.monotonic() - started, 1),
+                    "worker_seconds": pairs_store.worker_seconds(),  # every invocation's tasks, PBT's included
                     "left_out": left_out, "transferred_recipe_tuning": transferred})
     plots = write_outputs(out, summary, pairs, opts.command, list(opts.budgets))
     with mlflow_tracking.tracked_run(opts.tracking_uri, "compare", f"compare/{out.name}"):

@@ -215,7 +215,7 @@ def probe_and_write(cfg: InstanceSetConfig, instances: Optional[list[str]], ever
 
     from agents.reporting.headroom_report import write_probe_outputs
     from trainers.atomic_files import write_json_atomic
-    from trainers.provenance import machine_info, utc_now
+    from agents.experiments.runner import provenance
 
     refs = Path(references_from) if references_from else None
     if refs is not None and not refs.is_dir():
@@ -227,9 +227,8 @@ def probe_and_write(cfg: InstanceSetConfig, instances: Optional[list[str]], ever
     t0 = time.time()
     name = f"{cfg.name}_residual_probe"
     found = residual_probe(cfg, names, seeds, out / name, pool, refs)
-    result = {"config": cfg.name, "base_recipe": cfg.base_recipe.model_dump(mode="json"), "command": command,
-              "machine": machine_info(), "measured_at": utc_now(),
-              "seconds_this_invocation": round(time.time() - t0, 1), "seeds": list(range(seeds)), **found}
+    result = {"config": cfg.name, "base_recipe": cfg.base_recipe.model_dump(mode="json"),
+              **provenance(command, t0, out / name / "per_run"), "seeds": list(range(seeds)), **found}
     write_json_atomic(out / f"{name}.json", result)
     write_probe_outputs(out, name, result)
     if as_json:

@@ -10,12 +10,15 @@ all run this way:
 A task's result is saved the moment it finishes (written whole: temporary file, then rename), so
 a crash or Ctrl-C loses only the tasks in flight, and rerunning the same command carries on. An
 entry whose saved key differs from the task's (another agent, data, settings...), or that the
-caller's ``stale`` rejects, is run again.
+caller's ``stale`` rejects, is run again. Each entry also keeps the seconds its task took in its
+worker, so that the cost of a result made over several resumed invocations adds up
+(``worker_seconds``), where one invocation's wall time would count only its own share.
 """
 from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -59,10 +62,31 @@ class RecordStore:
             return entry.get("record")
         return None
 
-    def put(self, file: str, name: str, key: Any, record: Any) -> None:
+    def put(self, file: str, name: str, key: Any, record: Any, seconds: Optional[float] = None) -> None:
         entries = self.entries(file)
-        entries[name] = {"key": key, "record": record}
+        entries[name] = {"key": key, "record": record, **({"seconds": seconds} if seconds is not None else {})}
         write_json_atomic(self.path(file), {"entries": entries}, indent=None)
+
+    def worker_seconds(self) -> dict[str, Any]:
+        """What the saved entries cost: the sum of their tasks' seconds, over every invocation that
+        made them (entries saved before tasks were timed are counted apart)."""
+        entries = [e for f in sorted(self.folder.glob("*.json")) for e in self.entries(f.stem).values()
+                   if isinstance(e, dict)]
+        timed = [float(e["seconds"]) for e in entries if isinstance(e.get("seconds"), (int, float))]
+        return {"seconds": round(sum(timed), 1), "entries_timed": len(timed), "entries": len(entries),
+                "what": "sum over the saved entries of the seconds each task took in its worker, across every "
+                        "invocation; with W workers busy the wall time is about this / W"}
+
+
+def provenance(command: str, started: float, per_run: Path) -> dict[str, Any]:
+    """How a result file was made, as every experiment records it: the command, the machine, when,
+    this invocation's wall time (``started``: its time.time()), and what all the saved entries in
+    ``per_run`` cost across invocations."""
+    from trainers.provenance import machine_info, utc_now
+
+    return {"command": command, "machine": machine_info(), "measured_at": utc_now(),
+            "seconds_this_invocation": round(time.time() - started, 1),
+            "worker_seconds": RecordStore(per_run).worker_seconds()}
 
 
 def pair_file(instance: str, seed: int) -> str:
@@ -82,8 +106,11 @@ class Task:
     args: tuple = ()
 
 
-def _run_task(context: Any, task: Task) -> Any:
-    return task.fn(context, *task.args)
+def _run_task(context: Any, task: Task) -> tuple[Any, float]:
+    """The task's record, and the seconds it took here."""
+    started = time.monotonic()
+    record = task.fn(context, *task.args)
+    return record, round(time.monotonic() - started, 2)
 
 
 def run_tasks(tasks: Sequence[Task], store: RecordStore, pool: "WorkerPool",
@@ -100,8 +127,8 @@ def run_tasks(tasks: Sequence[Task], store: RecordStore, pool: "WorkerPool",
             todo.append(t)
     bar = progress(total=len(todo), desc=desc, unit="task", disable=not todo)
     try:
-        for t, record in pool.map_unordered(_run_task, todo):
-            store.put(t.file, t.name, t.key, record)
+        for t, (record, seconds) in pool.map_unordered(_run_task, todo):
+            store.put(t.file, t.name, t.key, record, seconds)
             out[t.file, t.name] = record
             bar.update(1)
     finally:

@@ -110,13 +110,24 @@ def summary_csv(summary: dict) -> str:
     return table.getvalue()
 
 
+def cost_text(worker_seconds: dict | None) -> str:
+    """The runner's worker_seconds in words: what the saved results cost across every invocation."""
+    if not worker_seconds or not worker_seconds.get("entries"):
+        return "cost of the saved results not recorded"
+    w = worker_seconds
+    untimed = w["entries"] - w["entries_timed"]
+    return (f"the saved results took {w['seconds'] / 60:.1f} worker-minutes across invocations"
+            + (f" ({untimed} of {w['entries']} entries saved before tasks were timed, not counted)" if untimed else ""))
+
+
 def summary_markdown(summary: dict, command: str) -> str:
     lines = [f"# Comparison at matched compute", "", f"Command: `{command}`", ""]
     if summary.get("machine"):
         m = summary["machine"]
         lines += [f"Machine: {m['platform']}, {m['cpu_count']} CPUs, GPU {m['cuda'] or 'none'}; torch {m['torch']}; "
                   f"commit {m['git_commit']}; written {summary.get('measured_at')}, "
-                  f"{summary.get('wall_seconds_this_invocation', float('nan')):.0f} s in this invocation", ""]
+                  f"{summary.get('wall_seconds_this_invocation', float('nan')):.0f} s in this invocation; "
+                  f"{cost_text(summary.get('worker_seconds'))}", ""]
     lines += (_method_table(summary) + _gain_table(summary) + _improvement_table(summary) + _failures(summary)
               + _per_instance_table(summary))
     return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from agents.reporting.comparison_report import cost_text
 from agents.reporting.plots import save_figure
 from trainers.atomic_files import write_text_atomic
 
@@ -203,7 +204,8 @@ def write_probe_outputs(out: Path, name: str, result: dict) -> None:
               f"- intervals: {s['interval']}",
               f"- machine: {result['machine']['cpu_count']} CPUs, {result['machine']['cuda'] or 'no GPU'}, torch "
               f"{result['machine']['torch']}, load {result['machine']['loadavg_1_5_15min']}; wall time of this invocation "
-              f"{result['seconds_this_invocation']:.0f} s (records made earlier are read back, not rerun)"]
+              f"{result['seconds_this_invocation']:.0f} s (records made earlier are read back, not rerun); "
+              f"{cost_text(result.get('worker_seconds'))}"]
     write_text_atomic(out / f"{name}.md", "\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for i, inst in enumerate(result["instances"]):
