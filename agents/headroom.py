@@ -113,8 +113,8 @@ def headroom(args: argparse.Namespace, argv: Optional[list[str]] = None) -> dict
         run = lr_grid.lr_grid if args.lr_grid else open_loop.headroom
         found = run(cfg, names, args.seeds, out / name, pool_options(args))
     command = "python -m agents.headroom " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = {"config": cfg.name, **provenance(command, t0, out / name / "per_run"), "seeds": list(range(args.seeds)),
-              **found}
+    result = {"config": cfg.name, **provenance(command, t0, out / name / "per_run", names, args.seeds),
+              "seeds": list(range(args.seeds)), **found}
     write_json_atomic(out / f"{name}.json", result)
     writer = write_transfer_outputs if args.transfer else write_lr_grid_outputs if args.lr_grid else write_headroom_outputs
     writer(out, cfg.name, result)

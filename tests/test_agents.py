@@ -100,7 +100,6 @@ def test_resume_continues_from_checkpoint(algo, fast_yaml, tmp_path, tracking_ur
     state, files = _checkpoint(folder)
     assert state["num_timesteps"] == 8 and all(f.is_file() for f in files.values())
     assert ("replay_buffer" in files) == (algo == "dqn")
-    first_buffer = dict(np.load(files["replay_buffer"])) if algo == "dqn" else None
     assert sorted(p.name for p in (folder / "checkpoint").iterdir()) == sorted(["state.json", *state["files"].values()])
     args = train_agent.parse_args(["--algo", algo, "--config", str(fast_yaml), "--decisions", "12",
                                    "--out", str(tmp_path), "--tracking-uri", tracking_uri, "--resume",
@@ -114,11 +113,41 @@ def test_resume_continues_from_checkpoint(algo, fast_yaml, tmp_path, tracking_ur
     assert meta["total_timesteps"] == expected and meta["mlflow_run_id"] == state["mlflow_run_id"]
     assert meta["learner_hparams"] == state["learner_hparams"]
     assert len((folder / "training_curve.csv").read_text().splitlines()) - 1 == expected // 2
-    if algo == "dqn":  # the resumed DQN kept sampling from what it had collected: 8 transitions, then 4 more
-        with np.load(_checkpoint(folder)[1]["replay_buffer"]) as buffer:
-            assert int(buffer["pos"]) == 12 and not bool(buffer["full"]) and bool(buffer["valid"].all())
-            for name in ("observations", "actions", "rewards", "next_observations", "dones"):
-                assert np.array_equal(buffer[name][:8], first_buffer[name]), name
+
+
+def test_dqn_resume_keeps_its_replay_buffer_under_another_n_envs(fast_yaml, tmp_path, tracking_uri, monkeypatch,
+                                                                 capsys):
+    """Each DQN checkpoint holds every transition its decision count claims (SB3 stores a step after
+    the callback sees it), a resume with another --n-envs samples from all of them, oldest first,
+    and a damaged buffer is refused in one line."""
+    from agents.learners import sb3_setup
+    from tests.test_commands import _run
+
+    saved, real = [], sb3_setup.save_replay_buffer
+
+    def spy(path, buffer):
+        saved.append((path.name, int(buffer.valid.sum())))
+        real(path, buffer)
+
+    monkeypatch.setattr(sb3_setup, "save_replay_buffer", spy)
+    folder = _train("dqn", fast_yaml, tmp_path, tracking_uri, ["--no-heldout"])
+    assert saved[:2] == [("replay_buffer-00000004.npz", 4), ("replay_buffer-00000008.npz", 8)]
+    with np.load(_checkpoint(folder)[1]["replay_buffer"]) as b:
+        first = {k: b[k] for k in b.files}
+    assert first["valid"].shape == (8, 1) and first["valid"].all()
+    argv = ["--algo", "dqn", "--config", str(fast_yaml), "--decisions", "12", "--out", str(tmp_path),
+            "--tracking-uri", tracking_uri, "--resume", "--no-heldout", "--validate-every", "0", "--n-envs", "2"]
+    folder = train_agent.train(train_agent.parse_args(argv))
+    with np.load(_checkpoint(folder)[1]["replay_buffer"]) as b:
+        assert b["valid"].shape == (6, 2) and b["valid"].all() and int(b["pos"]) == 6
+        for name in ("observations", "actions", "rewards", "next_observations", "dones", "timeouts"):
+            assert np.array_equal(b[name][b["valid"]][:8], first[name][:, 0]), name  # rows in order, then envs
+    npz = _checkpoint(folder)[1]["replay_buffer"]
+    data = bytearray(npz.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # a flipped byte inside the compressed arrays
+    npz.write_bytes(bytes(data))
+    line = _run(capsys, "agents.train_agent", [*argv[:5], "16", *argv[6:]])
+    assert "--resume" in line and npz.name in line and "damaged" in line, line
 
 
 def test_ppo_resume_starts_from_the_checkpointed_weights_and_statistics(fast_yaml, tmp_path, tracking_uri):

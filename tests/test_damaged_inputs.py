@@ -557,33 +557,61 @@ def test_a_save_that_fails_leaves_nothing_half_written(capsys, tmp_path, monkeyp
     assert json.loads((tmp_path / "tuned" / "metrics.json").read_text()) == {"earlier": True}
 
 
-def _replay_buffer(obs_size: int, rows: int):
+def _replay_buffer(rows: int, n_envs: int = 1, size: int = 16, obs_size: int = 4):
+    """A DQN replay buffer of ``size`` transitions whose step i has observation i, action i % 3,
+    reward 0.1 i on every env (env e's observation is i + 100 e)."""
     from gymnasium import spaces
 
     from agents.learners.dropped_episodes import DropAwareReplayBuffer
 
-    buffer = DropAwareReplayBuffer(16, spaces.Box(-1, 1, (obs_size,), dtype="float32"), spaces.Discrete(3), n_envs=1)
+    buffer = DropAwareReplayBuffer(size, spaces.Box(-1e3, 1e3, (obs_size,), dtype="float32"), spaces.Discrete(3),
+                                   n_envs=n_envs)
     for i in range(rows):
-        buffer.add(np.full((1, obs_size), i, "float32"), np.full((1, obs_size), i + 1, "float32"), np.array([[i % 3]]),
-                   np.array([0.1 * i]), np.array([False]), [{}])
+        obs = np.array([[i + 100 * e] * obs_size for e in range(n_envs)], "float32")
+        buffer.add(obs, obs + 1, np.full((n_envs, 1), i % 3), np.full(n_envs, 0.1 * i), np.zeros(n_envs, bool),
+                   [{}] * n_envs)
     return buffer
 
 
-def test_a_replay_buffer_round_trips_and_a_wrong_one_is_refused(tmp_path):
-    """A DQN checkpoint's buffer comes back row for row, with the rows a drop left out still left
-    out; one saved for another observation size, or not an .npz at all, is refused by name."""
+def _first_obs(buffer) -> list[float]:
+    return [float(x) for x in buffer.observations[buffer.valid][:, 0]]
+
+
+def test_a_replay_buffer_is_laid_out_again_oldest_first_and_a_wrong_one_is_refused(tmp_path):
+    """What a resumed DQN samples from: the transitions that may be sampled, oldest first, in a buffer
+    of another --n-envs or size (the newest when they do not fit); rows a dropped episode left out stay
+    out. A file for another observation size, one with actions outside the space, or not an .npz,
+    is refused by name."""
     from agents.learners.sb3_setup import load_replay_buffer, save_replay_buffer
     from trainers.config import ConfigError
 
-    saved = _replay_buffer(4, 5)
-    saved.drop_episode(0)  # the episode in flight: its 5 rows are never sampled
-    save_replay_buffer(tmp_path / "b.npz", saved)
-    back = _replay_buffer(4, 0)
-    load_replay_buffer(tmp_path / "b.npz", back)
-    assert back.pos == 5 and not back.full and not back.valid[:5].any()
-    assert np.array_equal(back.observations[:5], saved.observations[:5]) and back.rewards[4, 0] == pytest.approx(0.4)
-    with pytest.raises(ConfigError, match=r"b\.npz: observations has shape \(5, 1, 4\)"):
-        load_replay_buffer(tmp_path / "b.npz", _replay_buffer(6, 0))
+    two = _replay_buffer(5, n_envs=2)
+    two.drop_episode(1)  # env 1's episode in flight: its 5 rows are never sampled
+    save_replay_buffer(tmp_path / "two.npz", two)
+    one = _replay_buffer(0)
+    assert load_replay_buffer(tmp_path / "two.npz", one) == 5
+    assert _first_obs(one) == [0, 1, 2, 3, 4] and (one.pos, one.full) == (5, False)
+    assert one.rewards[4, 0] == pytest.approx(0.4) and list(one.actions[:5, 0, 0]) == [0, 1, 2, 0, 1]
+
+    wrapped = _replay_buffer(6, size=4)  # full: rows hold steps 4, 5, 2, 3 and it writes next at row 2
+    assert (wrapped.pos, wrapped.full) == (2, True)
+    save_replay_buffer(tmp_path / "wrapped.npz", wrapped)
+    bigger, smaller = _replay_buffer(0), _replay_buffer(0, size=2)
+    load_replay_buffer(tmp_path / "wrapped.npz", bigger)
+    load_replay_buffer(tmp_path / "wrapped.npz", smaller)
+    assert _first_obs(bigger) == [2, 3, 4, 5] and (bigger.pos, bigger.full) == (4, False)
+    assert _first_obs(smaller) == [4, 5] and (smaller.pos, smaller.full) == (0, True)
+    spread = _replay_buffer(0, n_envs=2)
+    load_replay_buffer(tmp_path / "wrapped.npz", spread)  # two envs: steps 2, 3 in row 0, 4, 5 in row 1
+    assert _first_obs(spread) == [2, 3, 4, 5] and (spread.pos, spread.full) == (2, False)
+
+    with pytest.raises(ConfigError, match=r"--resume: .*two\.npz: .*observations is float32 of shape \(5, 2, 4\)"):
+        load_replay_buffer(tmp_path / "two.npz", _replay_buffer(0, obs_size=6))
+    bad = _replay_buffer(3)
+    bad.actions[1] = 7
+    save_replay_buffer(tmp_path / "bad.npz", bad)
+    with pytest.raises(ConfigError, match=r"bad\.npz: .*actions holds values outside the action space"):
+        load_replay_buffer(tmp_path / "bad.npz", _replay_buffer(0))
     (tmp_path / "c.npz").write_bytes(b"not a zip")
-    with pytest.raises(ConfigError, match=r"c\.npz: not a replay buffer saved by this project"):
-        load_replay_buffer(tmp_path / "c.npz", _replay_buffer(4, 0))
+    with pytest.raises(ConfigError, match=r"c\.npz: not a replay buffer this learner can continue from"):
+        load_replay_buffer(tmp_path / "c.npz", _replay_buffer(0))

@@ -126,7 +126,9 @@ def compare(opts: ComparisonOptions) -> dict[str, Any]:
                     "machine": machine_info(),
                     # this invocation only: a resumed comparison's earlier invocations are not counted
                     "wall_seconds_this_invocation": round(time.monotonic() - started, 1),
-                    "worker_seconds": pairs_store.worker_seconds(),  # every invocation's tasks, PBT's included
+                    # the pairs' tasks over every invocation, PBT's included (not the recipe's tuning, if any)
+                    "worker_seconds": pairs_store.worker_seconds(pair_file(n, s) for n in opts.instances
+                                                                 for s in range(opts.seeds)),
                     "left_out": left_out, "transferred_recipe_tuning": transferred})
     plots = write_outputs(out, summary, pairs, opts.command, list(opts.budgets))
     with mlflow_tracking.tracked_run(opts.tracking_uri, "compare", f"compare/{out.name}"):

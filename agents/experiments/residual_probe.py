@@ -228,7 +228,7 @@ def probe_and_write(cfg: InstanceSetConfig, instances: Optional[list[str]], ever
     name = f"{cfg.name}_residual_probe"
     found = residual_probe(cfg, names, seeds, out / name, pool, refs)
     result = {"config": cfg.name, "base_recipe": cfg.base_recipe.model_dump(mode="json"),
-              **provenance(command, t0, out / name / "per_run"), "seeds": list(range(seeds)), **found}
+              **provenance(command, t0, out / name / "per_run", names, seeds), "seeds": list(range(seeds)), **found}
     write_json_atomic(out / f"{name}.json", result)
     write_probe_outputs(out, name, result)
     if as_json:

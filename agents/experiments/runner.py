@@ -36,7 +36,8 @@ def as_saved(obj: Any) -> Any:
 
 
 class RecordStore:
-    """``<folder>/<file>.json`` = ``{"entries": {name: {"key": ..., "record": ...}}}``."""
+    """``<folder>/<file>.json`` = ``{"entries": {name: {"key": ..., "record": ..., "seconds": ...}}}``
+    (``seconds``: what the task took where it ran; entries saved before it was kept lack it)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -67,26 +68,28 @@ class RecordStore:
         entries[name] = {"key": key, "record": record, **({"seconds": seconds} if seconds is not None else {})}
         write_json_atomic(self.path(file), {"entries": entries}, indent=None)
 
-    def worker_seconds(self) -> dict[str, Any]:
-        """What the saved entries cost: the sum of their tasks' seconds, over every invocation that
-        made them (entries saved before tasks were timed are counted apart)."""
-        entries = [e for f in sorted(self.folder.glob("*.json")) for e in self.entries(f.stem).values()
-                   if isinstance(e, dict)]
-        timed = [float(e["seconds"]) for e in entries if isinstance(e.get("seconds"), (int, float))]
+    def worker_seconds(self, files: Iterable[str]) -> dict[str, Any]:
+        """What the entries saved in ``files`` (a result's instance x seed files) cost: the sum of
+        their tasks' seconds, over every invocation that made them; entries saved before tasks were
+        timed are counted apart."""
+        entries = [e for f in sorted(set(files)) for e in self.entries(f).values() if isinstance(e, dict)]
+        timed = [float(e["seconds"]) for e in entries
+                 if isinstance(e.get("seconds"), (int, float)) and not isinstance(e["seconds"], bool)]
         return {"seconds": round(sum(timed), 1), "entries_timed": len(timed), "entries": len(entries),
-                "what": "sum over the saved entries of the seconds each task took in its worker, across every "
-                        "invocation; with W workers busy the wall time is about this / W"}
+                "what": "sum over the saved entries of this result's instances and seeds of the seconds each task "
+                        "took where it ran, across every invocation; tasks that run in worker processes overlap "
+                        "(with W workers the wall time is about their sum / W), PBT's run alone on every core"}
 
 
-def provenance(command: str, started: float, per_run: Path) -> dict[str, Any]:
+def provenance(command: str, started: float, per_run: Path, names: Sequence[str], seeds: int) -> dict[str, Any]:
     """How a result file was made, as every experiment records it: the command, the machine, when,
-    this invocation's wall time (``started``: its time.time()), and what all the saved entries in
-    ``per_run`` cost across invocations."""
+    this invocation's wall time (``started``: its time.time()), and what the entries saved in
+    ``per_run`` for these instances and seeds cost across invocations."""
     from trainers.provenance import machine_info, utc_now
 
     return {"command": command, "machine": machine_info(), "measured_at": utc_now(),
             "seconds_this_invocation": round(time.time() - started, 1),
-            "worker_seconds": RecordStore(per_run).worker_seconds()}
+            "worker_seconds": RecordStore(per_run).worker_seconds(pair_file(n, s) for n in names for s in range(seeds))}
 
 
 def pair_file(instance: str, seed: int) -> str:

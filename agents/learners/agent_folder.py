@@ -40,7 +40,7 @@ def is_agent_folder(folder: Path) -> bool:
 RUN_MARKER = ".training-run"  # written when a run starts in a folder; with no checkpoint yet, nothing was learned
 CHECKPOINT_FILES = {"ppo": ("model", "obs_normalization"), "dqn": ("model", "obs_normalization"),
                     "qlearning": ("qtable",)}
-# kept when there is one (DQN's replay buffer, since checkpoints kept it), checked like the others
+# checked like the others where a checkpoint has one (DQN's replay buffer: checkpoints before it had none)
 OPTIONAL_CHECKPOINT_FILES = {"dqn": ("replay_buffer",)}
 
 
@@ -90,6 +90,7 @@ def check_checkpoint_files(ckpt: Path, saved: dict[str, Any], algo: str) -> None
     """Every file a checkpoint's state.json points at: named, inside the checkpoint folder, there,
     and (SB3's zip) whole, so that --resume fails here and not deep inside the learner."""
     import zipfile
+    import zlib
 
     where = ckpt / STATE_FILE
     if not isinstance(saved.get("num_timesteps"), int) or saved["num_timesteps"] < 0:
@@ -102,11 +103,11 @@ def check_checkpoint_files(ckpt: Path, saved: dict[str, Any], algo: str) -> None
         path = inside_folder(ckpt, saved["files"][key], f"--resume: {where}: files.{key}")
         if not path.is_file():
             raise ConfigError(f"--resume: {path} (files.{key} of {where}) is missing; the checkpoint is incomplete")
-        if path.suffix == ".zip":
+        if path.suffix in (".zip", ".npz"):  # SB3's model; DQN's replay buffer (numpy's .npz is a zip)
             try:
                 with zipfile.ZipFile(path) as z:
                     bad = z.testzip()
-            except (zipfile.BadZipFile, OSError) as err:
+            except (zipfile.BadZipFile, OSError, zlib.error, NotImplementedError) as err:
                 raise ConfigError(f"--resume: {path}: not a whole zip ({err}); the checkpoint is damaged") from None
             if bad is not None:
                 raise ConfigError(f"--resume: {path}: member {bad} is damaged; the checkpoint is damaged")

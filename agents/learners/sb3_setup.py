@@ -187,9 +187,9 @@ def save_policy(folder: Path, model, vec_normalize) -> dict[str, Any]:
 
 
 def save_checkpoint(folder: Path, model, vec_normalize, tag: str) -> dict[str, str]:
-    """Everything --resume needs: SB3's zip (weights + optimizer) and the observation statistics,
-    under names tagged with the step, so the previous checkpoint stays whole until the caller's
-    state file points at this one."""
+    """Everything --resume needs: SB3's zip (weights + optimizer), the observation statistics and
+    (DQN) the replay buffer, under names tagged with the step, so the previous checkpoint stays
+    whole until the caller's state file points at this one."""
     buf = io.BytesIO()
     model.save(buf)
     files = {"model": f"model-{tag}.zip", "obs_normalization": f"obs_normalization-{tag}.json"}
@@ -214,36 +214,71 @@ def save_replay_buffer(path: Path, buffer: DropAwareReplayBuffer) -> None:
     write_bytes_atomic(path, out.getvalue())
 
 
-def load_replay_buffer(path: Path, buffer: DropAwareReplayBuffer) -> None:
-    """Fill ``buffer`` from save_replay_buffer's file, checked against the buffer it goes into
-    (no pickles are read). Episodes in flight at the checkpoint are not continued: the resumed run
-    starts new ones, so no row is tracked as part of a current episode."""
+def _read_replay_file(path: Path, buffer: DropAwareReplayBuffer) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The saved transitions that may be sampled, oldest first, each array (transitions, ...), and
+    checked against ``buffer``: its observation and action shapes, finite numbers, actions the
+    action space holds, 0/1 flags. Raises ValueError naming what is wrong."""
+    from gymnasium import spaces
+
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: np.asarray(data[k]) for k in _REPLAY_ARRAYS}
+        pos, full = int(data["pos"]), bool(data["full"])
+    valid = arrays["valid"]
+    if valid.ndim != 2 or valid.dtype != np.bool_:
+        raise ValueError(f"valid is {valid.dtype} of shape {valid.shape}, not a (rows, envs) mask")
+    rows = valid.shape[0]
+    if not ((not full and pos == rows) or (full and 0 <= pos < rows)):
+        raise ValueError(f"write position {pos} (full={full}) does not fit {rows} rows")
+    for name, value in arrays.items():
+        want = getattr(buffer, name).shape[2:]
+        if value.shape[:2] != valid.shape or value.shape[2:] != want or value.dtype.kind not in "biuf":
+            raise ValueError(f"{name} is {value.dtype} of shape {value.shape}; this learner's buffer holds "
+                             f"rows of {valid.shape[1]} envs x {want} numbers")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"{name} holds values that are not finite (NaN or infinity)")
+    for flag in ("dones", "timeouts"):
+        if not np.isin(arrays[flag], (0, 1)).all():
+            raise ValueError(f"{flag} holds values other than 0 and 1")
+    space = buffer.action_space
+    if isinstance(space, spaces.Discrete):
+        a = arrays["actions"]
+        if (a != np.round(a)).any() or (a < space.start).any() or (a >= space.start + space.n).any():
+            raise ValueError(f"actions holds values outside the action space ({space})")
+    order = np.r_[pos:rows, 0:pos] if full else np.arange(rows)
+    r, e = np.nonzero(valid[order])  # C order: oldest row first, env by env within a row
+    return {k: v[order][r, e] for k, v in arrays.items() if k != "valid"}, r
+
+
+def load_replay_buffer(path: Path, buffer: DropAwareReplayBuffer) -> int:
+    """Fill ``buffer`` from save_replay_buffer's file (no pickles are read) and return how many
+    transitions it took. The transitions that may be sampled are laid out again, oldest first, so a
+    run resumed with another --n-envs or buffer size keeps them (the newest, if they do not fit);
+    rows a dropped episode left out are left behind. Episodes in flight at the checkpoint are not
+    continued: the resumed run starts new ones."""
     import zipfile
+    import zlib
 
     from trainers.config import ConfigError
 
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in _REPLAY_ARRAYS}
-            pos, full = int(data["pos"]), bool(data["full"])
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ConfigError(f"{path}: not a replay buffer saved by this project ({err})") from None
-    rows = len(arrays["valid"])
-    expected_rows = buffer.buffer_size if full else pos
-    if rows != expected_rows or not 0 <= pos < buffer.buffer_size:
-        raise ConfigError(f"{path}: {rows} rows with write position {pos} (full={full}) do not fit a buffer "
-                          f"of {buffer.buffer_size}")
-    for name, value in arrays.items():
-        target = getattr(buffer, name)
-        if value.shape[1:] != target.shape[1:] or len(value) != rows:
-            raise ConfigError(f"{path}: {name} has shape {value.shape}; this learner's buffer holds rows of "
-                              f"{target.shape[1:]}")
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise ConfigError(f"{path}: {name} holds values that are not finite (NaN or infinity)")
-        target[:rows] = value
-    buffer.pos, buffer.full = pos, full
+        moved, _ = _read_replay_file(path, buffer)
+    except (OSError, KeyError, ValueError, TypeError, EOFError, NotImplementedError, zipfile.BadZipFile,
+            zlib.error) as err:
+        raise ConfigError(f"--resume: {path}: not a replay buffer this learner can continue from "
+                          f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    n = len(moved["rewards"])
+    keep = min(n, buffer.buffer_size * buffer.n_envs)
+    at = np.arange(keep)
+    rows, envs = at // buffer.n_envs, at % buffer.n_envs
+    buffer.valid[:] = False
+    for name, value in moved.items():
+        getattr(buffer, name)[rows, envs] = value[n - keep:]
+    buffer.valid[rows, envs] = True
+    used = -(-keep // buffer.n_envs)
+    buffer.pos, buffer.full = used % buffer.buffer_size, used == buffer.buffer_size
     buffer._episode_rows = [[] for _ in range(buffer.n_envs)]
     buffer._drop_next = set()
+    return keep
 
 
 def resume_model(algo: str, venv, seed: int, hp: dict[str, Any], zip_path: Path, num_timesteps: int,
@@ -253,8 +288,12 @@ def resume_model(algo: str, venv, seed: int, hp: dict[str, Any], zip_path: Path,
     model = build_model(algo, venv, seed, hp)
     model.set_parameters(str(zip_path), exact_match=True, device="cpu")
     model.num_timesteps = num_timesteps
-    if replay_path is not None:
-        load_replay_buffer(replay_path, model.replay_buffer)
+    if algo == "dqn":
+        kept = load_replay_buffer(replay_path, model.replay_buffer) if replay_path is not None else 0
+        if kept == 0:  # a checkpoint from before buffers were kept, or nothing in it may be sampled
+            model.learning_starts = num_timesteps + int(hp["learning_starts"])
+            print(f"note: the checkpoint holds no replay buffer to continue from; DQN collects "
+                  f"{hp['learning_starts']} transitions again before it trains", file=sys.stderr)
     return model
 
 

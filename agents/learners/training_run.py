@@ -69,6 +69,9 @@ class TrainingMonitor:
         self.bar = progress(total=total, initial=start, desc="learning the controller", unit="decision", smoothing=0.05)
         self.last = start
         self.learned = start  # PPO: the decisions in its weights (set when each rollout starts)
+        # DQN: SB3 calls on_step before it stores the step's transition, so a checkpoint waits for
+        # the store (stored()), or the buffer it saves would lack the decision it claims
+        self.defer_checkpoints, self.checkpoint_due = False, False
         self.validation: list = validation
         self.dropped: list[dict] = dropped
 
@@ -99,13 +102,22 @@ class TrainingMonitor:
             self.bar.set_postfix(ret=f"{np.mean([r['return'] for r in recent]):+.3f}", refresh=False)
         crossed = lambda every: every > 0 and num_timesteps // every > self.last // every  # noqa: E731
         if crossed(self.checkpoint_every):
-            self.checkpoint()
+            if self.defer_checkpoints:
+                self.checkpoint_due = True
+            else:
+                self.checkpoint()
         if self.validate is not None and crossed(self.validate_every):
             v = self.validate()
             self.validation.append((num_timesteps, v))
             mlflow.log_metric("heldout_validation_return", v, step=num_timesteps)
         self.last = num_timesteps
         return True
+
+    def stored(self) -> None:
+        """The step's transition is in the learner's buffer: a checkpoint that waited for it is taken."""
+        if self.checkpoint_due:
+            self.checkpoint_due = False
+            self.checkpoint()
 
     def close(self) -> None:
         self.bar.close()
@@ -117,8 +129,14 @@ def sb3_callback(monitor: TrainingMonitor):
     from stable_baselines3.common.callbacks import BaseCallback
 
     class _Callback(BaseCallback):
+        def _init_callback(self) -> None:
+            monitor.defer_checkpoints = getattr(self.model, "replay_buffer", None) is not None
+
         def _on_rollout_start(self) -> None:  # the last rollout is learned: PPO's weights hold it
             monitor.learned = int(self.model.num_timesteps)
+
+        def _on_rollout_end(self) -> None:  # DQN (train_freq 1): the step just collected is stored
+            monitor.stored()
 
         def _on_step(self) -> bool:
             infos = self.locals["infos"]
@@ -323,7 +341,8 @@ def build_learner(opts: TrainingOptions, venv, hp: dict, state: dict, ckpt: Path
     venv = VecNormalize(venv, norm_obs=True, norm_reward=False, clip_obs=10.0, gamma=hp["gamma"])
     if opts.resume:
         ObsNormalization.load(ckpt / state["files"]["obs_normalization"]).apply_to(venv)
-        replay = state["files"].get("replay_buffer")  # DQN; a checkpoint from before buffers were kept has none
+        # DQN's buffer; a checkpoint from before buffers were kept has none
+        replay = state["files"].get("replay_buffer") if opts.algo == "dqn" else None
         model = resume_model(opts.algo, venv, opts.seed, hp, ckpt / state["files"]["model"], int(state["num_timesteps"]),
                              ckpt / replay if replay else None)
     else:
@@ -385,7 +404,11 @@ def run_training(cfg: InstanceSetConfig, opts: TrainingOptions, folder: Path) ->
     raw = make_vec_env(cfg, opts.n_envs, opts.backend, opts.ray_address, seed=seed, max_restarts=opts.max_restarts,
                        reference_folder=references)
     sessions = in_process_sessions(raw)
-    learner = build_learner(opts, VecMonitor(raw), hp, state, ckpt, folder, feature_names(cfg.control.features))
+    try:
+        learner = build_learner(opts, VecMonitor(raw), hp, state, ckpt, folder, feature_names(cfg.control.features))
+    except BaseException:  # a checkpoint the learner refuses: its envs' workers go too
+        raw.close()
+        raise
     model, venv = learner.model, learner.venv
     venv.seed(seed)  # after the learner is built: SB3 seeds its env with the learner's seed on construction
     imitation: Optional[dict] = state.get("imitation")

@@ -112,11 +112,12 @@ def summary_csv(summary: dict) -> str:
 
 def cost_text(worker_seconds: dict | None) -> str:
     """The runner's worker_seconds in words: what the saved results cost across every invocation."""
-    if not worker_seconds or not worker_seconds.get("entries"):
+    if not worker_seconds or not worker_seconds.get("entries_timed"):
         return "cost of the saved results not recorded"
     w = worker_seconds
     untimed = w["entries"] - w["entries_timed"]
-    return (f"the saved results took {w['seconds'] / 60:.1f} worker-minutes across invocations"
+    return (f"the saved results took {w['seconds'] / 60:.1f} worker-minutes across invocations (tasks' own times, "
+            "summed)"
             + (f" ({untimed} of {w['entries']} entries saved before tasks were timed, not counted)" if untimed else ""))
 
 
