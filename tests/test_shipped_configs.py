@@ -199,10 +199,12 @@ def test_the_wide_controllers_recipe_is_the_transferred_recipe_it_was_tuned_as()
     assert cfg.control.recipe.model_dump(mode="json") == record["recipe"]
     assert record["training_instances"] == [i.name for i in cfg.train] and record["n_trials"] == 16
     assert cfg.train == load_config("smollm2_wide").train and cfg.heldout == load_config("smollm2_wide").heldout
-    for path in sorted((REPO_ROOT / "configs" / "ablations").glob("*.yaml")):  # each ablation: one part off
-        ablated = load_config(path)
-        differ = {k for k, v in ablated.control.model_dump().items() if v != cfg.control.model_dump()[k]}
-        assert len(differ) == 1 and ablated.train == cfg.train, path.name
+    import yaml
+
+    for path in sorted((REPO_ROOT / "configs" / "ablations").glob("*.yaml")):  # each: one part off its parent
+        ablated, parent = load_config(path), load_config(path.parent / yaml.safe_load(path.read_text())["extends"])
+        differ = {k for k, v in ablated.control.model_dump().items() if v != parent.control.model_dump()[k]}
+        assert len(differ) == 1 and ablated.train == cfg.train and parent.control.recipe == cfg.control.recipe, path.name
 
 
 def test_every_wide_heldout_instance_lets_methods_be_told_apart_as_measured():
