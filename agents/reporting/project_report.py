@@ -14,7 +14,7 @@ from typing import Any, Optional
 from agents.reporting.statistics import sign_by_both_intervals
 
 HEADLINE_COMPARISON = "compare/ppo-smollm2_cpu"
-HEADLINE_CONTROLLER = "agents/ppo-smollm2_wide_anchored_imitation"  # every part: residual, anchored, imitation, PPO (issue 24)
+HEADLINE_CONTROLLER = "agents/ppo-smollm2_wide_anchored_probe_imitation"  # named before its evaluation (methodology)
 MAIN_JOB = "main_job.json"  # written by scripts/time_main_job.sh
 
 
