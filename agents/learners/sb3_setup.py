@@ -270,14 +270,12 @@ def load_replay_buffer(path: Path, buffer: DropAwareReplayBuffer) -> int:
     keep = min(n, buffer.buffer_size * buffer.n_envs)
     at = np.arange(keep)
     rows, envs = at // buffer.n_envs, at % buffer.n_envs
-    buffer.valid[:] = False
+    buffer._init_rows(buffer.buffer_size, buffer.n_envs, valid=False)  # no row sampled, no episode in flight
     for name, value in moved.items():
         getattr(buffer, name)[rows, envs] = value[n - keep:]
     buffer.valid[rows, envs] = True
     used = -(-keep // buffer.n_envs)
     buffer.pos, buffer.full = used % buffer.buffer_size, used == buffer.buffer_size
-    buffer._episode_rows = [[] for _ in range(buffer.n_envs)]
-    buffer._drop_next = set()
     return keep
 
 
