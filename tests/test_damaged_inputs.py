@@ -511,8 +511,10 @@ def test_tune_refuses_a_folder_another_run_writes(capsys, tmp_path):
 @pytest.mark.xdist_group("timed_processes")  # second processes raced on time: not beside each other
 def test_two_tune_processes_on_one_output_cannot_both_write(tmp_path):
     """A real second process is refused while the first tunes into the same --out; the first's
-    results are whole when it ends."""
+    results are whole when it ends. The first is paused (SIGSTOP) once it holds its lock, so it is
+    still mid-run when the second is tried however fast or slow this machine is."""
     import os
+    import signal
     import subprocess
     import sys
 
@@ -520,20 +522,24 @@ def test_two_tune_processes_on_one_output_cannot_both_write(tmp_path):
 
     out = tmp_path / "tuned"
     cmd = [sys.executable, "-m", "agents.tune", "--agent", str(SHIPPED_AGENT), "--instance", "bbc-tech-lm",
-           "--steps", "400", "--out", str(out), "--no-save-model"]
+           "--steps", "16", "--out", str(out), "--no-save-model"]
     root = Path(__file__).resolve().parents[1]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=root,
                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
     deadline = time.time() + 240
     while lock_holder(out) is None and time.time() < deadline and first.poll() is None:
-        time.sleep(0.2)
-    assert lock_holder(out) is not None, "the first tune never took its lock"
-    second = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120)
-    assert second.returncode == 2 and f"another run (pid {first.pid}" in second.stderr, second.stderr[-2000:]
-    assert first.poll() is None, "the first tune ended before the second was tried: lengthen it"
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        assert lock_holder(out) is not None, "the first tune never took its lock"
+        second = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120)
+        assert second.returncode == 2 and f"another run (pid {first.pid}" in second.stderr, second.stderr[-2000:]
+        assert first.poll() is None, "the first tune ended before the second was tried"
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-2000:]
-    assert json.loads((out / "metrics.json").read_text())["eval_curve"][-1][0] == 400
+    assert json.loads((out / "metrics.json").read_text())["eval_curve"][-1][0] == 16
 
 
 def test_a_save_that_fails_leaves_nothing_half_written(capsys, tmp_path, monkeypatch):

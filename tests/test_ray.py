@@ -100,7 +100,7 @@ def test_hung_worker_is_treated_as_dead_and_restarted(ray_local, cfg_dict, tmp_p
                 time.sleep(3600)
             return super().step(action)
 
-    venv = RayVecEnv(cfg_dict, 1, seed=0, call_timeout_s=60, worker_cls=HangsOnce)
+    venv = RayVecEnv(cfg_dict, 1, seed=0, call_timeout_s=30, worker_cls=HangsOnce)  # the test waits this long
     venv.reset()
     t0 = time.monotonic()
     _, rewards, dones, infos = venv.step(np.zeros((1, 3), dtype=np.float32))
