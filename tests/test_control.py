@@ -645,6 +645,29 @@ def test_a_probe_expert_moves_each_training_instance_to_its_best_correction(fast
         expert_targets(path, cfg)
 
 
+def test_an_ablation_imitates_its_parents_probe_and_a_config_that_runs_otherwise_cannot(tmp_path):
+    """The shipped ablations of the headline's setup (paired reward off, schedule actions off) warm-start
+    from the probe made on the config they extend, with the same targets: the probe's runs do not
+    depend on those parts. A variant that changes what the probe ran (the episode's budget) is refused."""
+    from pathlib import Path
+
+    from agents.learners.imitation import expert_targets
+    from trainers.config import ConfigError
+
+    root = Path(__file__).resolve().parents[1]
+    probe = root / "results" / "headroom" / "all_training" / "smollm2_wide_anchored_residual_probe.json"
+    parent = expert_targets(probe, load_config("smollm2_wide_anchored"))
+    for part in ("no_reward", "no_schedule_actions"):
+        ablation = load_config(root / "configs" / "ablations" / f"smollm2_wide_anchored-{part}.yaml")
+        assert ablation.name != "smollm2_wide_anchored" and expert_targets(probe, ablation) == parent
+    other = tmp_path / "longer.yaml"
+    steps = load_config("smollm2_wide_anchored").episode.total_steps
+    other.write_text(f"extends: {root / 'configs' / 'smollm2_wide_anchored.yaml'}\nname: longer\n"
+                     f"episode: {{total_steps: {steps + 10}}}\n")
+    with pytest.raises(ConfigError, match="around another recipe than longer's"):
+        expert_targets(probe, load_config(other))
+
+
 def test_the_recipe_expert_returns_any_start_to_the_recipe_and_then_holds(fast_cfg_dict, tiny_session):
     """--imitate recipe on an anchored residual config: from a user's guess the expert's lr entry
     walks the run back to the recipe's lr as fast as a full action allows (2**lr_log2_step a

@@ -508,17 +508,18 @@ def test_tune_refuses_a_folder_another_run_writes(capsys, tmp_path):
     assert not (tmp_path / "tuned").exists()
 
 
-@pytest.mark.xdist_group("timed_processes")  # second processes raced on time: not beside each other
+@pytest.mark.xdist_group("timed_processes")  # real subprocesses with deadlines: not beside each other
 def test_two_tune_processes_on_one_output_cannot_both_write(tmp_path):
-    """A real second process is refused while the first tunes into the same --out; the first's
-    results are whole when it ends. The first is paused (SIGSTOP) once it holds its lock, so it is
-    still mid-run when the second is tried however fast or slow this machine is."""
+    """A real second process is refused while the first holds the lock on the same --out; the
+    first's results are whole when it ends. The first is paused (SIGSTOP) once its lock note names
+    it, so it is still mid-run when the second is tried however fast or slow this machine is. The
+    note is read without taking the lock, so the polling never competes with the first for it."""
     import os
     import signal
     import subprocess
     import sys
 
-    from trainers.atomic_files import lock_holder
+    from trainers.atomic_files import lock_file_for
 
     out = tmp_path / "tuned"
     cmd = [sys.executable, "-m", "agents.tune", "--agent", str(SHIPPED_AGENT), "--instance", "bbc-tech-lm",
@@ -526,18 +527,22 @@ def test_two_tune_processes_on_one_output_cannot_both_write(tmp_path):
     root = Path(__file__).resolve().parents[1]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=root,
                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    note, lock = f"pid {first.pid}", lock_file_for(out)
     deadline = time.time() + 240
-    while lock_holder(out) is None and time.time() < deadline and first.poll() is None:
-        time.sleep(0.05)
-    os.kill(first.pid, signal.SIGSTOP)
     try:
-        assert lock_holder(out) is not None, "the first tune never took its lock"
+        while first.poll() is None and time.time() < deadline and not (
+                lock.is_file() and lock.read_text().startswith(note)):
+            time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)  # nothing, if it has ended
+        assert first.poll() is None and lock.read_text().startswith(note), "the first tune never took its lock"
         second = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120)
-        assert second.returncode == 2 and f"another run (pid {first.pid}" in second.stderr, second.stderr[-2000:]
-        assert first.poll() is None, "the first tune ended before the second was tried"
+        assert second.returncode == 2 and f"another run ({note}" in second.stderr, second.stderr[-2000:]
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=600)
     finally:
-        os.kill(first.pid, signal.SIGCONT)
-    _, err = first.communicate(timeout=600)
+        if first.poll() is None:  # an assertion failed: no paused process is left behind
+            first.kill()
+            first.communicate()
     assert first.returncode == 0, err[-2000:]
     assert json.loads((out / "metrics.json").read_text())["eval_curve"][-1][0] == 16
 

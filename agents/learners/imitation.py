@@ -81,7 +81,8 @@ def probe_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
     if not isinstance(per, dict) or "probe_log2" not in data:
         raise ConfigError(f"--imitate {path}: {cfg.name} corrects a recipe's schedule: imitate 'recipe' or a residual "
                           "probe (python -m agents.headroom --config <name> --residual-probe --every 1), not an lr grid")
-    if data.get("config") != cfg.name or data.get("base_recipe") != cfg.base_recipe.model_dump(mode="json"):
+    if not probed_the_same_runs(data.get("config"), cfg) or \
+            data.get("base_recipe") != cfg.base_recipe.model_dump(mode="json"):
         raise ConfigError(f"--imitate {path}: a probe of {data.get('config')!r} around another recipe than {cfg.name}'s "
                           "(config, base_recipe)")
     targets: dict[str, float] = {}
@@ -95,6 +96,33 @@ def probe_targets(path: Path, cfg: InstanceSetConfig) -> dict[str, float]:
             raise ConfigError(f"{path}: summary.per_instance.{inst.name}.target_log2: not a correction ({k!r})")
         targets[inst.name] = cfg.base_recipe.lr * 2.0 ** float(k)
     return targets
+
+
+# What a residual probe's runs do not depend on: it sets the recipe's lr x 2**k at the first decision
+# and holds it (agents/experiments/residual_probe.py), so what the controller observes, how it is
+# rewarded, whether it has schedule actions, and how its training episodes start play no part.
+PROBE_FREE_CONTROL = ("features", "reward", "schedule_actions", "user_guess_fraction", "reference_seeds")
+
+
+def probed_the_same_runs(probe_config: Any, cfg: InstanceSetConfig) -> bool:
+    """Whether a probe made on config ``probe_config`` ran what ``cfg`` would run: the same config,
+    or one (an ablation) that differs from it only in PROBE_FREE_CONTROL and its name."""
+    if probe_config == cfg.name:
+        return True
+    from trainers.config import load_config
+
+    try:
+        other = load_config(str(probe_config))
+    except ConfigError:  # not a config this checkout has: only the same name is known to match
+        return False
+
+    def probed(c: InstanceSetConfig) -> dict[str, Any]:
+        d = c.model_dump(mode="json")
+        d.pop("name")
+        d["control"] = {k: v for k, v in d["control"].items() if k not in PROBE_FREE_CONTROL}
+        return d
+
+    return probed(other) == probed(cfg)
 
 
 def check_warm_start(path: Path, cfg: InstanceSetConfig, algo: str, on_ray: bool) -> None:
