@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from envs.features import FEATURE_NAMES, feature_names, is_scale_free
-from trainers.config import ConfigError, InstanceSetConfig, read_structured_file
+from trainers.config import ConfigError, InstanceSetConfig, load_config, read_structured_file
 
 LR_FEATURE = FEATURE_NAMES.index("lr_pos")
 
@@ -109,8 +109,6 @@ def probed_the_same_runs(probe_config: Any, cfg: InstanceSetConfig) -> bool:
     or one (an ablation) that differs from it only in PROBE_FREE_CONTROL and its name."""
     if probe_config == cfg.name:
         return True
-    from trainers.config import load_config
-
     try:
         other = load_config(str(probe_config))
     except ConfigError:  # not a config this checkout has: only the same name is known to match
